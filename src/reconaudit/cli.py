@@ -1,0 +1,175 @@
+"""The ``reconaudit`` command line (thin: it calls the engine and the report)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Audit medical image reconstruction by what it does downstream: task performance and fairness.",
+)
+console = Console(stderr=True)
+
+
+def _install_progress() -> Progress:
+    from reconaudit import progress as hook
+
+    prog = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+
+    @contextlib.contextmanager
+    def factory(description: str, total: float | None):
+        tid = prog.add_task(description, total=total)
+
+        class _Task:
+            def advance(self, n: float = 1.0) -> None:
+                prog.advance(tid, n)
+
+            def update(self, *, description: str | None = None, total: float | None = None) -> None:
+                kw = {}
+                if description is not None:
+                    kw["description"] = description
+                if total is not None:
+                    kw["total"] = total
+                prog.update(tid, **kw)
+
+        try:
+            yield _Task()
+        finally:
+            prog.remove_task(tid) if description != "audit steps" else None
+
+    hook.set_progress_factory(factory)
+    return prog
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+
+
+def _load(config: str):
+    from reconaudit.engine.config import ConfigError, load_config, resolve_config_source
+
+    try:
+        path = resolve_config_source(config)
+        return load_config(path), path.read_text()
+    except ConfigError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(
+    config: Annotated[str, typer.Argument(help="config YAML file, or a bundled name: quickstart, paper-xray, ...")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<name>)")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", help="parallel worker processes")] = None,
+    executor: Annotated[str | None, typer.Option("--executor", help="local or ray")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (e.g. auto)")] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="skip the HTML report")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Plan and run an audit; finished steps are reused, so a second run resumes where one stopped."""
+    _logging(verbose)
+    cfg, text = _load(config)
+    run_dir = out or Path("runs") / cfg.name
+    if (executor or cfg.execution.executor) == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            console.print("[red]--executor ray needs Ray: pip install 'reconaudit[ray]'[/red]")
+            raise typer.Exit(2) from None
+    from reconaudit.engine.run import run_audit
+
+    prog = _install_progress()
+    try:
+        with prog:
+            result = run_audit(cfg, run_dir, workers=workers, executor=executor, address=address,
+                               report=not no_report, config_text=text)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: finished steps are kept; run the same command again to resume[/yellow]")
+        raise typer.Exit(130) from None
+    s = result.summary
+    console.print(
+        f"[bold]{cfg.name}[/bold]: {len(result.plan.cells)} cells; steps computed {len(s.computed)}, "
+        f"reused {len(s.reused)}, failed {len(s.failed)}, skipped {len(s.skipped)}"
+    )
+    for f in s.failed:
+        console.print(f"[red]failed[/red] {f.step}: {f.error} (traceback in {result.run_dir / 'run.log'})")
+    console.print(f"records: {result.records_path}")
+    console.print(f"summary: {result.run_dir / 'summary.md'}")
+    if result.report_path:
+        console.print(f"report:  {result.report_path}")
+    if s.failed or s.skipped:
+        raise typer.Exit(1)
+
+
+@app.command()
+def plan(
+    config: Annotated[str, typer.Argument(help="config YAML file or bundled name")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory to check for finished steps")] = None,
+) -> None:
+    """Print the grid of cells and which are already done, without running anything."""
+    cfg, _ = _load(config)
+    from reconaudit.engine.run import plan_status
+
+    run_dir = out or Path("runs") / cfg.name
+    p, done = plan_status(cfg, run_dir)
+    table = Table(title=f"{cfg.name}: {len(p.cells)} cells, {len(p.steps)} steps ({sum(done.values())} done)")
+    for col in ("cell", "cohort", "degradation", "level", "reconstructor", "mitigation", "seed", "status"):
+        table.add_column(col)
+    for c in p.cells:
+        need = p.needed_for([c.final_step])
+        n_done = sum(done[s] for s in need)
+        status = "done" if done[c.final_step] else f"{n_done}/{len(need)} steps"
+        mit = c.mitigation if c.mitigation == "none" else f"{c.mitigation} λ={c.mitigation_strength:g}"
+        table.add_row(c.cell_id, c.cohort, c.degradation, f"{c.level:g}", c.reconstructor, mit, str(c.seed), status)
+    Console().print(table)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run directory holding records.parquet")]) -> None:
+    """Rebuild tables, figures and the HTML report from the stored records alone."""
+    if not (run_dir / "records.parquet").exists():
+        console.print(f"[red]{run_dir} has no records.parquet: run an audit there first[/red]")
+        raise typer.Exit(2)
+    from reconaudit.report import build_report
+
+    path = build_report(run_dir)
+    console.print(f"report: {path}")
+
+
+@app.command()
+def cohorts() -> None:
+    """List the cohorts reconaudit knows, with their tasks and group attributes."""
+    from reconaudit.cohorts import COHORTS
+
+    table = Table(title="cohorts")
+    for col in ("name", "kind", "modality", "tasks", "group attributes", "description"):
+        table.add_column(col)
+    for e in COHORTS.values():
+        table.add_row(e.name, e.kind, e.modality, ", ".join(e.tasks), e.group_attributes, e.description)
+    Console().print(table)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

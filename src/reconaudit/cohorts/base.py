@@ -1,0 +1,236 @@
+"""The :class:`Cohort`: a set of studies with clean images, targets, group attributes and splits."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+SPLITS = ("train", "val", "test")
+Modality = Literal["xray", "mri"]
+REQUIRED_COLUMNS = ("study_id", "patient_id", "split")
+
+
+class CohortError(ValueError):
+    """A cohort (or the files it was read from) is malformed; the message names what and where."""
+
+
+@dataclass
+class Cohort:
+    """A set of studies, in the conventions every other room relies on.
+
+    Attributes
+    ----------
+    name:
+        Cohort name (e.g. ``"chest-xray"``).
+    modality:
+        ``"xray"`` or ``"mri"``: decides which degradations apply.
+    images:
+        Clean images, float32 in [0, 1], shape (N, 1, H, W).
+    table:
+        One row per study, aligned with ``images``: ``study_id`` (unique str), ``patient_id`` (str),
+        ``split`` (train/val/test, assigned by patient), one column per group attribute and one
+        float column per classification label (1, 0, or NaN for missing).
+    labels:
+        Names of the classification label columns (may be empty).
+    group_attributes:
+        Names of the group attribute columns (e.g. ``["sex", "age_band"]``).
+    masks:
+        Segmentation targets, uint8 {0, 1}, shape (N, 1, H, W), or ``None``.
+    roi_masks:
+        Region of interest (body or brain) as bool (N, 1, H, W) for image quality within it, or None.
+    kspace:
+        Measured complex64 k-space (N, 1, H, W) when the cohort comes from raw data, else ``None``.
+    data_card:
+        Markdown description (size, prevalence per group, bias mechanisms).
+    meta:
+        Free JSON-serialisable metadata (generation parameters, drop counts, ...).
+    """
+
+    name: str
+    modality: Modality
+    images: torch.Tensor
+    table: pd.DataFrame
+    labels: list[str] = field(default_factory=list)
+    group_attributes: list[str] = field(default_factory=list)
+    masks: torch.Tensor | None = None
+    roi_masks: torch.Tensor | None = None
+    kspace: torch.Tensor | None = None
+    data_card: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Check shapes, dtypes, ranges and table columns; raise :class:`CohortError` naming the fault."""
+        n = self.images.shape[0] if self.images.ndim else 0
+        if self.images.ndim != 4 or self.images.shape[1] != 1:
+            raise CohortError(f"cohort {self.name!r}: images must be (N, 1, H, W), got {tuple(self.images.shape)}")
+        if self.images.dtype != torch.float32:
+            raise CohortError(f"cohort {self.name!r}: images must be float32, got {self.images.dtype}")
+        if n and (float(self.images.min()) < 0.0 or float(self.images.max()) > 1.0):
+            raise CohortError(f"cohort {self.name!r}: images must lie in [0, 1]")
+        if self.modality not in ("xray", "mri"):
+            raise CohortError(f"cohort {self.name!r}: modality must be 'xray' or 'mri', got {self.modality!r}")
+        if len(self.table) != n:
+            raise CohortError(f"cohort {self.name!r}: table has {len(self.table)} rows but there are {n} images")
+        for col in (*REQUIRED_COLUMNS, *self.group_attributes, *self.labels):
+            if col not in self.table.columns:
+                raise CohortError(f"cohort {self.name!r}: table lacks column {col!r}")
+        if self.table["study_id"].duplicated().any():
+            dup = self.table.loc[self.table["study_id"].duplicated(), "study_id"].iloc[0]
+            raise CohortError(f"cohort {self.name!r}: study_id {dup!r} appears more than once")
+        bad = ~self.table["split"].isin(SPLITS)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise CohortError(
+                f"cohort {self.name!r}: row {row} has split {self.table['split'].iloc[row]!r}; allowed: {SPLITS}"
+            )
+        per_patient = self.table.groupby("patient_id")["split"].nunique()
+        if (per_patient > 1).any():
+            pid = per_patient[per_patient > 1].index[0]
+            raise CohortError(f"cohort {self.name!r}: patient {pid!r} spans more than one split")
+        for name, t in (("masks", self.masks), ("roi_masks", self.roi_masks), ("kspace", self.kspace)):
+            if t is not None and tuple(t.shape) != tuple(self.images.shape):
+                raise CohortError(
+                    f"cohort {self.name!r}: {name} shape {tuple(t.shape)} differs from images {tuple(self.images.shape)}"
+                )
+
+    # ------------------------------------------------------------------ views
+    @property
+    def tasks(self) -> list[str]:
+        """Diagnostic tasks this cohort supports: ``classification`` and/or ``segmentation``."""
+        out = []
+        if self.labels:
+            out.append("classification")
+        if self.masks is not None:
+            out.append("segmentation")
+        return out
+
+    @property
+    def size(self) -> int:
+        """Image side length (H)."""
+        return int(self.images.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices of the studies in ``split``."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return np.flatnonzero(self.table["split"].to_numpy() == split)
+
+    def subset(self, idx: np.ndarray | list[int]) -> Cohort:
+        """A new cohort with the studies at ``idx`` (row positions)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        ti = torch.as_tensor(idx)
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[ti]
+
+        return Cohort(
+            name=self.name,
+            modality=self.modality,
+            images=self.images[ti],
+            table=self.table.iloc[idx].reset_index(drop=True),
+            labels=list(self.labels),
+            group_attributes=list(self.group_attributes),
+            masks=pick(self.masks),
+            roi_masks=pick(self.roi_masks),
+            kspace=pick(self.kspace),
+            data_card=self.data_card,
+            meta=dict(self.meta),
+        )
+
+    def split(self, split: str) -> Cohort:
+        """The studies of one split."""
+        return self.subset(self.indices(split))
+
+    def targets(self) -> np.ndarray:
+        """Classification targets as float (N, L), NaN where missing."""
+        if not self.labels:
+            return np.zeros((len(self), 0), dtype=np.float32)
+        return self.table[self.labels].to_numpy(dtype=np.float32)
+
+    # ------------------------------------------------------------------ storage
+    def save(self, directory: str | Path) -> None:
+        """Write tensors (safetensors), table (Parquet), metadata (JSON) and data card (Markdown)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {"images": self.images.contiguous()}
+        if self.masks is not None:
+            tensors["masks"] = self.masks.to(torch.uint8).contiguous()
+        if self.roi_masks is not None:
+            tensors["roi_masks"] = self.roi_masks.to(torch.uint8).contiguous()
+        if self.kspace is not None:
+            tensors["kspace_real"] = self.kspace.real.contiguous()
+            tensors["kspace_imag"] = self.kspace.imag.contiguous()
+        save_file(tensors, str(d / "tensors.safetensors"))
+        self.table.to_parquet(d / "table.parquet", index=False)
+        meta = {
+            "name": self.name,
+            "modality": self.modality,
+            "labels": self.labels,
+            "group_attributes": self.group_attributes,
+            "meta": self.meta,
+        }
+        (d / "cohort.json").write_text(json.dumps(meta, indent=2, default=str))
+        (d / "data_card.md").write_text(self.data_card)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Cohort:
+        """Read a cohort written by :meth:`save`."""
+        d = Path(directory)
+        meta = json.loads((d / "cohort.json").read_text())
+        t = load_file(str(d / "tensors.safetensors"))
+        kspace = None
+        if "kspace_real" in t:
+            kspace = torch.complex(t["kspace_real"], t["kspace_imag"])
+        return cls(
+            name=meta["name"],
+            modality=meta["modality"],
+            images=t["images"],
+            table=pd.read_parquet(d / "table.parquet"),
+            labels=list(meta["labels"]),
+            group_attributes=list(meta["group_attributes"]),
+            masks=t.get("masks"),
+            roi_masks=t["roi_masks"].bool() if "roi_masks" in t else None,
+            kspace=kspace,
+            data_card=(d / "data_card.md").read_text(),
+            meta=meta.get("meta", {}),
+        )
+
+
+def assign_splits_by_patient(
+    patient_ids: np.ndarray | list[str],
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    seed: int = 0,
+) -> np.ndarray:
+    """Assign train/val/test by patient so that no patient spans two splits.
+
+    Patients are shuffled with ``numpy.random.default_rng(seed)`` and cut at the cumulative
+    ``fractions`` of the number of patients.
+    """
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    pids = np.asarray(patient_ids).astype(str)
+    uniq = np.unique(pids)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(uniq))
+    n_train = int(round(fractions[0] * len(uniq)))
+    n_val = int(round(fractions[1] * len(uniq)))
+    split_of = np.empty(len(uniq), dtype=object)
+    split_of[order[:n_train]] = "train"
+    split_of[order[n_train : n_train + n_val]] = "val"
+    split_of[order[n_train + n_val :]] = "test"
+    lookup = dict(zip(uniq, split_of, strict=True))
+    return np.array([lookup[p] for p in pids], dtype=object)

@@ -1,0 +1,162 @@
+"""A generic manifest (CSV or Parquet): one row per image, for datasets without a dedicated loader."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..progress import track
+from . import _io
+from .base import Cohort, CohortError
+
+logger = logging.getLogger(__name__)
+WHAT = "manifest"
+
+
+class ManifestParams(BaseModel):
+    """Options of :func:`load_manifest` (see ``docs/loaders.md``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    root: Path | None = None
+    image_column: str = "path"
+    patient_column: str = "patient_id"
+    study_column: str | None = None
+    split_column: str | None = None
+    target_columns: list[str] = Field(default_factory=list)
+    group_columns: list[str] = Field(default_factory=list)
+    mask_column: str | None = None
+    modality: Literal["xray", "mri"] = "xray"
+    size: int = Field(64, ge=4)
+    on_missing_image: Literal["error", "drop"] = "error"
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    seed: int = 0
+    name: str = "manifest"
+
+
+def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
+    """Load a cohort from a manifest table.
+
+    Each row names an image (``image_column``, relative to ``root``, default the manifest's
+    folder), its patient, optionally its study id (default: the image path without its suffix),
+    split (``train``/``val``/``test``, aliases ``valid``/``validation``...; default: assigned by
+    patient with ``seed``), targets (0/1/blank → float with NaN), groups (kept as exact strings;
+    blank → ``"unknown"``) and a segmentation mask path (any value > 0 is foreground).  Rows with
+    every target missing, a missing mask path, or an unreadable image or mask are dropped and
+    reported.
+
+    Raises
+    ------
+    CohortError
+        Missing manifest or column; bad target or split value (file, row, column); duplicate study
+        id; a patient in two splits; missing image file (with ``on_missing_image="error"``).
+    """
+    p = _io.merge_params(ManifestParams, params, overrides)
+    path = Path(p.path)
+    root = Path(p.root) if p.root is not None else path.parent
+    csv = path.suffix.lower() not in (".parquet", ".pq")
+    df = _io.read_table(path, what=WHAT)
+    cols = [p.image_column, p.patient_column, *p.target_columns, *p.group_columns]
+    cols += [c for c in (p.study_column, p.split_column, p.mask_column) if c is not None]
+    _io.require_columns(df, cols, path, what=WHAT)
+    drops = _io.DropReport(source=f"{WHAT} ({path})")
+
+    def strings(col: str) -> pd.Series:
+        return df[col].astype("string").str.strip()
+
+    img = strings(p.image_column)
+    pid = strings(p.patient_column)
+    for col, s in ((p.image_column, img), (p.patient_column, pid)):
+        blank = (s.isna() | (s == "")).fillna(True).to_numpy()
+        if blank.any():
+            i = int(np.flatnonzero(blank)[0])
+            raise CohortError(f"{WHAT}: {_io.where(path, i, csv=csv)}, column {col!r}: value is blank")
+    if p.study_column is not None:
+        sid = strings(p.study_column)
+    else:
+        sid = img.str.replace(r"(\.nii\.gz|\.[A-Za-z0-9]+)$", "", regex=True)
+    dup = sid.duplicated().to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise CohortError(f"{WHAT}: {_io.where(path, i, csv=csv)}, column {p.study_column or p.image_column!r}: "
+                          f"study {sid.iloc[i]!r} appears twice (study ids must be unique; set study_column)")
+    table = pd.DataFrame({"study_id": sid.to_numpy(dtype=object), "patient_id": pid.to_numpy(dtype=object),
+                          "path": img.to_numpy(dtype=object)})
+    if p.split_column is not None:
+        table["split"] = _io.normalise_splits(df[p.split_column], path, p.split_column, csv=csv, what=WHAT)
+        _io.check_patient_splits(table["patient_id"].to_numpy(), table["split"].to_numpy(), path, what=WHAT)
+    for c in p.target_columns:
+        table[c] = _io.numeric_column(df, c, path, allowed=(0, 1), csv=csv, what=WHAT)
+    for c in p.group_columns:
+        table[c] = df[c].astype(object).where(df[c].notna(), "unknown").map(str).to_numpy(dtype=object)
+    table["_row"] = np.arange(len(df))
+
+    keep = _io.drop_rows_without_labels(table, p.target_columns, drops, file=str(path))
+    if p.mask_column is not None:
+        mcol = strings(p.mask_column)
+        nomask = (mcol.isna() | (mcol == "")).fillna(True).to_numpy()
+        for i in np.flatnonzero(nomask & keep):
+            drops.add("missing mask", file=str(path), row=int(i), detail=f"column {p.mask_column!r} is blank")
+        keep &= ~nomask
+        table["mask_path"] = mcol.to_numpy(dtype=object)
+    table = table[keep].reset_index(drop=True)
+
+    arrays, mask_arrays, ok = [], [], np.zeros(len(table), dtype=bool)
+    for i in track(range(len(table)), description=f"{WHAT}: reading images"):
+        row = int(table["_row"].iloc[i])
+        f = root / table["path"].iloc[i]
+        if not f.is_file():
+            msg = f"image {str(f)!r} not found"
+            if p.on_missing_image == "error":
+                raise CohortError(f"{WHAT}: {_io.where(path, row, csv=csv)}, column {p.image_column!r}: {msg}; "
+                                  f"check 'root' (or set on_missing_image='drop')")
+            drops.add("missing image", file=str(f), row=row, detail=msg)
+            continue
+        try:
+            a = _io.read_image(f)
+        except ValueError as exc:
+            drops.add("unreadable image", file=str(f), row=row, detail=str(exc))
+            continue
+        if p.mask_column is not None:
+            mf = root / table["mask_path"].iloc[i]
+            try:
+                m = _io.read_image(mf) > 0
+                if m.shape != a.shape:
+                    raise ValueError(f"mask shape {m.shape} differs from image shape {a.shape}")
+            except (ValueError, FileNotFoundError) as exc:
+                drops.add("unreadable mask", file=str(mf), row=row, detail=str(exc))
+                continue
+            mask_arrays.append(m.astype(np.float32))
+        arrays.append(a)
+        ok[i] = True
+    table = table[ok].reset_index(drop=True)
+    if len(table) == 0:
+        drops.log(logger)
+        raise CohortError(f"{WHAT}: no row of {path} could be loaded; dropped: {drops.counts}")
+    images = _io.stack_resized(arrays, p.size)
+    masks = _io.stack_resized(mask_arrays, p.size, mask=True) if p.mask_column is not None else None
+
+    if p.split_column is None:
+        table["split"] = _io.split_by_patient(table["patient_id"].to_numpy(), p.split_fractions, p.seed)
+        rule = f"assigned by patient (fractions {tuple(p.split_fractions)}, seed {p.seed})"
+    else:
+        rule = f"from column {p.split_column!r}"
+    table = table.drop(columns=["_row"])
+
+    drops.log(logger)
+    notes = [f"Splits {rule}", f"Images: centre-cropped to a square and resized to {p.size}x{p.size}"]
+    card = _io.data_card(title=p.name, source=str(path), modality=p.modality, table=table,
+                         labels=p.target_columns, group_attributes=p.group_columns, drops=drops,
+                         masks=masks, notes=notes)
+    meta = {"loader": "manifest", "params": p.model_dump(mode="json"), "split_rule": rule,
+            "dropped": drops.as_meta()}
+    return Cohort(name=p.name, modality=p.modality, images=images, table=table, labels=list(p.target_columns),
+                  group_attributes=list(p.group_columns), masks=masks if masks is None else masks.to(torch.uint8),
+                  data_card=card, meta=meta)

@@ -1,0 +1,286 @@
+"""UCSF-PDGM (preoperative diffuse glioma MRI) as distributed on TCIA.
+
+Layout: one folder per subject, ``UCSF-PDGM-0004_nifti/UCSF-PDGM-0004_FLAIR.nii.gz`` (also ``_T1``,
+``_T1c``, ``_T2`` ...), ``UCSF-PDGM-0004_tumor_segmentation.nii.gz`` (labels 1 necrotic core,
+2 oedema, 4 enhancing tumour; 3 for enhancing in BraTS-2023-style releases), optionally
+``UCSF-PDGM-0004_brain_segmentation.nii.gz``; and ``UCSF-PDGM-metadata_v2.csv`` with ``ID``
+(``UCSF-PDGM-004``: note the padding differs from the folders), ``Sex``, ``Age at MRI``,
+``WHO CNS Grade`` and ``Final pathologic diagnosis (WHO 2021)``.
+
+Reference: Calabrese et al., "The University of California San Francisco Preoperative Diffuse
+Glioma MRI Dataset", Radiology: Artificial Intelligence 2022.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..progress import track
+from . import _io
+from .base import Cohort, CohortError
+
+logger = logging.getLogger(__name__)
+WHAT = "ucsf-pdgm"
+META_COLUMNS = ("ID", "Sex", "Age at MRI", "WHO CNS Grade", "Final pathologic diagnosis (WHO 2021)")
+TUMOUR_TYPES = ("glioblastoma", "astrocytoma", "oligodendroglioma")
+_ID_RE = re.compile(r"(\d+)(?!.*\d)")
+
+
+class UcsfPdgmParams(BaseModel):
+    """Options of :func:`load_ucsf_pdgm` (see ``docs/loaders.md``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: Path
+    metadata_csv: str = "UCSF-PDGM-metadata_v2.csv"
+    sequence: str = "FLAIR"
+    size: int = Field(64, ge=4)
+    slices: Literal["max_tumor", "every_n", "all_tumor"] = "max_tumor"
+    n_slices: int = Field(3, ge=1)
+    label_policy: Literal["whole_tumor", "enhancing", "core"] = "whole_tumor"
+    age_bands: list[float] = Field(default_factory=lambda: [40.0, 60.0, 80.0])
+    max_subjects: int | None = Field(None, ge=1)
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    seed: int = 0
+    name: str = "ucsf-pdgm"
+
+
+def subject_number(text: str) -> int | None:
+    """The subject's integer from an ID or folder name (last run of digits): ``UCSF-PDGM-004`` → 4."""
+    m = _ID_RE.search(str(text).replace("_nifti", ""))
+    return int(m.group(1)) if m else None
+
+
+def tumour_type(diagnosis: str) -> str:
+    """WHO 2021 diagnosis text → ``glioblastoma`` / ``astrocytoma`` / ``oligodendroglioma`` / ``other``."""
+    d = str(diagnosis).lower()
+    for t in TUMOUR_TYPES:
+        if t in d:
+            return t
+    return "other"
+
+
+def target_mask(seg: np.ndarray, policy: str) -> np.ndarray:
+    """Binary mask from a tumour label volume.
+
+    ``whole_tumor``: ``seg > 0``; ``enhancing``: ``seg == ET`` with ET = 4 if label 4 occurs in the
+    volume, else 3; ``core``: ``seg in {1, ET}``.
+    """
+    if policy == "whole_tumor":
+        return seg > 0
+    et = 4 if (seg == 4).any() else 3
+    if policy == "enhancing":
+        return seg == et
+    return (seg == 1) | (seg == et)
+
+
+def normalise_volume(vol: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """``(v - p1) / (p99 - p1)`` clipped to [0, 1], percentiles over brain voxels; outside brain → 0."""
+    inside = vol[brain]
+    if inside.size == 0:
+        raise ValueError("empty brain mask")
+    lo, hi = np.percentile(inside, [1.0, 99.0])
+    if hi <= lo:
+        raise ValueError("constant intensity inside the brain")
+    out = np.clip((vol - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    out[~brain] = 0.0
+    return out
+
+
+def choose_slices(tumour_area: np.ndarray, brain_area: np.ndarray, rule: str, n: int) -> np.ndarray:
+    """Axial slice indices (ascending) chosen by ``rule``.
+
+    - ``max_tumor``: the ``n`` slices with the largest whole-tumour area (ties → lower index),
+      only slices with some tumour;
+    - ``all_tumor``: every slice with whole-tumour area > 0;
+    - ``every_n``: every ``n``-th slice among those containing brain, starting at the first.
+    """
+    if rule == "max_tumor":
+        order = np.argsort(-tumour_area, kind="stable")[:n]
+        return np.sort(order[tumour_area[order] > 0])
+    if rule == "all_tumor":
+        return np.flatnonzero(tumour_area > 0)
+    return np.flatnonzero(brain_area > 0)[::n]
+
+
+def axial_slices(vol: np.ndarray, z: np.ndarray) -> torch.Tensor:
+    """Slices ``vol[:, :, z]`` of a RAS+ volume as float (len(z), 1, Y, X), anterior at the top.
+
+    ``np.rot90`` over the (x, y) axes turns RAS array order into the usual display (rows run
+    anterior → posterior, columns run with x).
+    """
+    s = np.rot90(vol[:, :, z], k=1, axes=(0, 1)).transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))[:, None]
+
+
+def _find(folder: Path, stem: str, suffix: str) -> Path | None:
+    for ext in (".nii.gz", ".nii"):
+        f = folder / f"{stem}_{suffix}{ext}"
+        if f.is_file():
+            return f
+    return None
+
+
+def _read_metadata(path: Path) -> pd.DataFrame:
+    df = _io.read_table(path, what=f"{WHAT} metadata")
+    _io.require_columns(df, META_COLUMNS, path, what=f"{WHAT} metadata")
+    nums = df["ID"].map(subject_number)
+    bad = nums.isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise CohortError(f"{WHAT} metadata: {_io.where(path, i)}, column 'ID': {df['ID'].iloc[i]!r} has no subject number")
+    dup = nums.duplicated().to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise CohortError(f"{WHAT} metadata: {_io.where(path, i)}, column 'ID': subject {int(nums.iloc[i])} appears twice")
+    grade = _io.numeric_column(df, "WHO CNS Grade", path, allowed=(1, 2, 3, 4), what=f"{WHAT} metadata")
+    age = _io.numeric_column(df, "Age at MRI", path, what=f"{WHAT} metadata")
+    neg = np.isfinite(age) & (age < 0)
+    if neg.any():
+        i = int(np.flatnonzero(neg)[0])
+        raise CohortError(f"{WHAT} metadata: {_io.where(path, i)}, column 'Age at MRI': negative age {age[i]}")
+    return pd.DataFrame(
+        {
+            "num": nums.astype(int).to_numpy(),
+            "sex": df["Sex"].astype("string").str.strip().fillna("unknown").to_numpy(dtype=object),
+            "age": age,
+            "grade": grade,
+            "diagnosis": df["Final pathologic diagnosis (WHO 2021)"].astype("string").fillna("").to_numpy(dtype=object),
+            "_row": np.arange(len(df)),
+        }
+    )
+
+
+def load_ucsf_pdgm(params: UcsfPdgmParams | None = None, **overrides) -> Cohort:
+    """Load UCSF-PDGM as 2D axial slices with tumour masks, grade and tumour-type targets.
+
+    Each volume is reoriented to the closest canonical (RAS+) orientation and sliced along the
+    superior axis; each chosen slice is one study (``study_id = UCSF-PDGM-0004/z042``) of patient
+    ``UCSF-PDGM-0004``.  Intensities are normalised per volume: ``(v - p1) / (p99 - p1)`` clipped
+    to [0, 1], with p1, p99 the 1st and 99th percentiles over brain voxels (brain = the
+    ``_brain_segmentation`` file if present, else ``v > 0``: the released images are skull-stripped).
+
+    Targets: ``masks`` from ``label_policy`` (:func:`target_mask`); labels ``high_grade``
+    (WHO CNS grade 4 → 1, grades 2–3 → 0, missing → NaN) and one-hot ``type_glioblastoma``,
+    ``type_astrocytoma``, ``type_oligodendroglioma`` (plus ``type_other`` when a diagnosis names
+    none of them) from the WHO 2021 diagnosis.  Groups: ``sex`` and ``age_band``.  Splits are
+    assigned by patient with ``seed``.  Subjects without metadata, sequence, segmentation or tumour
+    slices, or with unreadable volumes, are dropped and reported.
+
+    Raises
+    ------
+    CohortError
+        Missing metadata file or column, bad value (file, row, column), duplicate subject IDs,
+        no subject folders under ``root``.
+    """
+    p = _io.merge_params(UcsfPdgmParams, params, overrides)
+    root = Path(p.root)
+    if not root.is_dir():
+        raise CohortError(f"{WHAT}: root {str(root)!r} is not a directory; set 'root' to the dataset folder")
+    meta_path = root / p.metadata_csv if not Path(p.metadata_csv).is_absolute() else Path(p.metadata_csv)
+    md = _read_metadata(meta_path)
+    drops = _io.DropReport(source=f"{WHAT} ({root})")
+
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and subject_number(d.name) is not None)
+    if not folders:
+        raise CohortError(f"{WHAT}: no subject folders (e.g. UCSF-PDGM-0004_nifti/) under {str(root)!r}")
+    by_num = {subject_number(d.name): d for d in folders}
+    md_nums = set(md["num"].tolist())
+    for num, d in by_num.items():
+        if num not in md_nums:
+            drops.add("no metadata row", file=str(d), detail=f"subject {num} is not in {meta_path.name}")
+    for num, row in zip(md["num"].tolist(), md["_row"].tolist()):
+        if num not in by_num:
+            drops.add("no image folder", file=str(meta_path), row=int(row),
+                      detail=f"subject {num} has no folder under root")
+    md = md[md["num"].isin(set(by_num))].reset_index(drop=True)
+    if p.max_subjects is not None:
+        md = md.iloc[: p.max_subjects]
+
+    import nibabel as nib
+
+    imgs, msks, rois, rows = [], [], [], []
+    for r in track(list(md.itertuples(index=False)), description=f"{WHAT}: reading volumes"):
+        folder = by_num[r.num]
+        stem = folder.name.removesuffix("_nifti")
+        pid = f"UCSF-PDGM-{r.num:04d}"
+        f_img, f_seg = _find(folder, stem, p.sequence), _find(folder, stem, "tumor_segmentation")
+        if f_img is None:
+            drops.add("missing sequence", file=str(folder), detail=f"no {stem}_{p.sequence}.nii[.gz]")
+            continue
+        if f_seg is None:
+            drops.add("missing segmentation", file=str(folder), detail=f"no {stem}_tumor_segmentation.nii[.gz]")
+            continue
+        try:
+            img_nii = nib.as_closest_canonical(nib.load(str(f_img)))
+            vol = np.asarray(img_nii.dataobj, dtype=np.float32)
+            seg = np.rint(np.asarray(nib.as_closest_canonical(nib.load(str(f_seg))).dataobj)).astype(np.int16)
+            if vol.ndim != 3 or seg.shape != vol.shape:
+                raise ValueError(f"volume shape {vol.shape} and segmentation shape {seg.shape} must be equal 3D")
+            f_brain = _find(folder, stem, "brain_segmentation")
+            if f_brain is not None:
+                brain = np.asarray(nib.as_closest_canonical(nib.load(str(f_brain))).dataobj) > 0
+                if brain.shape != vol.shape:
+                    raise ValueError(f"brain mask shape {brain.shape} differs from volume {vol.shape}")
+            else:
+                brain = vol > 0
+            vol = normalise_volume(vol, brain)
+        except Exception as exc:
+            drops.add("unreadable volume", file=str(f_img), detail=f"{type(exc).__name__}: {exc}")
+            continue
+        whole = seg > 0
+        z = choose_slices(whole.sum(axis=(0, 1)), brain.sum(axis=(0, 1)), p.slices, p.n_slices)
+        if len(z) == 0:
+            drops.add("no tumour slices", file=str(f_seg), detail=f"slices={p.slices!r} selected none")
+            continue
+        tgt = target_mask(seg, p.label_policy)
+        imgs.append(axial_slices(vol, z))
+        msks.append(axial_slices(tgt, z))
+        rois.append(axial_slices(brain, z))
+        for k in z:
+            rows.append({"study_id": f"{pid}/z{int(k):03d}", "patient_id": pid, "slice": int(k),
+                         "sex": r.sex, "age": r.age, "grade": r.grade, "diagnosis": r.diagnosis})
+
+    if not rows:
+        drops.log(logger)
+        raise CohortError(f"{WHAT}: no subject under {str(root)!r} could be loaded; "
+                          f"dropped: {drops.counts}")
+    images = torch.cat([_io.resize_batch(x, p.size) for x in imgs])
+    masks = torch.cat([_io.resize_batch(x, p.size, mask=True) for x in msks])
+    roi = torch.cat([_io.resize_batch(x, p.size, mask=True) for x in rois]).bool()
+
+    table = pd.DataFrame(rows)
+    table["age_band"] = _io.age_bands(table["age"].to_numpy(dtype=np.float64), p.age_bands)
+    g = table["grade"].to_numpy(dtype=np.float64)
+    table["high_grade"] = np.where(np.isfinite(g), (g == 4).astype(np.float64), np.nan)
+    types = table["diagnosis"].map(tumour_type)
+    labels = ["high_grade"]
+    for t in (*TUMOUR_TYPES, "other"):
+        if t == "other" and not (types == "other").any():
+            continue
+        table[f"type_{t}"] = (types == t).astype(np.float64)
+        labels.append(f"type_{t}")
+    table["split"] = _io.split_by_patient(table["patient_id"].to_numpy(), p.split_fractions, p.seed)
+    groups = ["sex", "age_band"]
+
+    drops.log(logger)
+    notes = [
+        f"Sequence {p.sequence}; slices={p.slices!r}, n_slices={p.n_slices}; label_policy={p.label_policy!r}",
+        "Intensity per volume: (v - p1) / (p99 - p1) within brain, clipped to [0, 1]",
+        f"Splits assigned by patient (fractions {tuple(p.split_fractions)}, seed {p.seed})",
+        f"Images: {p.size}x{p.size}; one study per axial slice",
+    ]
+    card = _io.data_card(title=p.name, source=str(root), modality="mri", table=table, labels=labels,
+                         group_attributes=groups, drops=drops, masks=masks, notes=notes)
+    meta = {"loader": "ucsf-pdgm", "params": p.model_dump(mode="json"), "subjects": int(table["patient_id"].nunique()),
+            "dropped": drops.as_meta()}
+    return Cohort(name=p.name, modality="mri", images=images, table=table, labels=labels, group_attributes=groups,
+                  masks=masks, roi_masks=roi, data_card=card, meta=meta)

@@ -1,0 +1,160 @@
+"""Plan and run an audit, then write the records table, the run metadata and the report."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from reconaudit.engine.config import AuditConfig, config_to_dict
+from reconaudit.engine.executors import ContextSpec, RunSummary, make_executor
+from reconaudit.engine.plan import Plan, build_plan
+from reconaudit.engine.records import collect_records, write_plain_summary, write_records, write_run_meta
+from reconaudit.engine.store import ArtifactStore, open_store
+
+log = logging.getLogger("reconaudit")
+
+
+@dataclass
+class AuditResult:
+    """Where an audit wrote its outputs, and what its executor did."""
+
+    run_dir: Path
+    records_path: Path
+    report_path: Path | None
+    summary: RunSummary
+    plan: Plan
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of Python and the packages whose behaviour the numbers depend on."""
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("reconaudit", "torch", "numpy", "scipy", "pandas", "scikit-learn", "scikit-image", "monai",
+                "pyarrow", "nilearn"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def store_for(cfg: AuditConfig, run_dir: Path) -> ArtifactStore:
+    """The artifact store of a run: ``execution.store`` or ``RUN_DIR/store``."""
+    return open_store(cfg.execution.store or (run_dir / "store"))
+
+
+def plan_status(cfg: AuditConfig, run_dir: Path) -> tuple[Plan, dict[str, bool]]:
+    """The plan and, for every step, whether its artifact already exists."""
+    plan = build_plan(cfg)
+    run_dir = Path(run_dir)
+    store_loc = cfg.execution.store or (run_dir / "store")
+    if "://" not in str(store_loc) and not Path(store_loc).exists():
+        return plan, {sid: False for sid in plan.steps}
+    store = store_for(cfg, run_dir)
+    return plan, {sid: store.exists(s.kind, s.key) for sid, s in plan.steps.items()}
+
+
+def cohort_meta(plan: Plan, store: ArtifactStore, cfg: AuditConfig) -> dict:
+    """Per cohort: modality, tasks, labels, group attributes, level unit, data card."""
+    import json
+
+    from reconaudit.physics import DEGRADATIONS
+
+    out: dict[str, dict] = {}
+    for step in plan.steps.values():
+        if step.kind != "cohort" or not store.exists("cohort", step.key):
+            continue
+        d = store.path("cohort", step.key)
+        info = json.loads((d / "cohort.json").read_text())
+        cc = next(c for c in cfg.cohorts if c.name == step.spec["name"] and c.params == step.spec["params"])
+        tasks = sorted({s.spec["task"] for s in plan.steps.values()
+                        if s.kind == "task_model" and s.spec["cohort"] == step.key})
+        level_names = sorted({getattr(DEGRADATIONS.get(dc.name), "level_name", "level") for dc in cc.degradations})
+        out[step.spec["name"]] = {
+            "modality": info["modality"],
+            "tasks": tasks,
+            "labels": info["labels"],
+            "group_attributes": info["group_attributes"],
+            "level_name": level_names[0] if len(level_names) == 1 else "level",
+            "data_card": (d / "data_card.md").read_text(),
+        }
+    return out
+
+
+def run_audit(
+    cfg: AuditConfig,
+    run_dir: str | Path,
+    *,
+    workers: int | None = None,
+    executor: str | None = None,
+    address: str | None = None,
+    report: bool = True,
+    config_text: str | None = None,
+) -> AuditResult:
+    """Plan ``cfg``, compute every step whose artifact is missing, and write the outputs.
+
+    Outputs in ``run_dir``: ``records.parquet``, ``run.json``, ``summary.csv``/``summary.md``,
+    ``examples/``, ``run.log`` and (with ``report=True``) the report (``report.html``, ``tables/``,
+    ``figures/``).  Finished steps are reused, so running again after an interruption resumes.
+    """
+    from reconaudit.devices import resolve_device
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        store = store_for(cfg, run_dir)
+        removed = store.clean_tmp(older_than_s=0 if "://" in store.url else 0)
+        if removed:
+            log.info("removed %d temporary directories left by an interrupted run", removed)
+        plan = build_plan(cfg)
+        todo = [s for s in plan.ordered() if not store.exists(s.kind, s.key)]
+        log.info("plan: %d cells, %d steps, %d to compute", len(plan.cells), len(plan.steps), len(todo))
+        device = str(resolve_device(cfg.device))
+        ex = make_executor(executor or cfg.execution.executor, workers or cfg.execution.workers,
+                           address or cfg.execution.address)
+        if hasattr(ex, "resources"):
+            ex.resources = {k: v.model_dump() for k, v in cfg.execution.resources.items()}
+        summary = ex.run(todo, ContextSpec(store.url, device, cfg.execution.mixed_precision),
+                         cfg.execution.retries)
+        summary.reused.extend(s.id for s in plan.ordered() if s not in todo)
+        for f in summary.failed:
+            log.error("step %s failed after %d attempts: %s\n%s", f.step, f.attempts, f.error, f.traceback)
+        records, cells = collect_records(plan, store, run_dir)
+        meta = {
+            "name": cfg.name,
+            "config": config_to_dict(cfg),
+            "config_yaml": config_text or yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
+            "versions": software_versions(),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "device": device,
+            "cohorts": cohort_meta(plan, store, cfg),
+            "cells": cells,
+            "analysis": cfg.analysis.model_dump(),
+            "failures": [{"step": f.step, "error": f.error} for f in summary.failed]
+            + [{"step": s, "error": "skipped: a step it depends on failed"} for s in summary.skipped],
+        }
+        records_path = write_records(records, run_dir)
+        write_run_meta(meta, run_dir)
+        if len(records):
+            write_plain_summary(records, meta, run_dir)
+        report_path = None
+        if report and len(records):
+            from reconaudit.report import build_report
+
+            report_path = build_report(run_dir)
+        log.info("audit %s: %d computed, %d reused, %d failed, %d skipped", cfg.name, len(summary.computed),
+                 len(summary.reused), len(summary.failed), len(summary.skipped))
+        return AuditResult(run_dir, records_path, report_path, summary, plan)
+    finally:
+        log.removeHandler(handler)
+        handler.close()

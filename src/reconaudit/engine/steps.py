@@ -1,0 +1,501 @@
+"""The step functions: each reads the artifacts it depends on and writes one artifact.
+
+Every function has the signature ``fn(spec, ctx, out_dir)``: ``spec`` is the step's JSON spec
+(everything that went into its key), ``ctx`` the :class:`StepContext` (store, device), ``out_dir``
+the private directory the store commits when the function returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from reconaudit.cohorts.base import Cohort
+from reconaudit.engine.plan import Step
+from reconaudit.engine.store import ArtifactStore
+from reconaudit.physics.base import Degraded
+from reconaudit.seeding import derive_seed, study_seeds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepContext:
+    """What a step needs besides its spec: where artifacts live and where to compute."""
+
+    store: ArtifactStore
+    device: str = "cpu"
+    mixed_precision: bool = False
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=_jsonable))
+
+
+def _jsonable(o: object) -> object:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    return str(o)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cohort_cached(path: str) -> Cohort:
+    return Cohort.load(path)
+
+
+def load_cohort(ctx: StepContext, key: str) -> Cohort:
+    """The cohort artifact ``key`` (cached per process)."""
+    return _load_cohort_cached(str(ctx.store.path("cohort", key)))
+
+
+def load_degraded(ctx: StepContext, key: str) -> Degraded:
+    """The degraded studies of every split, aligned with the cohort's rows."""
+    d = ctx.store.path("degrade", key)
+    info = json.loads((d / "info.json").read_text())
+    return Degraded.from_tensors(load_file(str(d / "degraded.safetensors")), info)
+
+
+def _task_n_outputs(cohort: Cohort, task: str) -> int:
+    return len(cohort.labels) if task == "classification" else 1
+
+
+def _task_targets(cohort: Cohort, task: str) -> np.ndarray | torch.Tensor:
+    if task == "classification":
+        return cohort.targets()
+    if cohort.masks is None:
+        raise ValueError(f"cohort {cohort.name!r} has no segmentation masks; remove the segmentation task")
+    return cohort.masks.float()
+
+
+def _make_task(task: str, arch: str, params: dict, ctx: StepContext, in_channels: int, n_outputs: int, spec: dict):
+    from reconaudit.tasks import make_task_model
+
+    p = dict(params)
+    if task == "classification":
+        p.setdefault("threshold_policy", spec.get("threshold_policy", "sens_eq_spec"))
+        if spec.get("target_sensitivity") is not None:
+            p.setdefault("target_sensitivity", spec["target_sensitivity"])
+    return make_task_model(task, arch=arch, device=ctx.device, in_channels=in_channels, n_outputs=n_outputs, **p)
+
+
+def load_task_model(ctx: StepContext, kind: str, key: str):
+    """A frozen diagnostic model artifact (``task_model`` or ``direct_model``)."""
+    d = ctx.store.path(kind, key)
+    info = json.loads((d / "info.json").read_text())
+    model = _make_task(info["task"], info["arch"], info["params"], ctx, info["in_channels"], info["n_outputs"], info)
+    model.load(d / "model.safetensors")
+    return model, info
+
+
+def _predict_batched(model, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    outs = [np.asarray(model.predict(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    return np.concatenate(outs, 0) if outs else np.zeros((0,))
+
+
+def _seg_scores(prob: np.ndarray, threshold: float, truth: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from reconaudit.metrics import dice, hd95
+
+    pred = (prob >= threshold).astype(np.uint8)
+    t = truth.numpy().astype(np.uint8)
+    return pred, np.asarray(dice(pred, t), dtype=np.float64), np.asarray(hd95(pred, t), dtype=np.float64)
+
+
+def _image_quality(x: torch.Tensor, ref: torch.Tensor, roi: torch.Tensor | None) -> dict[str, np.ndarray]:
+    from reconaudit.metrics import nmse, psnr, ssim
+
+    a = x.clamp(0, 1).numpy()
+    r = ref.numpy()
+    m = roi.numpy().astype(bool) if roi is not None else None
+    kw = {} if m is None else {"mask": m}
+    return {
+        "psnr": np.asarray(psnr(a, r, **kw), dtype=np.float64),
+        "ssim": np.asarray(ssim(a, r, **kw), dtype=np.float64),
+        "nmse": np.asarray(nmse(a, r, **kw), dtype=np.float64),
+    }
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+# ---------------------------------------------------------------------------------------- steps
+def step_cohort(spec: dict, ctx: StepContext, out: Path) -> None:
+    """Build or load a cohort (generator or loader) and store it."""
+    from reconaudit.cohorts import COHORTS, make_cohort
+
+    params = dict(spec["params"])
+    _, model = COHORTS[spec["name"]].load_builder()
+    if "seed" in model.model_fields and "seed" not in params:
+        params["seed"] = spec["data_seed"]
+    cohort = make_cohort(spec["name"], **params)
+    cohort.save(out)
+
+
+def step_task_model(spec: dict, ctx: StepContext, out: Path) -> None:
+    """Train a diagnostic model on the clean train split; thresholds on clean validation data."""
+    cohort = load_cohort(ctx, spec["cohort"])
+    task = spec["task"]
+    n_out = _task_n_outputs(cohort, task)
+    _seed_all(spec["seed"])
+    model = _make_task(task, spec["arch"], spec["params"], ctx, 1, n_out, spec)
+    tr, va = cohort.indices("train"), cohort.indices("val")
+    targets = _task_targets(cohort, task)
+    history = model.fit(
+        cohort.images[tr], targets[tr], cohort.images[va], targets[va], seed=spec["seed"]
+    )
+    model.save(out / "model.safetensors")
+    _json(
+        out / "info.json",
+        {**spec, "in_channels": 1, "n_outputs": n_out, "history": history, "thresholds": model.thresholds},
+    )
+
+
+def step_predict_clean(spec: dict, ctx: StepContext, out: Path) -> None:
+    """Apply the frozen diagnostic models to the clean test images (shared by every cell)."""
+    cohort = load_cohort(ctx, spec["cohort"])
+    te = cohort.indices("test")
+    table = pd.DataFrame({"study_id": cohort.table["study_id"].to_numpy()[te]})
+    images = cohort.images[te]
+    for task, key in spec["task_models"].items():
+        model, _ = load_task_model(ctx, "task_model", key)
+        prob = _predict_batched(model, images)
+        if task == "classification":
+            for j, label in enumerate(cohort.labels):
+                table[f"clean_score:{label}"] = prob[:, j].astype(np.float64)
+        else:
+            _, d, h = _seg_scores(prob, float(model.thresholds[0]), cohort.masks[te])
+            table["clean_dice"] = d
+            table["clean_hd95"] = h
+    table.to_parquet(out / "clean.parquet", index=False)
+
+
+def step_degrade(spec: dict, ctx: StepContext, out: Path) -> None:
+    """Degrade every study of the cohort with a per-study seed (batched)."""
+    from reconaudit.physics import make_degradation
+
+    cohort = load_cohort(ctx, spec["cohort"])
+    op = make_degradation(spec["degradation"], spec["level"], **spec["params"])
+    ids = cohort.table["study_id"].astype(str).tolist()
+    seeds = study_seeds(f"degrade/{spec['degradation']}/{spec['level']}", spec["seed"], ids)
+    parts = []
+    bs = 256
+    from reconaudit import progress
+
+    with progress.task(f"degrade {cohort.name} {spec['degradation']}={spec['level']:g}", len(ids)) as t:
+        for i in range(0, len(ids), bs):
+            imgs = cohort.images[i : i + bs]
+            kw = {}
+            if cohort.kspace is not None and getattr(op, "accepts_kspace", False):
+                kw["kspace"] = cohort.kspace[i : i + bs]
+            parts.append(op(imgs, seeds[i : i + bs], **kw))
+            t.advance(len(imgs))
+    deg = Degraded.concat(parts)
+    info = {k: v for k, v in parts[0].info.items() if isinstance(v, int | float | str | bool)}
+    for k in list(info):
+        vals = [p.info.get(k) for p in parts]
+        if all(isinstance(v, int | float) for v in vals):
+            info[k] = float(np.average(vals, weights=[len(p) for p in parts]))
+    save_file(deg.tensors(), str(out / "degraded.safetensors"))
+    _json(out / "info.json", {**info, "level_name": getattr(op, "level_name", "level")})
+
+
+def _pairset(cohort: Cohort, deg: Degraded, split: str):
+    from reconaudit.recon.base import PairSet
+
+    idx = cohort.indices(split)
+    sub = cohort.table.iloc[idx].reset_index(drop=True)
+    return PairSet(
+        degraded=deg.subset(idx),
+        clean=cohort.images[torch.as_tensor(idx)],
+        study_ids=sub["study_id"].astype(str).tolist(),
+        groups=sub[cohort.group_attributes].astype(str),
+        targets=cohort.targets()[idx] if cohort.labels else None,
+        masks=cohort.masks[torch.as_tensor(idx)] if cohort.masks is not None else None,
+    )
+
+
+def _make_recon(name: str, params: dict, ctx: StepContext):
+    from reconaudit.recon import make_reconstructor
+
+    return make_reconstructor(name, device=ctx.device, **params)
+
+
+def step_fit_recon(spec: dict, ctx: StepContext, out: Path, *, key: str = "") -> None:
+    """Fit a reconstructor on (degraded, clean) train pairs, optionally with a mitigation."""
+    cohort = load_cohort(ctx, spec["cohort"])
+    deg = load_degraded(ctx, spec["degrade"])
+    train, val = _pairset(cohort, deg, "train"), _pairset(cohort, deg, "val")
+    _seed_all(spec["seed"])
+    rec = _make_recon(spec["reconstructor"], spec["params"], ctx)
+    ckpt = ctx.store.checkpoint_dir("fit_recon", key) if rec.trainable else None
+    mit = spec.get("mitigation")
+    if mit is None:
+        history = rec.fit(train, val, seed=spec["seed"], checkpoint_dir=ckpt)
+    else:
+        from reconaudit.mitigation import apply_mitigation
+
+        if mit.get("base"):
+            rec.load(ctx.store.path("fit_recon", mit["base"]) / "weights.safetensors")
+        task_models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in mit["task_models"].items()}
+        history = apply_mitigation(
+            rec, mit["name"], mit["strength"], mit["params"], train, val,
+            task_models=task_models, cohort=cohort, seed=spec["seed"], checkpoint_dir=ckpt,
+        )
+    rec.save(out / "weights.safetensors")
+    _json(out / "info.json", {**spec, "history": history})
+
+
+def step_reconstruct(spec: dict, ctx: StepContext, out: Path) -> None:
+    """Reconstruct the test studies (K samples each for stochastic reconstructors)."""
+    cohort = load_cohort(ctx, spec["cohort"])
+    deg = load_degraded(ctx, spec["degrade"])
+    te = cohort.indices("test")
+    test = deg.subset(te)
+    ids = cohort.table["study_id"].astype(str).to_numpy()[te].tolist()
+    rec = _make_recon(spec["reconstructor"], spec["params"], ctx)
+    rec.load(ctx.store.path("fit_recon", spec["fit"]) / "weights.safetensors")
+    k = int(spec["samples"])
+    seeds = study_seeds(f"reconstruct/{spec['reconstructor']}", spec["seed"], ids)
+    bs = 32
+    outs = []
+    from reconaudit import progress
+
+    with torch.no_grad(), progress.task(f"reconstruct {spec['reconstructor']}", len(ids)) as t:
+        for i in range(0, len(ids), bs):
+            part = test.subset(list(range(i, min(i + bs, len(ids)))))
+            r = rec.reconstruct(part.to(ctx.device), seeds=seeds[i : i + bs], samples=k, study_ids=ids[i : i + bs])
+            outs.append(r.detach().float().cpu())
+            t.advance(len(part))
+    r = torch.cat(outs, 0)
+    tensors: dict[str, torch.Tensor] = {}
+    if k > 1:
+        tensors["samples"] = r.clamp(0, 1).contiguous()
+        tensors["mean"] = r.clamp(0, 1).mean(1).contiguous()
+        tensors["std"] = r.clamp(0, 1).std(1, unbiased=True).contiguous()
+    else:
+        tensors["mean"] = r.clamp(0, 1).contiguous()
+    save_file(tensors, str(out / "recon.safetensors"))
+
+
+def _saliency(model, images: torch.Tensor, label_idx: np.ndarray) -> np.ndarray:
+    """Gradient × input saliency of each study's chosen label, normalised to [0, 1] per study."""
+    x = images.clone().requires_grad_(True)
+    logits = model.logits(x)
+    sel = logits[torch.arange(len(x)), torch.as_tensor(label_idx)]
+    (g,) = torch.autograd.grad(sel.sum(), x)
+    s = (g * x).abs().detach()[:, 0]
+    s = torch.nn.functional.avg_pool2d(s[:, None], 3, 1, 1)[:, 0]
+    mx = s.flatten(1).max(1).values.clamp_min(1e-12)
+    return (s / mx[:, None, None]).numpy().astype(np.float32)
+
+
+def _base_rows(cohort: Cohort, spec: dict) -> tuple[pd.DataFrame, np.ndarray]:
+    te = cohort.indices("test")
+    sub = cohort.table.iloc[te].reset_index(drop=True)
+    df = pd.DataFrame(
+        {
+            "cell_id": spec["cell_id"],
+            "cohort": spec["cohort_name"],
+            "task": spec["task"],
+            "degradation": spec["degradation"],
+            "level": float(spec["level"]),
+            "reconstructor": spec["reconstructor"],
+            "arm": spec["arm"],
+            "mitigation": spec["mitigation"],
+            "mitigation_strength": float(spec["mitigation_strength"]),
+            "seed": int(spec["seed"]),
+            "study_id": sub["study_id"].astype(str),
+            "patient_id": sub["patient_id"].astype(str),
+            "study_index": np.arange(len(sub), dtype=np.int64),
+        }
+    )
+    for g in cohort.group_attributes:
+        df[f"group:{g}"] = sub[g].astype(str).to_numpy()
+    for j, label in enumerate(cohort.labels):
+        df[f"target:{label}"] = cohort.targets()[te, j].astype(np.float64)
+    return df, te
+
+
+def _score_common(
+    spec: dict, ctx: StepContext, out: Path, cohort: Cohort, te: np.ndarray, df: pd.DataFrame,
+    inputs: torch.Tensor, models: dict, recon: dict | None, deg_test: Degraded,
+) -> pd.DataFrame:
+    """Apply diagnostic ``models`` to ``inputs``; add scores, Dice, image quality; write examples."""
+    from reconaudit.tasks import choose_threshold
+
+    ev = spec["evaluation"]
+    clean = pd.read_parquet(ctx.store.path("predict_clean", spec["predict_clean"]) / "clean.parquet")
+    if list(clean["study_id"]) != list(df["study_id"]):
+        raise RuntimeError("clean predictions and test studies are not aligned (corrupt store?)")
+    roi = cohort.roi_masks[torch.as_tensor(te)] if (ev["roi"] and cohort.roi_masks is not None) else None
+    clean_imgs = cohort.images[torch.as_tensor(te)]
+    k = int(recon["samples"].shape[1]) if recon is not None and "samples" in recon else 1
+    examples: dict[str, np.ndarray] = {}
+    n_ex = min(int(ev["examples"]), len(te))
+    ex_idx = np.arange(n_ex)
+    seg_pred_ex = None
+    for task, model in models.items():
+        prob = _predict_batched(model, inputs)
+        if task == "classification":
+            for j, label in enumerate(cohort.labels):
+                df[f"clean_score:{label}"] = clean[f"clean_score:{label}"].to_numpy()
+                df[f"score:{label}"] = prob[:, j].astype(np.float64)
+                thr = float(model.thresholds[j])
+                if ev["rechoose_on_test"]:
+                    thr = float(choose_threshold(df[f"target:{label}"].to_numpy(), prob[:, j], ev["threshold_policy"],
+                                                 ev.get("target_sensitivity")))
+                df[f"threshold:{label}"] = thr
+            if k > 1:
+                for s in range(k):
+                    ps = _predict_batched(model, recon["samples"][:, s])
+                    for j, label in enumerate(cohort.labels):
+                        df[f"sample_score:{label}:{s}"] = ps[:, j].astype(np.float64)
+            if n_ex:
+                pick = np.nan_to_num(df[[f"target:{lb}" for lb in cohort.labels]].to_numpy()[ex_idx], nan=0.0)
+                label_idx = np.where(pick.any(1), pick.argmax(1), prob[ex_idx].argmax(1))
+                examples["saliency_clean"] = _saliency(model, clean_imgs[ex_idx], label_idx)
+                examples["saliency_recon"] = _saliency(model, inputs[ex_idx], label_idx)
+                examples["saliency_label"] = np.array([cohort.labels[i] for i in label_idx])
+        else:
+            pred, d, h = _seg_scores(prob, float(model.thresholds[0]), cohort.masks[torch.as_tensor(te)])
+            df["clean_dice"] = clean["clean_dice"].to_numpy()
+            df["clean_hd95"] = clean["clean_hd95"].to_numpy()
+            df["dice"] = d
+            df["hd95"] = h
+            seg_pred_ex = pred[ex_idx, 0]
+    iq_in = _image_quality(deg_test.image, clean_imgs, roi)
+    for m, v in iq_in.items():
+        df[f"input_{m}"] = v
+    if recon is not None:
+        for m, v in _image_quality(recon["mean"], clean_imgs, roi).items():
+            df[m] = v
+        df["uncertainty"] = recon["std"].flatten(1).mean(1).numpy() if "std" in recon else np.nan
+    else:
+        for m in ("psnr", "ssim", "nmse", "uncertainty"):
+            df[m] = np.nan
+    df["samples"] = k
+    if n_ex:
+        examples["study_index"] = df["study_index"].to_numpy()[ex_idx]
+        examples["clean"] = clean_imgs[ex_idx, 0].numpy()
+        examples["degraded"] = deg_test.image[ex_idx, 0].clamp(0, 1).numpy()
+        if recon is not None:
+            examples["recon"] = recon["mean"][ex_idx, 0].numpy()
+            if "std" in recon:
+                examples["uncertainty"] = recon["std"][ex_idx, 0].numpy()
+        if cohort.masks is not None and seg_pred_ex is not None:
+            examples["seg_true"] = cohort.masks[torch.as_tensor(te)][ex_idx, 0].numpy()
+            examples["seg_recon"] = seg_pred_ex
+            clean_model = models.get("_clean_segmenter")
+            if clean_model is not None:
+                cp = _predict_batched(clean_model, clean_imgs[ex_idx])
+                examples["seg_clean"] = (cp >= float(clean_model.thresholds[0])).astype(np.uint8)[:, 0]
+        np.savez_compressed(out / "examples.npz", **examples)
+    return df
+
+
+def step_score(spec: dict, ctx: StepContext, out: Path) -> None:
+    """Records of one reconstruct-then-diagnose cell: one row per test study."""
+    cohort = load_cohort(ctx, spec["cohort"])
+    deg = load_degraded(ctx, spec["degrade"])
+    df, te = _base_rows(cohort, spec)
+    recon = load_file(str(ctx.store.path("reconstruct", spec["reconstruct"]) / "recon.safetensors"))
+    models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec["task_models"].items()}
+    df = _score_common(spec, ctx, out, cohort, te, df, recon["mean"], _only_tasks(models), recon, deg.subset(te))
+    df.to_parquet(out / "records.parquet", index=False)
+
+
+def _only_tasks(models: dict) -> dict:
+    out = {k: v for k, v in models.items() if not k.startswith("_")}
+    if "segmentation" in models:
+        out["_clean_segmenter"] = models["segmentation"]
+    return _Tasks(out)
+
+
+class _Tasks(dict):
+    """Task models, iterating over real tasks only (the clean segmenter rides along for examples)."""
+
+    def items(self):  # type: ignore[override]
+        return [(k, v) for k, v in super().items() if not k.startswith("_")]
+
+
+def step_direct_model(spec: dict, ctx: StepContext, out: Path) -> None:
+    """The no-reconstruction arm: a diagnostic model trained on the degraded inputs themselves."""
+    from reconaudit.tasks.direct import direct_inputs
+
+    cohort = load_cohort(ctx, spec["cohort"])
+    deg = load_degraded(ctx, spec["degrade"])
+    task = spec["task"]
+    x = direct_inputs(deg.image, deg.kspace, spec["input"])
+    n_out = _task_n_outputs(cohort, task)
+    _seed_all(spec["seed"])
+    model = _make_task(task, spec["arch"], spec["params"], ctx, int(x.shape[1]), n_out, spec)
+    tr, va = cohort.indices("train"), cohort.indices("val")
+    targets = _task_targets(cohort, task)
+    history = model.fit(x[tr], targets[tr], x[va], targets[va], seed=spec["seed"])
+    model.save(out / "model.safetensors")
+    _json(
+        out / "info.json",
+        {**spec, "in_channels": int(x.shape[1]), "n_outputs": n_out, "history": history,
+         "thresholds": model.thresholds},
+    )
+
+
+def step_direct_score(spec: dict, ctx: StepContext, out: Path) -> None:
+    """Records of the direct arm: the direct model applied to the degraded test inputs."""
+    from reconaudit.tasks.direct import direct_inputs
+
+    cohort = load_cohort(ctx, spec["cohort"])
+    deg = load_degraded(ctx, spec["degrade"])
+    df, te = _base_rows(cohort, spec)
+    test = deg.subset(te)
+    x = direct_inputs(test.image, test.kspace, spec["input"])
+    models = {t: load_task_model(ctx, "direct_model", k)[0] for t, k in spec["direct_models"].items()}
+    out_models = _Tasks(models)
+    if "segmentation" in spec["task_models"]:
+        out_models["_clean_segmenter"] = load_task_model(ctx, "task_model", spec["task_models"]["segmentation"])[0]
+    df = _score_common(spec, ctx, out, cohort, te, df, x, out_models, None, test)
+    df.to_parquet(out / "records.parquet", index=False)
+
+
+STEP_FUNCS = {
+    "cohort": step_cohort,
+    "task_model": step_task_model,
+    "predict_clean": step_predict_clean,
+    "degrade": step_degrade,
+    "fit_recon": step_fit_recon,
+    "reconstruct": step_reconstruct,
+    "score": step_score,
+    "direct_model": step_direct_model,
+    "direct_score": step_direct_score,
+}
+
+
+def run_step(step: Step, ctx: StepContext) -> bool:
+    """Run ``step`` unless its artifact exists; return True when it computed something."""
+    if ctx.store.exists(step.kind, step.key):
+        return False
+    fn = STEP_FUNCS[step.kind]
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    _seed_all(derive_seed(step.kind, step.key) % (2**31))
+    with ctx.store.writer(step.kind, step.key) as out:
+        if step.kind == "fit_recon":
+            step_fit_recon(step.spec, ctx, out, key=step.key)
+        else:
+            fn(step.spec, ctx, out)
+    ctx.store.clear_checkpoint(step.kind, step.key)
+    return True
+

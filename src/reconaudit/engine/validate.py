@@ -1,0 +1,78 @@
+"""Second-level config validation: every named component and its parameters, before any work."""
+
+from __future__ import annotations
+
+from reconaudit.engine.config import AuditConfig, ConfigError
+
+
+def _check(errors: list[str], path: str, fn, *args, **kwargs) -> object:
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, TypeError, KeyError) as e:
+        errors.append(f"  {path}: {e}")
+        return None
+
+
+def validate_components(cfg: AuditConfig, where: str = "<config>") -> None:
+    """Check cohort, degradation, reconstructor, task and mitigation names and parameters.
+
+    Raises :class:`ConfigError` listing every problem with its key path and the allowed values.
+    """
+    from reconaudit.cohorts import COHORTS, validate_cohort_params
+    from reconaudit.physics import DEGRADATIONS, make_degradation
+    from reconaudit.recon import RECONSTRUCTORS, validate_reconstructor_params
+    from reconaudit.tasks import validate_task_params
+
+    errors: list[str] = []
+    for i, cc in enumerate(cfg.cohorts):
+        p = f"cohorts.{i}"
+        if cc.name not in COHORTS:
+            errors.append(f"  {p}.name: unknown cohort {cc.name!r}; allowed: {', '.join(COHORTS)}")
+            continue
+        entry = COHORTS[cc.name]
+        _check(errors, f"{p}.params", validate_cohort_params, cc.name, cc.params)
+        for t in cc.tasks:
+            if entry.kind == "synthetic" and t not in entry.tasks:
+                errors.append(f"  {p}.tasks.{t}: cohort {cc.name!r} supports only {', '.join(entry.tasks)}")
+        for t, tc in cc.tasks.items():
+            _check(errors, f"{p}.tasks.{t}", validate_task_params, t, tc.arch, tc.params)
+        for j, dc in enumerate(cc.degradations):
+            dp = f"{p}.degradations.{j}"
+            if dc.name not in DEGRADATIONS:
+                errors.append(f"  {dp}.name: unknown degradation {dc.name!r}; allowed: {', '.join(DEGRADATIONS)}")
+                continue
+            mod = getattr(DEGRADATIONS[dc.name], "modality", "any")
+            if mod not in ("any", entry.modality) and "|" not in entry.modality:
+                errors.append(
+                    f"  {dp}.name: {dc.name!r} simulates {mod} acquisitions but cohort {cc.name!r} is "
+                    f"{entry.modality}; choose a degradation for {entry.modality} or 'masking'"
+                )
+            for k, level in enumerate(dc.levels):
+                _check(errors, f"{dp}.levels.{k}", make_degradation, dc.name, level, **dc.params)
+    labels = set()
+    for i, rc in enumerate(cfg.reconstructors):
+        p = f"reconstructors.{i}"
+        labels.add(rc.display)
+        if rc.name not in RECONSTRUCTORS:
+            errors.append(f"  {p}.name: unknown reconstructor {rc.name!r}; allowed: {', '.join(RECONSTRUCTORS)}")
+            continue
+        _check(errors, f"{p}.params", validate_reconstructor_params, rc.name, rc.params)
+        if rc.samples > 1 and not RECONSTRUCTORS[rc.name].stochastic:
+            errors.append(f"  {p}.samples: {rc.name!r} is deterministic; samples > 1 needs a stochastic model (irsde)")
+    for i, mc in enumerate(cfg.mitigations):
+        p = f"mitigations.{i}"
+        for name in mc.reconstructors or []:
+            if name not in labels:
+                errors.append(f"  {p}.reconstructors: {name!r} is not a reconstructor of this config; "
+                              f"allowed: {', '.join(sorted(labels))}")
+        for name in mc.cohorts or []:
+            if name not in {c.name for c in cfg.cohorts}:
+                errors.append(f"  {p}.cohorts: {name!r} is not a cohort of this config")
+        try:
+            from reconaudit.mitigation import validate_mitigation_params
+
+            _check(errors, f"{p}.params", validate_mitigation_params, mc.name, mc.params)
+        except ImportError:
+            pass
+    if errors:
+        raise ConfigError(f"invalid config {where}:\n" + "\n".join(errors))
