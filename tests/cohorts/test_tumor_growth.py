@@ -101,3 +101,21 @@ def test_stable_step_and_bad_input():
         grow_tumor(torch.ones(1, 4), torch.ones(1), torch.ones(1, 5), torch.ones(1))
     with pytest.raises(ValueError, match="max_steps"):
         grow_tumor(torch.ones(1, 4), torch.ones(1), torch.ones(1, 4), torch.tensor([1e6]), max_steps=10)
+
+
+def test_stop_volume_halts_growth_at_target_and_reports_time():
+    n = 41
+    dif = torch.full((2, n, n), 0.5)
+    c0 = torch.zeros(2, n, n)
+    c0[:, 20, 20] = 0.9
+    target = torch.tensor([50.0, 200.0])
+    c, t = grow_tumor(
+        dif, torch.tensor([0.1, 0.1]), c0, torch.tensor([1e3, 1e3]), spacing_mm=1.0,
+        stop_volume=target, stop_threshold=0.3, check_every=1, return_time=True,
+    )
+    vol = (c > 0.3).flatten(1).sum(1).double()
+    assert bool((vol >= target).all()) and bool((vol < target * 1.3).all())
+    assert float(t[0]) < float(t[1]) < 1e3
+    # the same growth, run for the reported time without a target, gives the same density
+    again = grow_tumor(dif[1:], torch.tensor([0.1]), c0[1:], t[1:], spacing_mm=1.0)
+    assert torch.allclose(again, c[1:], atol=1e-5)

@@ -7,6 +7,7 @@ tables become the column conventions of :class:`reconaudit.cohorts.base.Cohort`.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -443,7 +444,9 @@ def data_card(
             head.append("mean mask fraction")
         out += ["", f"## By {_md(g)}", "", "| " + " | ".join(_md(h) for h in head) + " |",
                 "|" + " --- |" * len(head)]
-        for value, sub in table.groupby(g, sort=True, dropna=False):
+        parts = dict(list(table.groupby(g, sort=False, dropna=False)))
+        for value in sorted(parts, key=_group_key):
+            sub = parts[value]
             cells = [_md(value), str(len(sub)), str(sub["patient_id"].nunique())]
             for name in lab:
                 y = sub[name].to_numpy(dtype=np.float64)
@@ -453,6 +456,14 @@ def data_card(
             out.append("| " + " | ".join(cells) + " |")
     out += ["", drops.markdown()]
     return "\n".join(out)
+
+
+def _group_key(value: object) -> tuple:
+    """Order group values: age bands by their lower edge (``<40`` first), then other text."""
+    m = re.match(r"^(<)?(\d+(?:\.\d+)?)", str(value))
+    if m:
+        return (0, float(m.group(2)) - (0.5 if m.group(1) else 0.0), str(value))
+    return (1, 0.0, str(value))
 
 
 def _rate(pos: int, obs: int) -> str:

@@ -417,7 +417,7 @@ def _render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.
     cos, sin = torch.cos(th), torch.sin(th)
     x = (dx * cos + dy * sin) / s
     y = (-dx * sin + dy * cos) / s
-    e = max(0.012, 0.7 * (2.0 / size))  # edge width in canonical units (about one pixel)
+    e = 0.7 * (2.0 / size)  # edge width in canonical units (about one pixel)
     e_px = 2.0 / size
 
     # ------------------------------------------------------------------ body and soft tissue
@@ -498,7 +498,8 @@ def _render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.
     tr = torch.remainder(ur, 1.0) - 0.5
     rib_band = _sig(0.2 - tr.abs(), e / sp)
     rib_extent = _sig(ur, 0.05) * _sig(9.0 - ur, 0.05) * _sig(xs - 0.06, e) * _sig(ps["thorax_half"] + 0.07 - xs, e)
-    ribs = (rib_band * rib_extent).sum(1, keepdim=True)
+    # ribs read fainter where they overlie mediastinum and abdomen than over aerated lung
+    ribs = (rib_band * rib_extent * (0.45 + 0.55 * lung)).sum(1, keepdim=True)
     ua = (y - col("rib_y0") - 0.12 + 0.35 * (xs - 0.1)) / (1.1 * sp)
     ta = torch.remainder(ua, 1.0) - 0.5
     ant = _sig(0.15 - ta.abs(), e / sp) * _sig(ua, 0.05) * _sig(6.0 - ua, 0.05)
@@ -514,7 +515,7 @@ def _render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.
     trachea = 0.09 * _sig(0.035 - (x - 0.01).abs(), e) * _sig(-0.3 - y, 0.03) * _sig(y + 1.0, e)
     bc_y = ps["diaphragm"] - 0.08
     rb = torch.sqrt(((xs - 0.46) / 0.36) ** 2 + ((y - bc_y) / 0.3) ** 2)
-    breast = col("breast") * 0.09 * torch.sqrt((1.0 - rb**2).clamp(min=0.0)) * _sig(y - bc_y + 0.12, 0.06)
+    breast = col("breast") * 0.13 * torch.sqrt((1.0 - rb**2).clamp(min=0.0)) * _sig(y - bc_y + 0.12, 0.06)
     breast = (breast * _sig(0.05 + 1.0 - rb, e)).sum(1, keepdim=True)
 
     # nodules: Gaussian of sigma = max(r / 1.5, 0.6 px) carrying the mass of a sphere of radius r

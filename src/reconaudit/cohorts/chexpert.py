@@ -190,11 +190,16 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
             "_row": df["_row"].to_numpy(),
         }
     )
+    if len(set(table["partition"]) - {""}) > 1:
+        _io.check_patient_splits(table["patient_id"].to_numpy(), table["partition"].replace("", "train").to_numpy(),
+                                 ", ".join(csvs), what=WHAT)
     dup = table["study_id"].duplicated().to_numpy()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
+        first = int(np.flatnonzero(table["study_id"].to_numpy() == table["study_id"].iloc[i])[0])
         raise CohortError(f"{WHAT}: {_io.where(table['_file'].iloc[i], int(table['_row'].iloc[i]))}, column 'Path': "
-                          f"image {paths.iloc[i]!r} is listed twice")
+                          f"image {paths.iloc[i]!r} repeats study {table['study_id'].iloc[i]!r} of "
+                          f"{paths.iloc[first]!r}; each image may be listed once")
     sex = df["Sex"].astype("string").str.strip().fillna("Unknown") if "Sex" in df else pd.Series(["Unknown"] * len(df))
     table["sex"] = sex.to_numpy(dtype=object)
     groups = ["sex"]
@@ -215,8 +220,8 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
     n_no_demo = 0
     if p.demographics_csv is not None:
         demo = _read_demographics(root / p.demographics_csv)
+        demo_ids = set(demo["patient_id"])
         race = table["patient_id"].map(dict(zip(demo["patient_id"], demo["race"])))
-        n_no_demo = int(race.isna().sum())
         table["race"] = race.fillna("Unknown").to_numpy(dtype=object)
         groups.append("race")
 
@@ -270,7 +275,6 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
     parts = set(table["partition"])
     if len(parts - {""}) > 1:
         split = table["partition"].replace("", "train").to_numpy(dtype=object)
-        _io.check_patient_splits(table["patient_id"].to_numpy(), split, ", ".join(csvs), what=WHAT)
         if "test" not in set(split):
             split = np.where(split == "val", "test", split).astype(object)
             tr = split == "train"
@@ -284,6 +288,8 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
         split_rule = f"assigned by patient (fractions {tuple(p.split_fractions)}, seed {p.seed})"
     table["split"] = split
     table = table.drop(columns=["_file", "_row"])
+    if p.demographics_csv is not None:
+        n_no_demo = int((~table["patient_id"].isin(demo_ids)).sum())
 
     drops.log(logger)
     notes = [

@@ -23,7 +23,8 @@ Lie operator splitting on a regular grid of spacing ``h``:
 The explicit step is stable for :math:`\\Delta t \\le h^2 / (2 d D_{max})` (``d`` spatial dimensions);
 each subject gets its own number of steps :math:`n = \\lceil t_{end} / (s\\, h^2 / (2 d D_{max})) \\rceil`
 (safety ``s``) and :math:`\\Delta t = t_{end} / n`, so its result does not depend on which batch it is
-solved in. Subjects are sorted by step count and the active ones always form a prefix of the batch.
+solved in. Subjects that are done (all steps taken, or an optional target volume reached) leave the
+working batch, so a batch costs what its subjects need.
 """
 
 from __future__ import annotations
@@ -87,7 +88,11 @@ def grow_tumor(
     domain: Tensor | None = None,
     safety: float = 0.9,
     max_steps: int = 20_000,
-) -> Tensor:
+    stop_volume: Tensor | None = None,
+    stop_threshold: float = 0.16,
+    check_every: int = 5,
+    return_time: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Solve the Fisher-Kolmogorov equation for a batch of subjects (explicit scheme, see module doc).
 
     Parameters
@@ -109,11 +114,21 @@ def grow_tumor(
         Fraction ``s`` of the stability limit :math:`h^2 / (2 d D_{max})` used as time step, in (0, 1].
     max_steps:
         Refuse to run more explicit steps than this for any subject (guards against huge D * t).
+    stop_volume:
+        Optional (B,) number of voxels: a subject stops growing at the first check (every
+        ``check_every`` of its steps) where at least this many voxels have :math:`c >` ``stop_threshold``;
+        ``t_end`` is then an upper limit. Checks fall on the same steps whatever the batch.
+    stop_threshold:
+        Density counted by ``stop_volume``.
+    check_every:
+        Steps between two checks of ``stop_volume``.
+    return_time:
+        Also return the (B,) float64 time (days) each subject actually grew.
 
     Returns
     -------
-    Tensor
-        (B, *spatial) float32 density at ``t_end``.
+    Tensor or (Tensor, Tensor)
+        (B, *spatial) float32 density at the end of growth, and with ``return_time`` the growth times.
     """
     if diffusivity.ndim < 2 or diffusivity.ndim > 4:
         raise ValueError(
@@ -156,38 +171,69 @@ def grow_tumor(
     if bool((dt * 2 * ndim * d_max > spacing_mm**2 * (1 + 1e-9)).any()):
         raise RuntimeError("grow_tumor: time step violates dt <= h^2 / (2 d D_max)")
 
-    order = torch.argsort(n_steps, descending=True, stable=True)
-    c = c[order].contiguous()
-    n_sorted = n_steps[order]
-    dt_sorted = dt[order]
     shape1 = (b,) + (1,) * ndim
-    coef = [f[order] * (dt_sorted / spacing_mm**2).to(torch.float32).reshape(shape1) for f in face_diffusivities(dif)]
-    growth = torch.exp(rho[order] * dt_sorted).to(torch.float32).reshape(shape1)
-    growth_m1 = growth - 1.0
+    coef_all = [f * (dt / spacing_mm**2).to(torch.float32).reshape(shape1) for f in face_diffusivities(dif)]
+    growth_all = torch.exp(rho * dt).to(torch.float32).reshape(shape1)
+    if stop_volume is not None:
+        stop_volume = torch.as_tensor(stop_volume, dtype=torch.float64).reshape(-1)
+        if stop_volume.numel() != b:
+            raise ValueError(f"grow_tumor: stop_volume needs one value per subject ({b}), got {stop_volume.numel()}")
+        if check_every < 1:
+            raise ValueError(f"grow_tumor: check_every must be >= 1, got {check_every}")
 
-    total = int(n_sorted.max()) if b else 0
-    n_list = n_sorted.tolist()
-    m = b
-    upd = torch.empty_like(c)
-    for k in range(total):
-        while m > 0 and n_list[m - 1] <= k:
-            m -= 1
-        cc = c[:m]
-        u = upd[:m]
-        u.zero_()
+    out = c
+    steps_done = torch.zeros(b, dtype=torch.int64)
+    active = torch.arange(b)
+    n_left = n_steps.clone()
+    if stop_volume is not None:  # a subject already at its volume does not grow at all
+        vol0 = (c.reshape(b, -1) > stop_threshold).sum(1).double()
+        n_left = torch.where(vol0 >= stop_volume, torch.zeros_like(n_left), n_left)
+
+    def gather(idx: Tensor):
+        return (
+            out[idx].contiguous(),
+            [cf[idx] for cf in coef_all],
+            growth_all[idx],
+            growth_all[idx] - 1.0,
+            n_left[idx].tolist(),
+        )
+
+    active = active[n_left > 0]
+    cc, coef, growth, growth_m1, n_act = gather(active)
+    upd = torch.empty_like(cc)
+    k = 0
+    while active.numel():
         for a in range(ndim):
             axis = a + 1
             n = cc.shape[axis]
             flux = cc.narrow(axis, 1, n - 1) - cc.narrow(axis, 0, n - 1)
-            flux.mul_(coef[a][:m])
-            u.narrow(axis, 0, n - 1).add_(flux)
-            u.narrow(axis, 1, n - 1).sub_(flux)
-        cc.add_(u)
+            flux.mul_(coef[a])
+            if a == 0:
+                upd.zero_()
+            upd.narrow(axis, 0, n - 1).add_(flux)
+            upd.narrow(axis, 1, n - 1).sub_(flux)
+        cc.add_(upd)
         # exact logistic reaction step: c e / (1 + c (e - 1))
-        den = torch.addcmul(torch.ones_like(cc), cc, growth_m1[:m])
-        cc.mul_(growth[:m]).div_(den)
-    out = torch.empty_like(c)
-    out[order] = c
+        den = torch.addcmul(torch.ones_like(cc), cc, growth_m1)
+        cc.mul_(growth).div_(den)
+        k += 1
+        done = torch.tensor([k >= n for n in n_act])
+        if stop_volume is not None and k % check_every == 0:
+            vol = (cc.reshape(cc.shape[0], -1) > stop_threshold).sum(1).double()
+            done |= vol >= stop_volume[active]
+        if bool(done.any()):
+            out[active[done]] = cc[done]
+            steps_done[active[done]] = k
+            keep = ~done
+            active = active[keep]
+            if active.numel():
+                cc = cc[keep].contiguous()
+                coef = [cf[keep] for cf in coef]
+                growth, growth_m1 = growth[keep], growth_m1[keep]
+                n_act = [n for n, kp in zip(n_act, keep.tolist()) if kp]
+                upd = torch.empty_like(cc)
+    if return_time:
+        return out, steps_done.double() * dt
     return out
 
 

@@ -56,9 +56,10 @@ class ContextSpec:
     mixed_precision: bool = False
 
     def make(self) -> StepContext:
+        from reconaudit.devices import resolve_device
         from reconaudit.engine.store import open_store
 
-        return StepContext(open_store(self.store), self.device, self.mixed_precision)
+        return StepContext(open_store(self.store), str(resolve_device(self.device)), self.mixed_precision)
 
 
 class Executor(Protocol):

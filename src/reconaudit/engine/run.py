@@ -120,11 +120,12 @@ def run_audit(
         todo = [s for s in plan.ordered() if not store.exists(s.kind, s.key)]
         log.info("plan: %d cells, %d steps, %d to compute", len(plan.cells), len(plan.steps), len(todo))
         device = str(resolve_device(cfg.device))
+        ctx_device = cfg.device if (executor or cfg.execution.executor) == "ray" else device
         ex = make_executor(executor or cfg.execution.executor, workers or cfg.execution.workers,
                            address or cfg.execution.address)
         if hasattr(ex, "resources"):
             ex.resources = {k: v.model_dump() for k, v in cfg.execution.resources.items()}
-        summary = ex.run(todo, ContextSpec(store.url, device, cfg.execution.mixed_precision),
+        summary = ex.run(todo, ContextSpec(store.url, ctx_device, cfg.execution.mixed_precision),
                          cfg.execution.retries)
         summary.reused.extend(s.id for s in plan.ordered() if s not in todo)
         for f in summary.failed:

@@ -7,6 +7,7 @@ the private directory the store commits when the function returns.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -491,7 +492,14 @@ def run_step(step: Step, ctx: StepContext) -> bool:
     fn = STEP_FUNCS[step.kind]
     torch.use_deterministic_algorithms(True, warn_only=True)
     _seed_all(derive_seed(step.kind, step.key) % (2**31))
-    with ctx.store.writer(step.kind, step.key) as out:
+    from reconaudit.devices import gpu_monitor
+
+    amp = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if ctx.mixed_precision and str(ctx.device).startswith("cuda")
+        else contextlib.nullcontext()
+    )
+    with gpu_monitor(ctx.device, step.id), amp, ctx.store.writer(step.kind, step.key) as out:
         if step.kind == "fit_recon":
             step_fit_recon(step.spec, ctx, out, key=step.key)
         else:

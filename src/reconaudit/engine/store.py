@@ -56,7 +56,7 @@ class ArtifactStore:
     """A local directory of artifacts: ``ROOT/<kind>/<key>/`` (committed by rename)."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(exist_ok=True)

@@ -13,6 +13,27 @@ def _check(errors: list[str], path: str, fn, *args, **kwargs) -> object:
         return None
 
 
+def validate_reconstructor_params(name: str, params: dict) -> None:
+    """Check a reconstructor's parameters (by its pydantic ``Params`` model, or by building it)."""
+    from reconaudit.recon import RECONSTRUCTORS, make_reconstructor
+
+    cls = RECONSTRUCTORS[name]
+    if hasattr(cls, "Params") and name not in ("plugin", "folder"):
+        from reconaudit.recon.training import validate_params
+
+        validate_params(cls, params)
+    else:
+        make_reconstructor(name, device="cpu", **params)
+
+
+def validate_task_params(kind: str, arch: str, params: dict) -> None:
+    """Check a diagnostic model's kind, arch and parameters by building it (cheap, untrained)."""
+    from reconaudit.tasks import make_task_model
+
+    n = None if kind == "classification" else 1
+    make_task_model(kind, arch=arch, device="cpu", in_channels=1, n_outputs=n or 2, **params)
+
+
 def validate_components(cfg: AuditConfig, where: str = "<config>") -> None:
     """Check cohort, degradation, reconstructor, task and mitigation names and parameters.
 
@@ -20,8 +41,7 @@ def validate_components(cfg: AuditConfig, where: str = "<config>") -> None:
     """
     from reconaudit.cohorts import COHORTS, validate_cohort_params
     from reconaudit.physics import DEGRADATIONS, make_degradation
-    from reconaudit.recon import RECONSTRUCTORS, validate_reconstructor_params
-    from reconaudit.tasks import validate_task_params
+    from reconaudit.recon import RECONSTRUCTORS
 
     errors: list[str] = []
     for i, cc in enumerate(cfg.cohorts):

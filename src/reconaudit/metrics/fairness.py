@@ -143,7 +143,7 @@ def _reasons(
     counts: np.ndarray, labels: np.ndarray, min_group_size: float, need: tuple[str, ...]
 ) -> list[str]:
     reasons = []
-    for g, lab in enumerate(labels):
+    for g, lab in enumerate(labels.tolist()):
         n = counts[g].sum()
         if n == 0:
             reasons.append(f"group {lab!r} is empty")
@@ -157,9 +157,11 @@ def _reasons(
     return reasons
 
 
-def _warn(metric: str, reasons: list[str]) -> None:
+def _warn(metric: str, reasons: list[str], stacklevel: int = 3) -> None:
     warnings.warn(
-        f"{metric} undefined, returning NaN: " + "; ".join(reasons), FairnessUndefinedWarning, stacklevel=3
+        f"{metric} undefined, returning NaN: " + "; ".join(reasons),
+        FairnessUndefinedWarning,
+        stacklevel=stacklevel,
     )
 
 
@@ -182,12 +184,12 @@ def _count_metric(
         if name == "skewed_error_ratio" and not reasons:
             err = group_rates(counts)["error_rate"]
             reasons = [
-                f"group {labels[g]!r} has error rate 0 (ratio divides by it)"
+                f"group {labels.tolist()[g]!r} has error rate 0 (ratio divides by it)"
                 for g in np.flatnonzero(err == 0)
             ]
         if len(labels) < 2:
             reasons.append(f"only {len(labels)} group present")
-        _warn(name, reasons)
+        _warn(name, reasons, stacklevel=4)
     return value
 
 
@@ -318,7 +320,7 @@ def by_group(
     check_same_length(values=v, sensitive_features=codes)
     yt = None if y_true is None else as_1d(y_true, "y_true")
     out: dict[object, float] = {}
-    for g, lab in enumerate(labels):  # loop over groups (a handful)
+    for g, lab in enumerate(labels.tolist()):  # loop over groups (a handful)
         sel = codes == g
         if sel.sum() < max(min_group_size, 1):
             out[lab] = float("nan")

@@ -1,0 +1,48 @@
+"""Bias mitigation during reconstruction training.
+
+Three strategies wrap a reconstructor's fitting through :class:`~reconaudit.recon.base.TrainingHooks`:
+
+- ``reweighting`` (:func:`group_weights`): sample training studies with weights that equalise the
+  joint groups of the chosen attributes (inverse group frequency with a floor), trained from scratch;
+- ``eodd`` (:class:`EqualizedOddsPenalty`): fine-tune a trained reconstructor with an equalized-odds
+  penalty computed by the frozen downstream classifier on the reconstruction (for segmentation
+  tasks the Dice gap between groups, :class:`DiceGapPenalty`);
+- ``adversarial`` (:class:`AdversarialPenalty`): an adversary predicts the group from the
+  classifier's features of the reconstruction; the reconstructor is trained to defeat it.
+
+:func:`apply_mitigation` is what the engine calls for a mitigated cell.
+"""
+
+from reconaudit.mitigation.penalties import (
+    AdversarialPenalty,
+    DiceGapPenalty,
+    EqualizedOddsPenalty,
+    RunningMean,
+    soft_dice_gap,
+    soft_equalized_odds,
+)
+from reconaudit.mitigation.strategies import (
+    MITIGATIONS,
+    AdversarialParams,
+    EoddParams,
+    ReweightingParams,
+    apply_mitigation,
+    group_weights,
+    validate_mitigation_params,
+)
+
+__all__ = [
+    "MITIGATIONS",
+    "AdversarialParams",
+    "AdversarialPenalty",
+    "DiceGapPenalty",
+    "EoddParams",
+    "EqualizedOddsPenalty",
+    "ReweightingParams",
+    "RunningMean",
+    "apply_mitigation",
+    "group_weights",
+    "soft_dice_gap",
+    "soft_equalized_odds",
+    "validate_mitigation_params",
+]

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from reconaudit.physics._common import check_images, generators, seed_list
-from reconaudit.physics.base import Degraded, Degradation
-from reconaudit.physics.radon import FILTERS, iradon, radon
+from reconaudit.physics.base import Degradation, Degraded
+from reconaudit.physics.radon import FILTERS, _square_geometry, iradon, radon
 
 __all__ = ["LowDoseXray", "bowtie_profile"]
 
@@ -190,21 +190,29 @@ class LowDoseXray(Degradation):
             return bowtie_profile(self.n_angles, self.bowtie_sigma).view(1, 1, 1, self.n_angles)
         return torch.ones(1, 1, 1, 1)
 
-    def _sinogram(self, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        n, _, h, w = images.shape
-        angles = self.angles
-        sino = radon(images, angles, circle=self.circle).clamp_(min=0.0)  # (N, 1, n_det, A)
+    def sinograms(self, images: torch.Tensor, seeds: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sinogram model: the clean sinogram :math:`s` and the noisy one :math:`\\tilde s`, (N, 1, n_det, A)."""
+        images = check_images(images, "LowDoseXray.sinograms")
+        seeds_ = seed_list(seeds, images.shape[0], "LowDoseXray.sinograms")
+        sino = radon(images, self.angles, circle=self.circle).clamp_(min=0.0)  # (N, 1, n_det, A)
         wgt = self.bowtie(sino.shape[2]).to(sino.device)
         smax = sino.amax(dim=(1, 2, 3), keepdim=True)
         safe = torch.where(smax > 0, smax, torch.ones_like(smax))
-        rate = self.photons * wgt * sino / safe
-        counts = self._poisson(rate, seeds)
-        noisy = counts * safe / (self.photons * wgt)
+        counts = self._poisson(self.photons * wgt * sino / safe, seeds_)
+        return sino, counts * safe / (self.photons * wgt)
+
+    def _sinogram(self, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        n, _, h, w = images.shape
+        angles = self.angles
+        sino, noisy = self.sinograms(images, seeds)
+        smax = sino.amax(dim=(1, 2, 3), keepdim=True)
         out_size = max(h, w) if not self.circle else min(h, w)
         rec = iradon(noisy, angles, self.filter, circle=self.circle, output_size=out_size)
         if (h, w) != (out_size, out_size):
             full = torch.zeros(n, 1, h, w, dtype=rec.dtype, device=rec.device)
-            r0, c0 = out_size // 2 - h // 2, out_size // 2 - w // 2
+            side, off_r, off_c = _square_geometry(h, w, self.circle)
+            # original pixel (i, j) sits at output (i + r0, j + c0)
+            r0, c0 = off_r - side // 2 + out_size // 2, off_c - side // 2 + out_size // 2
             rs, cs = max(r0, 0), max(c0, 0)
             hs, ws = min(h, out_size), min(w, out_size)
             fr, fc = max(-r0, 0), max(-c0, 0)

@@ -1,0 +1,64 @@
+"""Reconstructors behind one interface (``fit``, ``reconstruct``, ``save``, ``load``), selectable by name.
+
+>>> rec = make_reconstructor("classical", weight=0.1)
+>>> sorted(RECONSTRUCTORS)
+['classical', 'folder', 'identity', 'irsde', 'pix2pix', 'plugin', 'unet']
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+
+from reconaudit.recon.base import LossHook, PairSet, Reconstructor, TrainingHooks
+from reconaudit.recon.classical import ClassicalReconstructor
+from reconaudit.recon.identity import IdentityReconstructor
+from reconaudit.recon.irsde import IRSDEReconstructor
+from reconaudit.recon.pix2pix import Pix2PixReconstructor
+from reconaudit.recon.plugins import FolderReconstructor, PluginReconstructor
+from reconaudit.recon.training import LearnedReconstructor
+from reconaudit.recon.unet import UNetReconstructor
+
+RECONSTRUCTORS: dict[str, type[Reconstructor]] = {
+    "identity": IdentityReconstructor,
+    "classical": ClassicalReconstructor,
+    "unet": UNetReconstructor,
+    "pix2pix": Pix2PixReconstructor,
+    "irsde": IRSDEReconstructor,
+    "plugin": PluginReconstructor,
+    "folder": FolderReconstructor,
+}
+
+
+def make_reconstructor(name: str, device: str | torch.device = "cpu", **params: object) -> Reconstructor:
+    """Build the reconstructor registered as ``name`` with validated hyperparameters.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``name`` or parameter (the message lists the allowed values) or an invalid value.
+    """
+    if name not in RECONSTRUCTORS:
+        close = difflib.get_close_matches(str(name), list(RECONSTRUCTORS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown reconstructor {name!r}{hint}; allowed: {sorted(RECONSTRUCTORS)}")
+    return RECONSTRUCTORS[name](device=device, **params)
+
+
+__all__ = [
+    "RECONSTRUCTORS",
+    "ClassicalReconstructor",
+    "FolderReconstructor",
+    "IRSDEReconstructor",
+    "IdentityReconstructor",
+    "LearnedReconstructor",
+    "LossHook",
+    "PairSet",
+    "Pix2PixReconstructor",
+    "PluginReconstructor",
+    "Reconstructor",
+    "TrainingHooks",
+    "UNetReconstructor",
+    "make_reconstructor",
+]

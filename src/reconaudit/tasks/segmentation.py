@@ -57,7 +57,7 @@ SEGMENTATION_LOSSES = {"dice_ce": dice_ce_loss, "dice_l1": dice_l1_loss}
 
 
 class SegmenterParams(TrainParams):
-    """Parameters of :class:`Segmenter` (on top of :class:`TrainParams`).
+    """Parameters shared by every segmenter (on top of :class:`TrainParams`).
 
     Attributes
     ----------
@@ -65,6 +65,17 @@ class SegmenterParams(TrainParams):
         ``"dice_ce"`` (Dice + BCE, default) or ``"dice_l1"`` (the study's Dice + L1).
     pixel_threshold:
         A pixel is foreground when its probability is >= this (fixed, not chosen on data).
+    """
+
+    loss: Literal["dice_ce", "dice_l1"] = "dice_ce"
+    pixel_threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class UNetParams(SegmenterParams):
+    """``arch="small-cnn"`` / ``"unet"``: :class:`monai.networks.nets.UNet` settings.
+
+    Attributes
+    ----------
     channels:
         U-Net channels per level; ``None`` takes the arch default ((8, 16, 32) for
         ``"small-cnn"``, (16, 32, 64, 128) for ``"unet"``).  H and W must be divisible by
@@ -75,10 +86,8 @@ class SegmenterParams(TrainParams):
         U-Net dropout probability.
     """
 
-    loss: Literal["dice_ce", "dice_l1"] = "dice_ce"
-    pixel_threshold: float = Field(0.5, gt=0, lt=1)
     channels: tuple[int, ...] | None = Field(None, min_length=2)
-    num_res_units: int = Field(1, ge=0)
+    num_res_units: int = Field(0, ge=0)
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
@@ -117,7 +126,7 @@ class Segmenter(NetworkDiagnosticModel):
     n_outputs:
         Must be 1 (one foreground channel).
     **params:
-        See :class:`SegmenterParams`.
+        See :class:`UNetParams`.
 
     Notes
     -----
@@ -127,7 +136,7 @@ class Segmenter(NetworkDiagnosticModel):
     """
 
     kind: ClassVar[str] = "segmentation"
-    arch_params: ClassVar[dict[str, type[TrainParams]]] = {"small-cnn": SegmenterParams, "unet": SegmenterParams}
+    arch_params: ClassVar[dict[str, type[TrainParams]]] = {"small-cnn": UNetParams, "unet": UNetParams}
 
     def __init__(
         self,
@@ -145,7 +154,7 @@ class Segmenter(NetworkDiagnosticModel):
     @property
     def channels(self) -> tuple[int, ...]:
         """U-Net channels per level."""
-        return tuple(self.config.channels or DEFAULT_UNET_CHANNELS.get(self.arch, (8, 16, 32)))
+        return tuple(getattr(self.config, "channels", None) or DEFAULT_UNET_CHANNELS.get(self.arch, (8, 16, 32)))
 
     def _default_thresholds(self) -> np.ndarray:
         return np.array([float(self.config.pixel_threshold)])

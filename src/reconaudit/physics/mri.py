@@ -1,0 +1,352 @@
+"""Accelerated MRI: single-coil Cartesian, variable-density and radial k-space undersampling."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from reconaudit.physics._common import check_images, generators, seed_list
+from reconaudit.physics.base import Degradation, Degraded
+
+__all__ = [
+    "fft2c",
+    "ifft2c",
+    "KspaceUndersampling",
+    "PATTERNS",
+    "default_center_fraction",
+    "radial_mask",
+]
+
+log = logging.getLogger(__name__)
+
+PATTERNS = ("random", "equispaced", "gaussian", "radial")
+_DIMS = (-2, -1)
+
+
+def fft2c(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal centred 2-D FFT over the last two axes.
+
+    .. math:: K = \\mathrm{fftshift}\\big(\\mathcal{F}_{\\text{ortho}}(\\mathrm{ifftshift}(x))\\big)
+
+    The DC coefficient sits at index ``(H // 2, W // 2)``; Parseval holds
+    (:math:`\\|K\\|_2 = \\|x\\|_2`). Real input is promoted to complex64.
+    """
+    if not x.is_complex():
+        x = x.to(torch.complex64)
+    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=_DIMS), norm="ortho"), dim=_DIMS)
+
+
+def ifft2c(k: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`fft2c`: :math:`x = \\mathrm{fftshift}(\\mathcal{F}^{-1}_{\\text{ortho}}(\\mathrm{ifftshift}(K)))`."""
+    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(k, dim=_DIMS), norm="ortho"), dim=_DIMS)
+
+
+def default_center_fraction(acceleration: float) -> float:
+    """fastMRI's fully sampled centre: 0.08 at 4x, 0.04 at 8x, 0.02 at 16x, i.e. ``0.32 / acceleration``."""
+    return 0.32 / float(acceleration)
+
+
+def _center_slice(n: int, n_low: int) -> slice:
+    """fastMRI's centre block: ``pad = (n - n_low + 1) // 2``, lines ``pad .. pad + n_low - 1``."""
+    pad = (n - n_low + 1) // 2
+    return slice(pad, pad + n_low)
+
+
+@functools.lru_cache(maxsize=256)
+def _radial_points(h: int, w: int, spokes: int, offset: float) -> tuple[np.ndarray, np.ndarray]:
+    phi = offset + 2.0 * np.pi * np.arange(spokes) / spokes
+    n_read = max(h, w) // 2 + 1
+    t = np.arange(n_read) / (max(h, w) / 2.0)  # unit k-space spacing along the longer axis
+    y = np.rint(h // 2 + np.outer(np.sin(phi), t) * (h / 2.0)).astype(np.int64).ravel()
+    x = np.rint(w // 2 + np.outer(np.cos(phi), t) * (w / 2.0)).astype(np.int64).ravel()
+    ok = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+    return y[ok], x[ok]
+
+
+def radial_mask(shape: tuple[int, int], spokes: int, offset: float = 0.0) -> torch.Tensor:
+    """Centre-out radial mask (H, W) float32 with ``spokes`` spokes.
+
+    Spoke ``k`` runs from the k-space centre ``(H // 2, W // 2)`` at angle
+    :math:`\\varphi_k = \\varphi_0 + 2\\pi k / n_{\\text{spokes}}` and samples ``max(H, W) // 2 + 1``
+    readout points at unit k-space spacing (radius 0 to ``max(H, W) / 2``), each gridded to the
+    nearest Cartesian point. Two opposite spokes form one diameter, so 60 spokes are 30 diameters:
+    at 256 x 256 they sample 7,059 of 65,536 points, an effective acceleration of about 9.3.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if int(spokes) < 1:
+        raise ValueError(f"radial_mask: spokes must be >= 1, got {spokes!r}")
+    y, x = _radial_points(h, w, int(spokes), float(offset))
+    m = torch.zeros(h, w, dtype=torch.float32)
+    m[torch.from_numpy(y), torch.from_numpy(x)] = 1.0
+    return m
+
+
+class KspaceUndersampling(Degradation):
+    """Single-coil accelerated MRI: mask the centred k-space of each study and zero-fill.
+
+    For a magnitude image :math:`x` (or measured k-space :math:`K`, see :meth:`from_kspace`),
+
+    .. math::
+
+        K = \\mathrm{fft2c}(x), \\qquad K_u = M \\odot K, \\qquad
+        \\hat x = \\mathrm{clip}\\big(|\\mathrm{ifft2c}(K_u)|, 0, 1\\big)
+
+    and the result carries ``image`` :math:`\\hat x`, ``kspace`` :math:`K_u` (complex64) and
+    ``mask`` :math:`M` (float32, (N, 1, H, W), or (1, 1, H, W) with ``shared_mask=True``).
+
+    Patterns (``pattern=``), with ``N`` phase-encode lines (columns) and
+    ``N_low = round(N * center_fraction)`` fully sampled centre lines (fastMRI,
+    ``fastmri/data/subsample.py``):
+
+    ``"random"``
+        Each line outside the centre is kept with probability
+        :math:`p = (N / R - N_{low}) / (N - N_{low})`, so the expected number of lines is
+        :math:`N / R` (``RandomMaskFunc``).
+    ``"equispaced"``
+        Lines ``round(o + j * R')`` with a random offset ``o`` and the adjusted spacing
+        :math:`R' = R (N_{low} - N) / (N_{low} R - N)` that makes the total, centre included,
+        :math:`N / R` (``EquispacedMaskFractionFunc``).
+    ``"gaussian"``
+        2-D variable density: a fully sampled centre block of ``N_low`` x ``round(H *
+        center_fraction)`` points, and exactly ``round(H W / R)`` points in all, the rest drawn
+        without replacement with weights
+        :math:`\\exp(-(k_y^2 + k_x^2) / (2\\sigma^2))` (``k`` normalised to [-1, 1)).
+    ``"radial"``
+        ``spokes`` centre-out spokes (:func:`radial_mask`) with a random rotation per study. With
+        ``acceleration`` instead of ``spokes``, the fewest spokes whose effective acceleration does
+        not exceed ``acceleration`` at the image size. Spoke count is not acceleration: 60 spokes
+        at 256 x 256 are about 9.3x.
+
+    The effective acceleration (all points / sampled points) is reported per batch in
+    ``Degraded.info["effective_acceleration"]`` and by :meth:`effective_acceleration`.
+
+    Parameters
+    ----------
+    acceleration:
+        Nominal acceleration :math:`R` (the level; the study used 4, 8 and 16). May be ``None``
+        only for ``pattern="radial"`` with ``spokes``.
+    center_fraction:
+        Fully sampled centre fraction (default :func:`default_center_fraction`: 0.08 / 0.04 /
+        0.02 at 4x / 8x / 16x). Not used by ``"radial"``.
+    pattern:
+        One of :data:`PATTERNS`.
+    spokes:
+        Number of spokes (``"radial"`` only).
+    sigma:
+        Width of the ``"gaussian"`` density in normalised k-space units.
+    shared_mask:
+        ``True``: one mask for every study, drawn from ``mask_seed``.
+    mask_seed:
+        The seed of the shared mask.
+
+    Notes
+    -----
+    Masks are drawn per study from a CPU generator seeded with the study's seed, so a study gets
+    the same mask in any batch, on any worker and on any device.
+    """
+
+    name = "kspace"
+    modality = "mri"
+    level_name = "acceleration"
+
+    def __init__(
+        self,
+        acceleration: float | None = 4.0,
+        center_fraction: float | None = None,
+        pattern: str = "random",
+        *,
+        spokes: int | None = None,
+        sigma: float = 0.3,
+        shared_mask: bool = False,
+        mask_seed: int = 0,
+    ) -> None:
+        if pattern not in PATTERNS:
+            raise ValueError(f"KspaceUndersampling: pattern must be one of {PATTERNS}, got {pattern!r}")
+        if spokes is not None and pattern != "radial":
+            raise ValueError(f"KspaceUndersampling: spokes= applies to pattern='radial' only, got pattern={pattern!r}")
+        if acceleration is None:
+            if pattern != "radial" or spokes is None:
+                raise ValueError("KspaceUndersampling: acceleration is required (or pattern='radial' with spokes=)")
+        elif not (isinstance(acceleration, int | float) and math.isfinite(acceleration) and acceleration >= 1):
+            raise ValueError(f"KspaceUndersampling: acceleration must be a number >= 1, got {acceleration!r}")
+        if spokes is not None and int(spokes) < 1:
+            raise ValueError(f"KspaceUndersampling: spokes must be >= 1, got {spokes!r}")
+        if spokes is not None and acceleration is not None:
+            raise ValueError("KspaceUndersampling: give either acceleration= or spokes= for pattern='radial', not both")
+        if center_fraction is None and acceleration is not None:
+            center_fraction = default_center_fraction(acceleration)
+        if center_fraction is not None and not 0 <= center_fraction < 1:
+            raise ValueError(f"KspaceUndersampling: center_fraction must be in [0, 1), got {center_fraction!r}")
+        if not sigma > 0:
+            raise ValueError(f"KspaceUndersampling: sigma must be > 0, got {sigma!r}")
+        self.acceleration = None if acceleration is None else float(acceleration)
+        self.center_fraction = None if center_fraction is None else float(center_fraction)
+        self.pattern = pattern
+        self.spokes = None if spokes is None else int(spokes)
+        self.sigma = float(sigma)
+        self.shared_mask = bool(shared_mask)
+        self.mask_seed = int(mask_seed)
+        self._spokes_for: dict[tuple[int, int], int] = {}
+
+    @property
+    def level(self) -> float:
+        """The nominal acceleration; for radial masks given by ``spokes``, the effective one at 256 x 256."""
+        if self.acceleration is not None:
+            return self.acceleration
+        return self.effective_acceleration((256, 256))
+
+    def __repr__(self) -> str:
+        lvl = f"spokes={self.spokes}" if self.spokes is not None else f"acceleration={self.acceleration:g}"
+        return f"KspaceUndersampling({lvl}, pattern={self.pattern!r})"
+
+    # ------------------------------------------------------------------ masks
+    def spokes_for(self, shape: tuple[int, int]) -> int:
+        """Spoke count used at image ``shape``: ``spokes``, or the fewest reaching ``acceleration``."""
+        if self.spokes is not None:
+            return self.spokes
+        shape = (int(shape[0]), int(shape[1]))
+        if shape not in self._spokes_for:
+            total = shape[0] * shape[1]
+            target = self.acceleration
+            lo, hi = 1, 8 * max(shape)
+            while lo < hi:  # sampled points grow with the spoke count
+                mid = (lo + hi) // 2
+                if total / float(radial_mask(shape, mid).sum()) <= target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            self._spokes_for[shape] = lo
+        return self._spokes_for[shape]
+
+    def _n_low(self, n: int) -> int:
+        return int(round(n * (self.center_fraction or 0.0)))
+
+    def masks(self, shape: tuple[int, int], seeds: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """One mask per seed, (len(seeds), 1, H, W) float32 on CPU (1 = sampled)."""
+        h, w = int(shape[0]), int(shape[1])
+        seeds_ = seed_list(seeds, len(seeds), "KspaceUndersampling.masks")
+        gens = generators(seeds_)
+        n = len(seeds_)
+        if self.pattern in ("random", "equispaced"):
+            n_low = self._n_low(w)
+            target = w / self.acceleration
+            if n_low > target:
+                raise ValueError(
+                    f"KspaceUndersampling: center_fraction={self.center_fraction} keeps {n_low} of {w} lines, "
+                    f"more than the {target:.1f} that acceleration={self.acceleration:g} allows; lower center_fraction"
+                )
+            lines = torch.zeros(n, w, dtype=torch.bool)
+            if self.pattern == "random":
+                prob = (target - n_low) / (w - n_low) if w > n_low else 0.0
+                u = torch.stack([torch.rand(w, generator=g) for g in gens])  # per-study draws
+                lines = u < prob
+            else:
+                adj = self.acceleration * (n_low - w) / (n_low * self.acceleration - w)
+                offsets = [int(torch.randint(0, max(int(round(adj)), 1), (1,), generator=g)) for g in gens]
+                for i, o in enumerate(offsets):
+                    idx = np.around(np.arange(o, w - 1, adj)).astype(np.int64)
+                    lines[i, torch.from_numpy(idx)] = True
+            lines[:, _center_slice(w, n_low)] = True
+            return lines.to(torch.float32).view(n, 1, 1, w).expand(n, 1, h, w).contiguous()
+        if self.pattern == "gaussian":
+            return self._gaussian(h, w, gens)
+        spokes = self.spokes_for((h, w))
+        offs = [float(torch.rand(1, generator=g)) * 2.0 * math.pi / spokes for g in gens]
+        return torch.stack([radial_mask((h, w), spokes, o) for o in offs]).unsqueeze(1)
+
+    def _gaussian(self, h: int, w: int, gens: list[torch.Generator]) -> torch.Tensor:
+        n = len(gens)
+        ky = (torch.arange(h, dtype=torch.float64) - h // 2) / (h / 2.0)
+        kx = (torch.arange(w, dtype=torch.float64) - w // 2) / (w / 2.0)
+        logw = -(ky.view(-1, 1) ** 2 + kx.view(1, -1) ** 2) / (2 * self.sigma**2)
+        centre = torch.zeros(h, w, dtype=torch.bool)
+        centre[_center_slice(h, self._n_low(h)), _center_slice(w, self._n_low(w))] = True
+        budget = int(round(h * w / self.acceleration))
+        k = budget - int(centre.sum())
+        if k < 0:
+            raise ValueError(
+                f"KspaceUndersampling: the centre block ({int(centre.sum())} points) exceeds the "
+                f"{budget} points acceleration={self.acceleration:g} allows; lower center_fraction"
+            )
+        u = torch.stack([torch.rand(h * w, generator=g, dtype=torch.float64) for g in gens])
+        # Gumbel top-k = weighted sampling without replacement (Efraimidis & Spirakis)
+        keys = logw.view(1, -1) - torch.log(-torch.log(u.clamp(min=1e-300)))
+        keys[:, centre.view(-1)] = -math.inf
+        m = centre.view(1, -1).repeat(n, 1)
+        if k > 0:
+            top = torch.topk(keys, k, dim=1).indices
+            m.scatter_(1, top, True)
+        return m.view(n, 1, h, w).to(torch.float32)
+
+    def effective_acceleration(self, shape: tuple[int, int] = (256, 256)) -> float:
+        """Expected all / sampled points at image ``shape``.
+
+        Exact for ``"random"`` (:math:`N / (N_{low} + (N - N_{low}) p)`); for the other patterns
+        the mean sampled fraction over the masks of seeds 0..7 (or the shared mask).
+        """
+        h, w = int(shape[0]), int(shape[1])
+        if self.shared_mask:
+            return float(h * w / self.masks((h, w), [self.mask_seed]).sum())
+        if self.pattern == "random":
+            n_low = self._n_low(w)
+            prob = (w / self.acceleration - n_low) / (w - n_low) if w > n_low else 0.0
+            return float(w / (n_low + (w - n_low) * prob))
+        frac = float(self.masks((h, w), list(range(8))).mean())
+        return 1.0 / frac
+
+    # ------------------------------------------------------------------ apply
+    def __call__(
+        self,
+        images: torch.Tensor,
+        seeds: Sequence[int] | torch.Tensor,
+        *,
+        kspace: torch.Tensor | None = None,
+    ) -> Degraded:
+        """Undersample ``fft2c(images)`` (or the given ``kspace``) with one integer seed per study."""
+        if kspace is not None:
+            return self.from_kspace(kspace, seeds, normalize=False)
+        images = check_images(images, "KspaceUndersampling")
+        return self._apply(fft2c(images), seeds)
+
+    def from_kspace(
+        self, kspace: torch.Tensor, seeds: Sequence[int] | torch.Tensor, *, normalize: bool = True
+    ) -> Degraded:
+        """Undersample measured complex k-space (N, 1, H, W) (e.g. a fastMRI cohort).
+
+        With ``normalize=True`` each study's k-space is first divided by
+        :math:`\\max |\\mathrm{ifft2c}(K)|`, so the fully sampled magnitude image lies in [0, 1] (the
+        clean image such a cohort pairs with the degraded one is :math:`|\\mathrm{ifft2c}(K)| / \\max`).
+        """
+        if not isinstance(kspace, torch.Tensor) or kspace.ndim != 4 or kspace.shape[1] != 1:
+            shape = tuple(kspace.shape) if isinstance(kspace, torch.Tensor) else type(kspace).__name__
+            raise ValueError(f"KspaceUndersampling.from_kspace: kspace must be a tensor (N, 1, H, W), got {shape}")
+        k = kspace.to(torch.complex64)
+        if normalize:
+            scale = ifft2c(k).abs().amax(dim=(1, 2, 3), keepdim=True)
+            k = k / torch.where(scale > 0, scale, torch.ones_like(scale))
+        return self._apply(k, seeds)
+
+    def _apply(self, k: torch.Tensor, seeds: Sequence[int] | torch.Tensor) -> Degraded:
+        n, _, h, w = k.shape
+        seeds_ = seed_list(seeds, n, "KspaceUndersampling")
+        if self.shared_mask:
+            mask = self.masks((h, w), [self.mask_seed])
+        else:
+            mask = self.masks((h, w), seeds_)
+        mask = mask.to(k.device)
+        ku = (k * mask).to(torch.complex64)
+        image = ifft2c(ku).abs().clamp_(0.0, 1.0).to(torch.float32)
+        sampled = float(mask.sum()) * (n if mask.shape[0] == 1 else 1)
+        info = {
+            "acceleration": self.acceleration,
+            "pattern": self.pattern,
+            "effective_acceleration": float(n * h * w / max(sampled, 1.0)),
+        }
+        if self.pattern == "radial":
+            info["spokes"] = self.spokes_for((h, w))
+        return Degraded(image, ku, mask, info)

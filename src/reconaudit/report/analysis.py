@@ -1,0 +1,759 @@
+r"""The audit's analysis, recomputed from the records table alone.
+
+:func:`analyse` turns ``records.parquet`` (one row per test study per cell, see docs/records.md)
+and the run description ``run.json`` into an :class:`Analysis`: tidy tables of image quality,
+task performance and fairness on clean and on reconstructed images, their change
+(:math:`\Delta = m_{recon} - m_{clean}`, "bias change" for a fairness gap) with patient-level paired
+bootstrap intervals, p-values corrected for multiple comparisons across a stated family, training-seed
+spread kept apart from the bootstrap intervals, and one plain-words headline per cohort.
+
+All statistics come from :mod:`reconaudit.metrics`; this module only arranges the records into
+the arrays those functions take and the results into tables.  Every random draw is seeded from
+``meta["analysis"]["seed"]``, the cohort and the cell's training seed, so the same records give
+the same tables, and the clean-image bootstrap of a cohort is the same in every cell.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .. import metrics as M
+from .. import progress
+from ..seeding import derive_seed
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Analysis",
+    "analyse",
+    "KEY_COLUMNS",
+    "CONFIG_COLUMNS",
+    "MEAN_LABEL",
+    "FAIRNESS_METRICS",
+    "METRIC_NAMES",
+    "severity_order",
+    "primary_task_metric",
+]
+
+KEY_COLUMNS = (
+    "cell_id", "cohort", "task", "degradation", "level", "reconstructor", "arm", "mitigation",
+    "mitigation_strength", "seed",
+)
+#: A cell's settings without the training seed: the configurations that seeds repeat.
+CONFIG_COLUMNS = tuple(c for c in KEY_COLUMNS if c not in ("cell_id", "seed"))
+#: ``label`` of the rows averaging AUROC over a cohort's labels.
+MEAN_LABEL = "(mean)"
+QUALITY = ("psnr", "ssim", "nmse")
+
+CLASSIFICATION_FAIRNESS = (
+    "equalized_odds_difference", "equal_opportunity_difference", "demographic_parity_difference",
+    "skewed_error_ratio", "auroc_gap", "worst_group_auroc",
+)
+SEGMENTATION_FAIRNESS = ("dice_gap", "worst_group_dice")
+FAIRNESS_METRICS = CLASSIFICATION_FAIRNESS + SEGMENTATION_FAIRNESS
+#: Fairness metrics where a larger value means more disparity (the others: worst-group performance).
+GAP_METRICS = frozenset(FAIRNESS_METRICS) - {"worst_group_auroc", "worst_group_dice"}
+
+METRIC_NAMES = {
+    "psnr": "PSNR (dB)", "ssim": "SSIM", "nmse": "NMSE",
+    "auroc": "AUROC", "sensitivity": "sensitivity", "specificity": "specificity",
+    "dice": "Dice", "dice_patient": "Dice (patient median slice)", "hd95": "HD95 (px)",
+    "equalized_odds_difference": "equalized-odds difference",
+    "equal_opportunity_difference": "equal-opportunity difference",
+    "demographic_parity_difference": "demographic-parity difference",
+    "skewed_error_ratio": "skewed error ratio",
+    "auroc_gap": "AUROC gap", "worst_group_auroc": "worst-group AUROC",
+    "dice_gap": "Dice gap", "worst_group_dice": "worst-group Dice",
+}
+
+_COUNT_METRICS = (
+    "equalized_odds_difference", "equal_opportunity_difference", "demographic_parity_difference",
+    "skewed_error_ratio",
+)
+_STAT_COLUMNS = (
+    "clean", "clean_ci_low", "clean_ci_high", "recon", "recon_ci_low", "recon_ci_high",
+    "change", "change_ci_low", "change_ci_high", "change_rel_pct",
+)
+
+
+@dataclass
+class Analysis:
+    """Tables of one audit run, all recomputed from the records.
+
+    Attributes
+    ----------
+    cells : pandas.DataFrame
+        One row per cell: the cell keys (:data:`KEY_COLUMNS`), ``n_studies``, ``n_patients``,
+        ``samples``, and for ``q`` in PSNR/SSIM/NMSE the mean on the reconstruction ``q`` with its
+        bootstrap interval ``q_ci_low``/``q_ci_high``, on the degraded input ``input_q`` (same
+        interval columns), and the mean ``uncertainty`` of stochastic reconstructors.
+    task : pandas.DataFrame
+        One row per cell x label x metric (``auroc``, ``sensitivity``, ``specificity`` per label and
+        ``auroc`` for label :data:`MEAN_LABEL`; ``dice``, ``dice_patient``, ``hd95`` for segmentation,
+        label ``""``): ``clean``, ``recon``, ``change`` = recon - clean, each with ``*_ci_low`` /
+        ``*_ci_high``, ``change_rel_pct``, ``p_value`` and its ``test``, ``p_adjusted``,
+        ``significant``, ``ci_method``, ``n``.
+    fairness : pandas.DataFrame
+        One row per cell x group attribute x label x fairness metric (see
+        :data:`FAIRNESS_METRICS`), the same statistic columns, ``groups`` (group sizes),
+        ``worst_group_clean``/``worst_group_recon`` (for worst-group metrics), ``higher_is_worse``,
+        ``bias_increased`` and ``reason`` (why a value is NaN; empty when defined).
+    seeds : pandas.DataFrame
+        Configurations run with several training seeds: per metric, the mean and standard deviation
+        across seeds (training variance) next to the mean bootstrap half-width (test-set sampling).
+    families : pandas.DataFrame
+        The multiple-comparison families: ``family``, ``description``, ``n_tests``, ``method``, ``alpha``.
+    headlines : pandas.DataFrame
+        ``cohort``, ``sentence``: the findings in plain words, built from the tables above.
+    settings : dict
+        The analysis settings used (``n_resamples``, ``alpha``, ``correction``, ``min_group_size``,
+        ``seed``, ``ci``).
+    cohorts : dict
+        Per cohort: ``task``, ``labels``, ``group_attributes``, ``level_name``, ``levels`` ordered from
+        the mildest to the most severe, and ``primary`` = (metric, label) of its task performance.
+    """
+
+    cells: pd.DataFrame
+    task: pd.DataFrame
+    fairness: pd.DataFrame
+    seeds: pd.DataFrame
+    families: pd.DataFrame
+    headlines: pd.DataFrame
+    settings: dict = field(default_factory=dict)
+    cohorts: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# settings and validation
+
+
+def _settings(meta: dict) -> dict:
+    a = dict(meta.get("analysis") or {})
+    s = {
+        "n_resamples": int(a.get("n_resamples", 1000)),
+        "alpha": float(a.get("alpha", 0.05)),
+        "correction": str(a.get("correction", "holm")).lower(),
+        "min_group_size": int(a.get("min_group_size", 5)),
+        "seed": int(a.get("seed", 0)),
+        "ci": str(a.get("ci", "percentile")).lower(),
+    }
+    if s["correction"] not in ("holm", "bh"):
+        raise ValueError(f"run.json analysis.correction: expected 'holm' or 'bh', got {s['correction']!r}")
+    if s["ci"] not in ("percentile", "bca"):
+        raise ValueError(f"run.json analysis.ci: expected 'percentile' or 'bca', got {s['ci']!r}")
+    if s["n_resamples"] < 10:
+        raise ValueError(f"run.json analysis.n_resamples: expected at least 10, got {s['n_resamples']}")
+    return s
+
+
+def _validate(records: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in (*KEY_COLUMNS, "patient_id", "study_index") if c not in records.columns]
+    if missing:
+        raise ValueError(
+            f"records.parquet: missing columns {missing}; the records table must follow docs/records.md"
+        )
+    if records.empty:
+        raise ValueError("records.parquet: has no rows; did the audit evaluate any cell?")
+    r = records.copy()
+    r["level"] = r["level"].astype(float)
+    r["mitigation_strength"] = pd.to_numeric(r["mitigation_strength"], errors="coerce").astype(float)
+    r["seed"] = r["seed"].astype(int)
+    for c in r.columns:
+        if c.startswith("group:"):
+            r[c] = r[c].astype(object).where(r[c].notna(), "missing").astype(str)
+    return r
+
+
+def _labels(records: pd.DataFrame) -> list[str]:
+    return [c.split(":", 1)[1] for c in records.columns if c.startswith("target:")]
+
+
+def _attributes(records: pd.DataFrame) -> list[str]:
+    return [c.split(":", 1)[1] for c in records.columns if c.startswith("group:")]
+
+
+def severity_order(cohort_records: pd.DataFrame, level_name: str | None = None) -> list[float]:
+    """Levels of a cohort ordered from the mildest to the most severe degradation.
+
+    Severity is read from the data: the mean PSNR of the degraded input falls as the degradation
+    grows.  Without ``input_psnr`` the unit decides: fewer photons, or a larger acceleration or
+    masking ratio, is more severe.
+    """
+    levels = sorted(cohort_records["level"].dropna().unique().tolist())
+    if "input_psnr" in cohort_records and cohort_records["input_psnr"].notna().any():
+        m = cohort_records.groupby("level")["input_psnr"].mean()
+        if m.notna().all() and m.nunique() > 1:
+            return [float(v) for v in m.sort_values(ascending=False).index]
+    if level_name == "photons":
+        return [float(v) for v in levels[::-1]]
+    return [float(v) for v in levels]
+
+
+def primary_task_metric(task: str) -> tuple[str, str]:
+    """(metric, label) that summarises a cohort's task performance: mean AUROC, or mean Dice."""
+    return ("auroc", MEAN_LABEL) if task == "classification" else ("dice", "")
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers around reconaudit.metrics
+
+
+def _quiet(fn, *args, **kwargs):
+    """Call ``fn``; return ``(value, reasons)`` with the metric warnings it raised as reasons."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = fn(*args, **kwargs)
+    reasons = [str(w.message) for w in caught if issubclass(w.category, M.MetricUndefinedWarning)]
+    return value, reasons
+
+
+def _interval(row: pd.Series, ci: str) -> tuple[float, float]:
+    if ci == "bca" and np.isfinite(row["bca_low"]) and np.isfinite(row["bca_high"]):
+        return float(row["bca_low"]), float(row["bca_high"])
+    return float(row["ci_low"]), float(row["ci_high"])
+
+
+def _stats_from_boot(table: pd.DataFrame, metric: str, attribute: str, ci: str) -> dict:
+    """Clean / recon / change estimates and intervals of one metric from a bootstrap table."""
+    out: dict[str, float] = {c: np.nan for c in _STAT_COLUMNS}
+    out["p_value"] = np.nan
+    sub = table[(table["metric"] == metric) & (table["attribute"] == attribute)]
+    for row in sub.itertuples(index=False):
+        r = pd.Series(row._asdict())
+        lo, hi = _interval(r, ci)
+        if r["arm"] in ("clean", "recon", "change"):
+            out[r["arm"]] = float(r["estimate"])
+            out[f"{r['arm']}_ci_low"], out[f"{r['arm']}_ci_high"] = lo, hi
+            if r["arm"] == "change":
+                out["p_value"] = float(r["p_value"])
+        elif r["arm"] == "relative_change":
+            out["change_rel_pct"] = float(r["estimate"])
+    return out
+
+
+def _stats_from_dists(clean: float, recon: float, dc: np.ndarray, dr: np.ndarray) -> dict:
+    """Statistic columns from point estimates and paired bootstrap distributions (percentile CIs)."""
+    change = M.metric_change(recon, clean)
+    rel = float(change.relative_percent) if np.isfinite(clean) and clean != 0 else np.nan
+    dd = dr - dc
+    out = {"clean": clean, "recon": recon, "change": float(change.difference), "change_rel_pct": rel}
+    for name, d in (("clean", dc), ("recon", dr), ("change", dd)):
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = M.percentile_interval(d)
+    ok = dd[~np.isnan(dd)]
+    out["p_value"] = float(min(1.0, 2 * min(np.mean(ok <= 0), np.mean(ok >= 0)))) if len(ok) else np.nan
+    return out
+
+
+def _group_sizes(groups: np.ndarray) -> str:
+    vals, counts = np.unique(groups, return_counts=True)
+    return ", ".join(f"{v}: {c}" for v, c in zip(vals, counts))
+
+
+# --------------------------------------------------------------------------------------------
+# per cell
+
+
+def _cell_quality(rows: pd.DataFrame, keys: dict, s: dict, seed: int) -> dict:
+    pid = rows["patient_id"].to_numpy()
+    out = dict(keys)
+    out["n_studies"] = len(rows)
+    out["n_patients"] = int(rows["patient_id"].nunique())
+    out["samples"] = int(rows["samples"].max()) if "samples" in rows else 1
+    for q in QUALITY:
+        for col in (q, f"input_{q}"):
+            out[col] = out[f"{col}_ci_low"] = out[f"{col}_ci_high"] = np.nan
+        rec = rows[q].to_numpy(float) if q in rows else np.full(len(rows), np.nan)
+        inp = rows[f"input_{q}"].to_numpy(float) if f"input_{q}" in rows else np.full(len(rows), np.nan)
+        for col, v in ((q, rec), (f"input_{q}", inp)):
+            ok = np.isfinite(v)
+            if not ok.any():
+                continue
+            res, _ = _quiet(
+                M.bootstrap_metrics, np.zeros(int(ok.sum())), patient_ids=pid[ok], values=v[ok],
+                values_name=q, n_resamples=s["n_resamples"], seed=seed, bca=s["ci"] == "bca",
+            )
+            st = _stats_from_boot(res.table, f"mean_{q}", "all", s["ci"])
+            out[col], out[f"{col}_ci_low"], out[f"{col}_ci_high"] = st["recon"], st["recon_ci_low"], st["recon_ci_high"]
+    unc = rows["uncertainty"].to_numpy(float) if "uncertainty" in rows else np.array([np.nan])
+    out["uncertainty"] = float(np.nanmean(unc)) if np.isfinite(unc).any() else np.nan
+    return out
+
+
+def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict], list[dict]]:
+    task_rows: list[dict] = []
+    fair_rows: list[dict] = []
+    pid_all = rows["patient_id"].to_numpy()
+    weights = M.bootstrap_weights(pid_all, s["n_resamples"], np.random.default_rng(seed))
+    ones = np.ones((1, len(rows)))
+    mean_parts: dict[str, list] = {"clean": [], "recon": [], "dc": [], "dr": []}
+    for label in labels:
+        if f"score:{label}" not in rows or f"clean_score:{label}" not in rows:
+            continue
+        y_all = rows[f"target:{label}"].to_numpy(float)
+        keep = np.isfinite(y_all) & rows[f"score:{label}"].notna().to_numpy() & rows[f"clean_score:{label}"].notna().to_numpy()
+        y = y_all[keep].astype(np.int8)
+        sc = rows[f"clean_score:{label}"].to_numpy(float)[keep]
+        sr = rows[f"score:{label}"].to_numpy(float)[keep]
+        thr = rows[f"threshold:{label}"].to_numpy(float)[keep] if f"threshold:{label}" in rows else np.full(len(y), 0.5)
+        pc, pr = (sc >= thr).astype(np.int8), (sr >= thr).astype(np.int8)
+        pid = pid_all[keep]
+        groups = {a: rows[f"group:{a}"].to_numpy()[keep] for a in attrs}
+        base = dict(keys, label=label, n=int(keep.sum()))
+        if len(y) == 0 or y.min() == y.max():
+            reason = f"label {label!r}: {'no studies with a target' if len(y) == 0 else 'only one class present'}"
+            for metric in ("auroc", "sensitivity", "specificity"):
+                task_rows.append(dict(base, metric=metric, **{c: np.nan for c in _STAT_COLUMNS}, p_value=np.nan,
+                                      test="", ci_method=s["ci"], reason=reason))
+            for a in attrs:
+                for metric in CLASSIFICATION_FAIRNESS:
+                    fair_rows.append(dict(base, attribute=a, metric=metric, groups=_group_sizes(groups[a]),
+                                          **{c: np.nan for c in _STAT_COLUMNS}, p_value=np.nan, test="",
+                                          worst_group_clean="", worst_group_recon="", reason=reason))
+            continue
+        res, _ = _quiet(
+            M.bootstrap_metrics, y, patient_ids=pid, sensitive_features=groups, y_pred=pr, y_pred_clean=pc,
+            y_score=sr, y_score_clean=sc, n_resamples=s["n_resamples"], seed=seed,
+            min_group_size=s["min_group_size"], auroc_gap=True, bca=s["ci"] == "bca",
+        )
+        t = res.table
+        # --- task performance of this label
+        st = _stats_from_boot(t, "auroc", "all", s["ci"])
+        dl = M.delong_test(y, sr, sc)
+        task_rows.append(dict(base, metric="auroc", **st, test="DeLong", ci_method=s["ci"], reason=""))
+        task_rows[-1]["p_value"] = dl.p_value
+        for metric in ("sensitivity", "specificity"):
+            st = _stats_from_boot(t, metric, "all", s["ci"])
+            task_rows.append(dict(base, metric=metric, **st, test="paired bootstrap", ci_method=s["ci"], reason=""))
+        wk = weights[:, keep]
+        mean_parts["clean"].append(float(M.weighted_auroc(y, sc, ones[:, keep])[0]))
+        mean_parts["recon"].append(float(M.weighted_auroc(y, sr, ones[:, keep])[0]))
+        mean_parts["dc"].append(M.weighted_auroc(y, sc, wk))
+        mean_parts["dr"].append(M.weighted_auroc(y, sr, wk))
+        # --- fairness of this label, per attribute
+        for a in attrs:
+            g = groups[a]
+            fbase = dict(base, attribute=a, groups=_group_sizes(g))
+            for metric in _COUNT_METRICS + ("auroc_gap",):
+                st = _stats_from_boot(t, metric, a, s["ci"])
+                fn = getattr(M, metric)
+                reasons = []
+                for arm, pred, score in (("clean", pc, sc), ("recon", pr, sr)):
+                    arg = score if metric == "auroc_gap" else pred
+                    val, why = _quiet(fn, y, arg, sensitive_features=g, min_group_size=s["min_group_size"])
+                    if why:
+                        reasons.append(f"{arm}: " + "; ".join(why))
+                test = "paired bootstrap"
+                if metric in _COUNT_METRICS and np.isfinite(st["clean"]) and np.isfinite(st["recon"]):
+                    perm, _ = _quiet(
+                        M.paired_permutation_test, pc, pr, sensitive_features=g, patient_ids=pid, metric=metric,
+                        y_true=y, n_permutations=s["n_resamples"], seed=seed, min_group_size=s["min_group_size"],
+                    )
+                    st["p_value"], test = perm.p_value, "paired permutation"
+                fair_rows.append(dict(fbase, metric=metric, **st, test=test, worst_group_clean="",
+                                      worst_group_recon="", reason=" | ".join(reasons)))
+            fair_rows.append(_worst_group_auroc(fbase, y, sc, sr, g, wk, s))
+    if mean_parts["clean"]:
+        dc = np.nanmean(np.stack(mean_parts["dc"]), axis=0)
+        dr = np.nanmean(np.stack(mean_parts["dr"]), axis=0)
+        st = _stats_from_dists(float(np.nanmean(mean_parts["clean"])), float(np.nanmean(mean_parts["recon"])), dc, dr)
+        task_rows.append(dict(keys, label=MEAN_LABEL, n=len(rows), metric="auroc", **st, test="paired bootstrap",
+                              ci_method="percentile", reason=""))
+    return task_rows, fair_rows
+
+
+def _worst_group_auroc(fbase: dict, y, sc, sr, g, w, s) -> dict:
+    """Worst-group AUROC (min over groups) on clean and recon, paired bootstrap over the same weights."""
+    names = np.unique(g)
+    point, dists, reasons = {}, {}, []
+    for arm, score in (("clean", sc), ("recon", sr)):
+        val, why = _quiet(M.worst_group, score, y_true=y, agg=_auroc_or_nan, sensitive_features=g,
+                          min_group_size=s["min_group_size"])
+        point[arm] = val
+        if why:
+            reasons.append(f"{arm}: " + "; ".join(why))
+        per_group = []
+        for name in names:
+            m = g == name
+            if m.sum() < s["min_group_size"] or y[m].min() == y[m].max():
+                per_group.append(np.full(len(w), np.nan))
+            else:
+                per_group.append(M.weighted_auroc(y[m], score[m], w[:, m]))
+        dists[arm] = np.min(np.stack(per_group), axis=0)
+    st = _stats_from_dists(point["clean"], point["recon"], dists["clean"], dists["recon"])
+    worst = {}
+    for arm, score in (("clean", sc), ("recon", sr)):
+        by, _ = _quiet(M.by_group, score, y_true=y, agg=_auroc_or_nan, sensitive_features=g,
+                       min_group_size=s["min_group_size"])
+        finite = {k: v for k, v in by.items() if np.isfinite(v)}
+        worst[arm] = str(min(finite, key=finite.get)) if finite and np.isfinite(point[arm]) else ""
+    return dict(fbase, metric="worst_group_auroc", **st, test="paired bootstrap",
+                worst_group_clean=worst["clean"], worst_group_recon=worst["recon"], reason=" | ".join(reasons))
+
+
+def _auroc_or_nan(y: np.ndarray, score: np.ndarray) -> float:
+    y = np.asarray(y)
+    if len(y) == 0 or y.min() == y.max():
+        return float("nan")
+    return float(M.weighted_auroc(y, score, np.ones((1, len(y))))[0])
+
+
+def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dict]]:
+    task_rows: list[dict] = []
+    fair_rows: list[dict] = []
+    if "dice" not in rows or "clean_dice" not in rows:
+        return task_rows, fair_rows
+    keep = rows["dice"].notna().to_numpy() & rows["clean_dice"].notna().to_numpy()
+    r = rows[keep]
+    dr, dc = r["dice"].to_numpy(float), r["clean_dice"].to_numpy(float)
+    pid = r["patient_id"].to_numpy()
+    groups = {a: r[f"group:{a}"].to_numpy() for a in attrs}
+    base = dict(keys, label="", n=len(r))
+    if len(r) == 0:
+        return task_rows, fair_rows
+    res, _ = _quiet(
+        M.bootstrap_metrics, np.zeros(len(r)), patient_ids=pid, sensitive_features=groups, values=dr,
+        values_clean=dc, values_name="dice", n_resamples=s["n_resamples"], seed=seed,
+        min_group_size=s["min_group_size"], bca=s["ci"] == "bca",
+    )
+    t = res.table
+    task_rows.append(dict(base, metric="dice", **_stats_from_boot(t, "mean_dice", "all", s["ci"]),
+                          test="paired bootstrap", ci_method=s["ci"], reason=""))
+    # patient-level: the median slice Dice of each patient, then the mean over patients
+    pr = M.patient_level(dr, pid, agg="median")
+    pc = M.patient_level(dc, pid, agg="median")
+    res_p, _ = _quiet(
+        M.bootstrap_metrics, np.zeros(len(pr)), patient_ids=pr.index.to_numpy(), values=pr.to_numpy(),
+        values_clean=pc.to_numpy(), values_name="dice", n_resamples=s["n_resamples"], seed=seed,
+        bca=s["ci"] == "bca",
+    )
+    task_rows.append(dict(keys, label="", n=len(pr), metric="dice_patient",
+                          **_stats_from_boot(res_p.table, "mean_dice", "all", s["ci"]),
+                          test="paired bootstrap", ci_method=s["ci"], reason=""))
+    if "hd95" in r and "clean_hd95" in r:
+        hr, hc = r["hd95"].to_numpy(float), r["clean_hd95"].to_numpy(float)
+        ok = np.isfinite(hr) & np.isfinite(hc)
+        if ok.any():
+            res_h, _ = _quiet(
+                M.bootstrap_metrics, np.zeros(int(ok.sum())), patient_ids=pid[ok], values=hr[ok],
+                values_clean=hc[ok], values_name="hd95", n_resamples=s["n_resamples"], seed=seed,
+                bca=s["ci"] == "bca",
+            )
+            task_rows.append(dict(keys, label="", n=int(ok.sum()), metric="hd95",
+                                  **_stats_from_boot(res_h.table, "mean_hd95", "all", s["ci"]),
+                                  test="paired bootstrap", ci_method=s["ci"],
+                                  reason="" if ok.all() else f"{int((~ok).sum())} studies with an empty mask left out"))
+    for a in attrs:
+        g = groups[a]
+        fbase = dict(base, attribute=a, groups=_group_sizes(g))
+        for metric, boot_name in (("dice_gap", "dice_gap"), ("worst_group_dice", "worst_group_dice")):
+            st = _stats_from_boot(t, boot_name, a, s["ci"])
+            reasons, worst = [], {}
+            for arm, v in (("clean", dc), ("recon", dr)):
+                if metric == "dice_gap":
+                    _, why = _quiet(M.dice_gap, v, sensitive_features=g, min_group_size=s["min_group_size"])
+                else:
+                    _, why = _quiet(M.worst_group, v, sensitive_features=g, min_group_size=s["min_group_size"])
+                if why:
+                    reasons.append(f"{arm}: " + "; ".join(why))
+                by, _ = _quiet(M.by_group, v, sensitive_features=g, min_group_size=s["min_group_size"])
+                finite = {k: x for k, x in by.items() if np.isfinite(x)}
+                worst[arm] = str(min(finite, key=finite.get)) if finite and len(finite) == len(by) else ""
+            test = "paired bootstrap"
+            if np.isfinite(st["clean"]) and np.isfinite(st["recon"]):
+                perm, _ = _quiet(
+                    M.paired_permutation_test, dc, dr, sensitive_features=g, patient_ids=pid,
+                    metric="dice_gap" if metric == "dice_gap" else "worst_group",
+                    n_permutations=s["n_resamples"], seed=seed, min_group_size=s["min_group_size"],
+                )
+                st["p_value"], test = perm.p_value, "paired permutation"
+            fair_rows.append(dict(fbase, metric=metric, **st, test=test,
+                                  worst_group_clean=worst["clean"] if metric == "worst_group_dice" else "",
+                                  worst_group_recon=worst["recon"] if metric == "worst_group_dice" else "",
+                                  reason=" | ".join(reasons)))
+    return task_rows, fair_rows
+
+
+# --------------------------------------------------------------------------------------------
+# corrections, seeds, headlines
+
+
+def _correct(df: pd.DataFrame, family: str, description: str, s: dict) -> tuple[pd.DataFrame, dict]:
+    df = df.copy()
+    if df.empty:
+        df["p_adjusted"], df["significant"] = pd.Series(dtype=float), pd.Series(dtype=bool)
+        return df, {"family": family, "description": description.format(n=0), "n_tests": 0,
+                    "method": s["correction"], "alpha": s["alpha"]}
+    adj = M.adjust_pvalues(df["p_value"].to_numpy(float), method=s["correction"], family=family,
+                           alpha=s["alpha"])
+    df["p_adjusted"] = adj["p_adjusted"].to_numpy()
+    df["significant"] = adj["significant"].to_numpy(bool) & df["p_adjusted"].notna().to_numpy()
+    n = int(adj["family_size"].iloc[0])
+    method = "Holm" if s["correction"] == "holm" else "Benjamini-Hochberg"
+    return df, {"family": family, "description": description.format(n=n), "n_tests": n,
+                "method": method, "alpha": s["alpha"]}
+
+
+def _seed_table(cells: pd.DataFrame, task: pd.DataFrame, fairness: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std across training seeds for configurations that were run with several seeds."""
+    cfg = list(CONFIG_COLUMNS)
+    nseeds = cells.groupby(cfg, dropna=False)["seed"].nunique()
+    multi = nseeds[nseeds > 1].reset_index()[cfg]
+    if multi.empty:
+        return pd.DataFrame(columns=[*cfg, "source", "metric", "label", "attribute", "n_seeds", "seed_mean",
+                                     "seed_std", "bootstrap_half_width"])
+    parts = []
+
+    def pick(df: pd.DataFrame) -> pd.DataFrame:
+        return df.merge(multi, on=cfg, how="inner")
+
+    q = pick(cells)
+    for metric in QUALITY:
+        if q[metric].notna().any():
+            d = q.rename(columns={f"{metric}_ci_low": "ci_low", f"{metric}_ci_high": "ci_high"})
+            agg = M.aggregate_seeds(d, metric, cfg)
+            agg["source"], agg["metric"], agg["label"], agg["attribute"] = "quality", metric, "", ""
+            parts.append(agg)
+    t = pick(task)
+    if not t.empty:
+        for value, ci in (("recon", "recon"), ("change", "change")):
+            d = t.rename(columns={f"{ci}_ci_low": "ci_low", f"{ci}_ci_high": "ci_high"})
+            agg = M.aggregate_seeds(d, value, [*cfg, "metric", "label"])
+            agg["source"], agg["attribute"] = f"task:{value}", ""
+            parts.append(agg)
+    f = pick(fairness)
+    if not f.empty:
+        for value in ("recon", "change"):
+            d = f.rename(columns={f"{value}_ci_low": "ci_low", f"{value}_ci_high": "ci_high"})
+            agg = M.aggregate_seeds(d, value, [*cfg, "metric", "label", "attribute"])
+            agg["source"] = f"fairness:{value}"
+            parts.append(agg)
+    out = pd.concat(parts, ignore_index=True)
+    cols = [*cfg, "source", "metric", "label", "attribute", "n_seeds", "seed_mean", "seed_std",
+            "bootstrap_half_width"]
+    return out[cols]
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def _fmt_level(x: float) -> str:
+    return f"{x:g}" if abs(x) < 1e6 else f"{x:.3g}"
+
+
+def _ci_text(row: pd.Series, col: str = "change", digits: int = 2) -> str:
+    return f"{row[col]:+.{digits}f} [{_fmt(row[f'{col}_ci_low'], digits)}, {_fmt(row[f'{col}_ci_high'], digits)}]"
+
+
+def _headlines(a: Analysis) -> pd.DataFrame:
+    rows = []
+    cells, task, fair = a.cells, a.task, a.fairness
+    for cohort, info in a.cohorts.items():
+        sentences = []
+        levels = info["levels"]
+        unit = info["level_name"] or "level"
+        mild, severe = levels[0], levels[-1]
+        c = cells[(cells["cohort"] == cohort) & (cells["mitigation"] == "none")]
+        seed0 = int(c["seed"].min()) if not c.empty else 0
+        c = c[c["seed"] == seed0]
+        rec = c[c["arm"] == "reconstruct"]
+        metric, label = info["primary"]
+        mname = ("mean AUROC" if label == MEAN_LABEL else METRIC_NAMES[metric])
+        at_severe = rec[rec["level"] == severe]
+        best = None
+        if not at_severe.empty and at_severe["psnr"].notna().any():
+            best = str(at_severe.sort_values("psnr", ascending=False).iloc[0]["reconstructor"])
+        elif not at_severe.empty:
+            best = str(at_severe.iloc[0]["reconstructor"])
+        if best is not None:
+            p = rec[rec["reconstructor"] == best].set_index("level")["psnr"]
+            t = task[(task["cohort"] == cohort) & (task["reconstructor"] == best) & (task["metric"] == metric)
+                     & (task["label"] == label) & (task["level"] == severe) & (task["mitigation"] == "none")
+                     & (task["seed"] == seed0)]
+            part = ""
+            if len(levels) > 1 and mild in p.index and severe in p.index and np.isfinite(p[mild]) and np.isfinite(p[severe]):
+                d = p[severe] - p[mild]
+                part = (f"PSNR {'fell' if d < 0 else 'rose'} {abs(d):.1f} dB from {_fmt_level(mild)} to "
+                        f"{_fmt_level(severe)} {unit} ({best}, the reconstructor with the highest PSNR at "
+                        f"{_fmt_level(severe)} {unit})")
+            elif severe in p.index and np.isfinite(p[severe]):
+                part = f"PSNR was {p[severe]:.1f} dB at {_fmt_level(severe)} {unit} ({best})"
+            if not t.empty:
+                tr = t.iloc[0]
+                digits = 3 if metric in ("auroc", "dice", "dice_patient") else 2
+                part2 = (f"{mname} changed by {_ci_text(tr, digits=digits)} from clean images "
+                         f"({_fmt(tr['clean'], digits)} to {_fmt(tr['recon'], digits)}) at {_fmt_level(severe)} {unit}")
+                part = f"{part} while {part2}" if part else part2[0].upper() + part2[1:]
+            if part:
+                sentences.append(part + ".")
+        d = task[(task["cohort"] == cohort) & (task["arm"] == "direct") & (task["metric"] == metric)
+                 & (task["label"] == label) & (task["level"] == severe) & (task["seed"] == seed0)]
+        if not d.empty and best is not None:
+            dr = d.iloc[0]
+            b = task[(task["cohort"] == cohort) & (task["reconstructor"] == best) & (task["metric"] == metric)
+                     & (task["label"] == label) & (task["level"] == severe) & (task["mitigation"] == "none")
+                     & (task["seed"] == seed0)]
+            if not b.empty:
+                sentences.append(
+                    f"Diagnosing the degraded input directly gave {mname} {_fmt(dr['recon'], 3)} "
+                    f"[{_fmt(dr['recon_ci_low'], 3)}, {_fmt(dr['recon_ci_high'], 3)}], against "
+                    f"{_fmt(b.iloc[0]['recon'], 3)} after {best} reconstruction."
+                )
+        f = fair[(fair["cohort"] == cohort) & fair["p_adjusted"].notna()]
+        fam = a.families[a.families["family"] == "fairness"]
+        method = fam.iloc[0]["method"] if not fam.empty else a.settings["correction"]
+        if not f.empty:
+            sig = f[f["significant"]]
+            gaps = sig[sig["higher_is_worse"] & (sig["change"] > 0)]
+            text = (f"{len(sig)} of {len(f)} fairness changes tested in this cohort were significant after "
+                    f"{method} correction (family: all fairness changes in the run)")
+            pool = gaps if not gaps.empty else f[f["higher_is_worse"]]
+            if not pool.empty and pool["change"].notna().any():
+                top = pool.loc[pool["change"].idxmax()]
+                what = METRIC_NAMES[top["metric"]]
+                lab = f", label {top['label']}" if top["label"] else ""
+                mit = "" if top["mitigation"] == "none" else f", {top['mitigation']} mitigation"
+                kind = "the largest significant increase" if not gaps.empty else "the largest increase (not significant)"
+                text += (f"; {kind} was the {what} across {top['attribute']}{lab} with {top['reconstructor']}"
+                         f"{mit} at {_fmt_level(top['level'])} {unit}: {_fmt(top['clean'])} on clean images, "
+                         f"{_fmt(top['recon'])} after reconstruction ({_ci_text(top)})")
+            sentences.append(text + ".")
+        mit = fair[(fair["cohort"] == cohort) & (fair["mitigation"] != "none")]
+        if not mit.empty:
+            fm = "equalized_odds_difference" if info["task"] == "classification" else "dice_gap"
+            m = mit[mit["metric"] == fm]
+            base = fair[(fair["cohort"] == cohort) & (fair["mitigation"] == "none") & (fair["metric"] == fm)]
+            on = ["level", "reconstructor", "seed", "attribute", "label", "degradation"]
+            j = m.merge(base[[*on, "recon"]].rename(columns={"recon": "unmitigated"}), on=on, how="inner")
+            if not j.empty:
+                j = j.assign(delta=j["recon"] - j["unmitigated"])
+                g = j.groupby(["mitigation", "mitigation_strength"], dropna=False)["delta"].mean().reset_index()
+                g = g[g["delta"].notna()]
+                if not g.empty:
+                    bestm = g.loc[g["delta"].idxmin()]
+                    lam = "" if not np.isfinite(bestm["mitigation_strength"]) else f" (lambda={bestm['mitigation_strength']:g})"
+                    sentences.append(
+                        f"Of the mitigations tried, {bestm['mitigation']}{lam} changed the {METRIC_NAMES[fm]} most "
+                        f"favourably: by {bestm['delta']:+.3f} on average against the same reconstructor without "
+                        f"mitigation."
+                    )
+        sd = a.seeds[(a.seeds["cohort"] == cohort) & (a.seeds["source"] == "task:recon")
+                     & (a.seeds["metric"] == metric) & (a.seeds["label"] == label)] if not a.seeds.empty else a.seeds
+        if sd is not None and not sd.empty:
+            r0 = sd.iloc[0]
+            sentences.append(
+                f"Across {int(r0['n_seeds'])} training seeds, {r0['reconstructor']} at {_fmt_level(r0['level'])} "
+                f"{unit} gave {mname} {_fmt(r0['seed_mean'], 3)} ± {_fmt(r0['seed_std'], 3)} (seed std), against a "
+                f"bootstrap half-width of {_fmt(r0['bootstrap_half_width'], 3)}."
+            )
+        rows.append({"cohort": cohort, "sentence": " ".join(sentences) if sentences else "No cells were evaluated."})
+    return pd.DataFrame(rows, columns=["cohort", "sentence"])
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
+    """Analyse an audit run from its records table and run description.
+
+    Parameters
+    ----------
+    records : pandas.DataFrame
+        ``records.parquet`` (see docs/records.md): one row per test study per cell.
+    meta : dict
+        ``run.json``: ``cohorts`` (labels, group attributes, level name) and ``analysis`` settings
+        (``n_resamples``, ``alpha``, ``correction`` ``"holm"``/``"bh"``, ``min_group_size``, ``seed``,
+        ``ci`` ``"percentile"``/``"bca"``).
+
+    Returns
+    -------
+    Analysis
+        See :class:`Analysis`.  For every cell and metric :math:`m`: :math:`m_{clean}`,
+        :math:`m_{recon}`, :math:`\\Delta = m_{recon} - m_{clean}` and
+        :math:`\\Delta_\\% = 100\\,\\Delta / |m_{clean}|`, each with a 95 % patient-level paired
+        bootstrap interval (:func:`reconaudit.metrics.bootstrap_metrics`); p-values from DeLong's test
+        (AUROC per label), a paired permutation test (fairness gaps from confusion counts and Dice
+        gaps) or the paired bootstrap (the rest), adjusted by Holm or Benjamini-Hochberg within each
+        stated family.
+    """
+    s = _settings(meta)
+    r = _validate(records)
+    cohort_meta = meta.get("cohorts") or {}
+    cell_rows, task_rows, fair_rows = [], [], []
+    groups = list(r.groupby("cell_id", sort=True))
+    cohorts: dict[str, dict] = {}
+    for cohort, cr in r.groupby("cohort", sort=True):
+        cm = cohort_meta.get(cohort, {})
+        present_labels = [lab for lab in _labels(cr) if cr[f"target:{lab}"].notna().any()]
+        labels = [lab for lab in cm.get("labels", present_labels) if lab in present_labels] or present_labels
+        attrs = [a for a in cm.get("group_attributes", _attributes(cr)) if f"group:{a}" in cr] or _attributes(cr)
+        task = str(cr["task"].mode().iloc[0])
+        cohorts[str(cohort)] = {
+            "task": task, "labels": labels, "group_attributes": attrs,
+            "level_name": cm.get("level_name", ""), "modality": cm.get("modality", ""),
+            "levels": severity_order(cr, cm.get("level_name")), "primary": primary_task_metric(task),
+        }
+    with progress.task("analysis", len(groups)) as bar:
+        for cell_id, rows in groups:
+            first = rows.iloc[0]
+            keys = {k: first[k] for k in KEY_COLUMNS}
+            keys["level"], keys["seed"] = float(keys["level"]), int(keys["seed"])
+            keys["mitigation_strength"] = float(keys["mitigation_strength"])
+            info = cohorts[str(keys["cohort"])]
+            seed = derive_seed("report/bootstrap", s["seed"], keys["cohort"], keys["seed"]) % (2**32)
+            cell_rows.append(_cell_quality(rows, keys, s, seed))
+            if keys["task"] == "classification":
+                t, f = _classification_cell(rows, keys, info["labels"], info["group_attributes"], s, seed)
+            elif keys["task"] == "segmentation":
+                t, f = _segmentation_cell(rows, keys, info["group_attributes"], s, seed)
+            else:
+                raise ValueError(f"records.parquet: cell {cell_id!r} has task {keys['task']!r}; "
+                                 "expected 'classification' or 'segmentation'")
+            task_rows += t
+            fair_rows += f
+            bar.advance(1)
+    cells = pd.DataFrame(cell_rows)
+    task_cols = [*KEY_COLUMNS, "label", "metric", "n", *_STAT_COLUMNS, "p_value", "test", "ci_method", "reason"]
+    task = pd.DataFrame(task_rows, columns=task_cols)
+    fair_cols = [*KEY_COLUMNS, "attribute", "label", "metric", "groups", "n", *_STAT_COLUMNS, "p_value", "test",
+                 "worst_group_clean", "worst_group_recon", "reason"]
+    fair = pd.DataFrame(fair_rows, columns=fair_cols)
+    fair["higher_is_worse"] = fair["metric"].isin(GAP_METRICS)
+    fair["bias_increased"] = np.where(fair["higher_is_worse"], fair["change"] > 0, fair["change"] < 0)
+    fair.loc[fair["change"].isna(), "bias_increased"] = False
+    fair["reason"] = np.where(fair["recon"].isna() | fair["clean"].isna(), fair["reason"], "")
+
+    families = []
+    tests = (task["metric"].isin(["auroc", "dice"])) & (task["label"] != MEAN_LABEL)
+    tt, fam = _correct(task[tests], "task", "changes in AUROC per label (DeLong) and in mean Dice (paired "
+                       "bootstrap) from clean to processed images, every cell of this run: {n} tests", s)
+    families.append(fam)
+    task = task.join(tt[["p_adjusted", "significant"]])
+    task["significant"] = task["significant"].astype("boolean").fillna(False).astype(bool)
+    ft, fam = _correct(fair, "fairness", "all fairness-metric changes (bias changes) in this run, every cell x "
+                       "group attribute x label x metric with a defined p-value: {n} tests", s)
+    families.append(fam)
+    fair = ft
+    sort_keys = ["cohort", "task", "degradation", "level", "reconstructor", "arm", "mitigation",
+                 "mitigation_strength", "seed"]
+    cells = cells.sort_values(sort_keys).reset_index(drop=True)
+    task = task.sort_values([*sort_keys, "label", "metric"]).reset_index(drop=True)
+    fair = fair.sort_values([*sort_keys, "attribute", "label", "metric"]).reset_index(drop=True)
+    a = Analysis(cells=cells, task=task, fairness=fair, seeds=_seed_table(cells, task, fair),
+                 families=pd.DataFrame(families), headlines=pd.DataFrame(columns=["cohort", "sentence"]),
+                 settings=s, cohorts=cohorts)
+    a.headlines = _headlines(a)
+    logger.info("analysis: %d cells, %d task rows, %d fairness rows", len(cells), len(task), len(fair))
+    return a
+
+
+def _isnan(x: object) -> bool:
+    return isinstance(x, float) and math.isnan(x)

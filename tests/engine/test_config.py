@@ -1,0 +1,104 @@
+"""Config validation: every error names the key path and the allowed values."""
+
+import pytest
+
+from reconaudit.engine.config import ConfigError, load_config
+from tests.engine.tiny import tiny_config
+
+
+def test_valid_tiny_config_loads():
+    cfg = load_config(tiny_config())
+    assert cfg.cohorts[0].name == "chest-xray"
+    assert [r.display for r in cfg.reconstructors] == ["identity", "unet"]
+
+
+def test_bundled_quickstart_is_valid():
+    cfg = load_config("quickstart")
+    assert {c.name for c in cfg.cohorts} == {"chest-xray", "brain-glioma"}
+
+
+def test_typo_in_top_level_key_names_it():
+    raw = tiny_config()
+    raw["reconstuctors"] = raw.pop("reconstructors")
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    assert "reconstuctors" in str(e.value)
+    assert "unknown key" in str(e.value)
+
+
+def test_unknown_reconstructor_names_key_path_and_allowed_values():
+    raw = tiny_config()
+    raw["reconstructors"][1]["name"] = "unnet"
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    msg = str(e.value)
+    assert "reconstructors.1.name" in msg and "unnet" in msg
+    assert "identity" in msg and "irsde" in msg  # the allowed values
+
+
+def test_wrong_type_names_key_path():
+    raw = tiny_config()
+    raw["seeds"] = "zero"
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    assert "seeds" in str(e.value)
+
+
+def test_unknown_cohort_and_bad_cohort_param():
+    raw = tiny_config()
+    raw["cohorts"][0]["name"] = "chest-xrays"
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    assert "cohorts.0.name" in str(e.value) and "brain-glioma" in str(e.value)
+    raw = tiny_config()
+    raw["cohorts"][0]["params"]["n_studys"] = 10
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    assert "cohorts.0.params" in str(e.value) and "n_studys" in str(e.value)
+
+
+def test_bad_reconstructor_param_and_degradation_name():
+    raw = tiny_config()
+    raw["reconstructors"][1]["params"]["epochz"] = 1
+    raw["cohorts"][0]["degradations"][0]["name"] = "lowdose"
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    msg = str(e.value)
+    assert "reconstructors.1.params" in msg and "epochz" in msg
+    assert "cohorts.0.degradations.0.name" in msg and "lowdose-xray" in msg
+
+
+def test_degradation_for_wrong_modality_is_rejected():
+    raw = tiny_config()
+    raw["cohorts"][0]["degradations"][0] = {"name": "kspace", "levels": [4]}
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    assert "cohorts.0.degradations.0.name" in str(e.value) and "mri" in str(e.value)
+
+
+def test_mitigation_must_name_existing_reconstructor():
+    raw = tiny_config(mitigations=[{"name": "eodd", "reconstructors": ["pix2pix"]}])
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    assert "mitigations.0.reconstructors" in str(e.value) and "unet" in str(e.value)
+
+
+def test_unknown_mitigation_name_lists_allowed():
+    raw = tiny_config(mitigations=[{"name": "eod"}])
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    assert "mitigations.0.name" in str(e.value) and "reweighting" in str(e.value)
+
+
+def test_yaml_file_and_bad_yaml(tmp_path):
+    import yaml
+
+    p = tmp_path / "a.yaml"
+    p.write_text(yaml.safe_dump(tiny_config()))
+    assert load_config(p).name == "tiny"
+    bad = tmp_path / "b.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="neither a file nor a bundled config"):
+        load_config(tmp_path / "missing.yaml")
