@@ -72,7 +72,8 @@ def test_no_leak_outside_and_mass_conserved_in_closed_domain():
     # rho > 0: density stays in [0, 1]
     assert 0.0 <= float(c[1].min()) and float(c[1].max()) <= 1.0 + 1e-6
     # closed-box Neumann steady state with rho = 0 is uniform: 0.8 / (number of box voxels)
-    c_long = grow_tumor(dif[:1], torch.tensor([0.0]), c0[:1], torch.tensor([5000.0]), domain=dom[:1])
+    crop = (slice(0, 1), slice(0, 12), slice(0, 14), slice(0, 13))
+    c_long = grow_tumor(dif[crop], torch.tensor([0.0]), c0[crop], torch.tensor([2000.0]), domain=dom[crop])
     box = c_long[0, 2:10, 2:12, 3:11]
     assert torch.allclose(box, torch.full_like(box, 0.8 / box.numel()), rtol=1e-2)
 
@@ -114,7 +115,7 @@ def test_stop_volume_halts_growth_at_target_and_reports_time():
         stop_volume=target, stop_threshold=0.3, check_every=1, return_time=True,
     )
     vol = (c > 0.3).flatten(1).sum(1).double()
-    assert bool((vol >= target).all()) and bool((vol < target * 1.3).all())
+    assert bool((vol >= target).all()) and bool((vol < target * 1.5).all())
     assert float(t[0]) < float(t[1]) < 1e3
     # the same growth, run for the reported time without a target, gives the same density
     again = grow_tumor(dif[1:], torch.tensor([0.1]), c0[1:], t[1:], spacing_mm=1.0)

@@ -15,8 +15,11 @@ Each subject (= patient) is built in four steps, all batched over subjects in to
    (``slab`` slices, 3-D 7-point stencil, zero flux on the slab faces, so the slab behaves like an
    axial section of a tumour that is long in z), with :math:`D = D_w` in white matter, :math:`D_w/10` in
    grey matter and 0 in CSF and outside the brain. :math:`D_w, \\rho` are drawn per grade (log-uniform);
-   the growth time is the time the visible front needs to reach a drawn radius,
-   :math:`t = R / (2\\sqrt{D_w \\rho}) + \\ln(2) / \\rho`.
+   a smooth random log-normal factor (sd ``diffusivity_heterogeneity``) makes the tissue
+   heterogeneous, so tumours are irregular. Growth stops when the visible region
+   (:math:`c >` ``mask_threshold``) covers :math:`\\pi R^2` per slab plane for a drawn radius R (the
+   growth time, reported in ``growth_days``, follows from that), at most
+   :math:`4 R / (2\\sqrt{D_w \\rho}) + 10 / \\rho` days.
 3. **Slices.** ``slices_per_subject`` axial planes of the slab, ``slice_gap`` voxels apart and centred
    on the seed (so every slice passes through the tumour), are resampled to ``size`` x ``size`` over a
    ``fov_mm`` field of view (radiological display: anterior up, patient right on the image left).
@@ -70,7 +73,7 @@ GROUP_VALUES = {"sex": SEXES, "age_band": tuple(AGE_BANDS)}
 
 # tissue/tumour intensities per contrast: csf, gm, wm, oedema, core, necrosis, calcification
 CONTRASTS: dict[str, dict[str, float]] = {
-    "flair": dict(csf=0.07, gm=0.52, wm=0.40, edema=0.86, core=0.78, necrosis=0.42, calcification=0.18),
+    "flair": dict(csf=0.07, gm=0.52, wm=0.40, edema=0.86, core=0.70, necrosis=0.36, calcification=0.18),
     "t1": dict(csf=0.12, gm=0.46, wm=0.70, edema=0.40, core=0.32, necrosis=0.16, calcification=0.22),
     "t2": dict(csf=0.92, gm=0.55, wm=0.38, edema=0.80, core=0.70, necrosis=0.90, calcification=0.12),
 }
@@ -82,6 +85,7 @@ _VENTRICLE_CENTER_MM = (0.0, -8.0, 14.0)
 _VENTRICLE_SIGMA_MM = (16.0, 28.0, 14.0)
 _SEED_BOX_MM = ((-55.0, 55.0), (-80.0, 45.0))
 _N_MODES = 4
+_N_HET = 6
 _NOISE_GRID = 64  # texture noise drawn on a fixed physical grid, independent of ``size``
 
 
@@ -175,7 +179,8 @@ class BrainGliomaParams(BaseModel):
     seed_level_mm: tuple[float, float] = Field((2.0, 40.0), description="MNI z range of the tumour seed")
     mask_threshold: float = Field(0.16, gt=0, lt=1, description="density of visible (FLAIR) abnormality")
     core_threshold: float = Field(0.6, gt=0, lt=1, description="density of the tumour core")
-    necrosis_threshold: float = Field(0.985, gt=0, lt=1, description="density of glioblastoma necrosis")
+    necrosis_threshold: float = Field(0.9, gt=0, lt=1, description="density of glioblastoma necrosis")
+    diffusivity_heterogeneity: float = Field(0.5, ge=0, le=2, description="sd of the smooth log-D factor")
     window_voxels: int = Field(50, ge=16, le=96, description="in-plane side of the PDE window (2 mm voxels)")
 
     @field_validator("contrast")
@@ -334,7 +339,7 @@ def sample_subjects(params: BrainGliomaParams | None = None, **overrides) -> pd.
             d_white=d_white,
             front_speed=speed,
             radius_mm=radius,
-            growth_days=radius / speed + math.log(2) / rho,
+            max_growth_days=4 * radius / speed + 10 / rho,
             atrophy=atrophy,
             head_scale=p.head_scale_by_sex[sex] * math.exp(p.head_scale_sd * rng.standard_normal()),
             rotation_deg=p.rotation_deg * float(rng.standard_normal()),
@@ -346,6 +351,9 @@ def sample_subjects(params: BrainGliomaParams | None = None, **overrides) -> pd.
             modes_wavelength=rng.uniform(60, 200, _N_MODES).tolist(),
             modes_phase=rng.uniform(0, 2 * math.pi, (_N_MODES, 3)).tolist(),
             modes_amp=(p.deformation_mm * rng.standard_normal((_N_MODES, 3)) / math.sqrt(_N_MODES)).tolist(),
+            het_k=rng.standard_normal((_N_HET, 3)).tolist(),
+            het_wavelength=rng.uniform(12, 40, _N_HET).tolist(),
+            het_phase=rng.uniform(0, 2 * math.pi, _N_HET).tolist(),
         )
         for t in TUMOR_TYPES:
             row[f"true_type_{t}"] = float(ttype == t)
@@ -424,11 +432,12 @@ def generate_brain_glioma(params: BrainGliomaParams | None = None, **overrides) 
     n_sub, s_per = len(sub), p.slices_per_subject
     size = p.size
     chunk = max(1, int(1_500_000 // (s_per * size * size + p.window_voxels**2 * 8)))
-    images, masks, rois, c_levels = [], [], [], []
+    images, masks, rois, c_levels, days = [], [], [], [], []
     with task("brain-glioma: growing tumours", total=n_sub) as bar:
         for start in range(0, n_sub, chunk):
             part = sub.iloc[start : start + chunk].reset_index(drop=True)
-            img, msk, roi, lev = _generate_chunk(part, p, vol)
+            img, msk, roi, lev, dd = _generate_chunk(part, p, vol)
+            days.append(dd)
             images.append(img)
             masks.append(msk)
             rois.append(roi)
@@ -440,6 +449,7 @@ def generate_brain_glioma(params: BrainGliomaParams | None = None, **overrides) 
     levels = np.concatenate(c_levels)
 
     # --- table: one row per slice (study)
+    sub["growth_days"] = np.concatenate(days)
     study_sub = np.repeat(np.arange(n_sub), s_per)
     tab = sub.iloc[study_sub].reset_index(drop=True)
     tab.insert(0, "study_id", [f"{pid}-s{j}" for pid, j in zip(tab["patient_id"], np.tile(np.arange(s_per), n_sub))])
@@ -450,7 +460,7 @@ def generate_brain_glioma(params: BrainGliomaParams | None = None, **overrides) 
     tumor_px = masks_t.flatten(1).sum(1).double()
     tab["tumor_px"] = tumor_px.numpy().astype(np.int64)
     tab["tumor_fraction"] = (tumor_px / brain_px.clamp_min(1)).numpy()
-    drop = ["seed_u", "modes_k", "modes_wavelength", "modes_phase", "modes_amp"]
+    drop = ["seed_u", "modes_k", "modes_wavelength", "modes_phase", "modes_amp", "het_k", "het_wavelength", "het_phase"]
     tab = tab.drop(columns=drop)
     tab = tab.rename(columns={"type": "true_type"})
     cols = ["study_id", "patient_id", "split", "sex", "age_band", "age", "slice_index", "slice_z_mm", *LABELS]
@@ -501,17 +511,23 @@ def _generate_chunk(sub: pd.DataFrame, p: BrainGliomaParams, vol: torch.Tensor):
     tissue = gm + wm
     domain = (tissue >= 0.5) & (mask > 0.5)
     d_white = torch.tensor(sub["d_white"].to_numpy(), dtype=torch.float32).view(b, 1)
+    het = _heterogeneity(sub, warp(seed[:, None] + offs))
     dif = d_white * (wm + p.grey_white_ratio * gm) / tissue.clamp_min(1e-6) * domain
+    dif = dif * torch.exp(p.diffusivity_heterogeneity * het)
     r2 = (offs * offs).sum(-1)
-    c0 = 0.5 * torch.exp(-r2 / (2 * _GRID_MM**2)).expand(b, -1) * domain
+    c0 = 0.8 * torch.exp(-r2 / (2 * 3.0**2)).expand(b, -1) * domain
     shape = (b, k, w, w)
-    c = grow_tumor(
+    radius = torch.tensor(sub["radius_mm"].to_numpy())
+    c, days = grow_tumor(
         dif.reshape(shape),
         torch.tensor(sub["rho"].to_numpy()),
         c0.reshape(shape),
-        torch.tensor(sub["growth_days"].to_numpy()),
+        torch.tensor(sub["max_growth_days"].to_numpy()),
         spacing_mm=_GRID_MM,
         domain=domain.reshape(shape),
+        stop_volume=k * math.pi * radius**2 / _GRID_MM**2,
+        stop_threshold=p.mask_threshold,
+        return_time=True,
     )
     planes = margin + torch.arange(s_per) * p.slice_gap  # slab planes of the output slices
     c_sl = c[:, planes]  # (B, S, w, w)
@@ -545,7 +561,17 @@ def _generate_chunk(sub: pd.DataFrame, p: BrainGliomaParams, vol: torch.Tensor):
     seg = (c_img > p.mask_threshold) & roi
 
     img = _synthesize(p, sub, gm_o, wm_o, csf_o, mask_o, c_img, roi)
-    return img, seg.to(torch.uint8), roi, levels.reshape(-1).numpy().astype(np.float64)
+    return img, seg.to(torch.uint8), roi, levels.reshape(-1).numpy().astype(np.float64), days.numpy()
+
+
+def _heterogeneity(sub: pd.DataFrame, q: torch.Tensor) -> torch.Tensor:
+    """Unit-variance smooth field :math:`\\sqrt{2/M} \\sum_m \\cos(\\omega_m \\cdot q + \\phi_m)` at template points."""
+    k = torch.tensor(np.stack(sub["het_k"].map(np.asarray).to_list()), dtype=torch.float32)  # (B, M, 3)
+    wl = torch.tensor(np.stack(sub["het_wavelength"].map(np.asarray).to_list()), dtype=torch.float32)
+    ph = torch.tensor(np.stack(sub["het_phase"].map(np.asarray).to_list()), dtype=torch.float32)
+    omega = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-6) * (2 * math.pi / wl)[..., None]
+    arg = torch.einsum("bpc,bmc->bpm", q, omega) + ph[:, None]
+    return math.sqrt(2 / k.shape[1]) * torch.cos(arg).sum(-1)
 
 
 def _smooth_noise(gen: torch.Generator, n: int, size: int) -> torch.Tensor:

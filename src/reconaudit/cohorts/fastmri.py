@@ -59,14 +59,24 @@ def ifft2c(k: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(k, dim=dims), norm="ortho"), dim=dims)
 
 
-def resample_kspace(kspace: torch.Tensor, size: int, crop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Measured k-space (S, H, W) → (normalised image, matching k-space), each (S, 1, size, size).
+def resample_kspace(
+    kspace: torch.Tensor, size: int, crop: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Measured k-space (S, H, W) → normalised image and matching k-space, each (S, 1, size, size).
 
     ``x = ifft2c(k)``; ``x`` is centre-cropped to a square of side ``crop`` (default ``min(H, W)``)
     and resized to ``size`` (real and imaginary parts, bilinear with anti-aliasing); with
     ``s = max |x|`` over the slices, the outputs are ``image = |x| / s`` and ``k' = fft2c(x / s)``,
-    so ``|ifft2c(k')| == image``.  Returns ``(image, k')`` and ``s`` is folded in (see
-    :func:`load_fastmri` for where it is recorded).
+    so ``|ifft2c(k')| == image``.
+
+    Returns
+    -------
+    image : torch.Tensor
+        float32 (S, 1, size, size) in [0, 1].
+    kspace : torch.Tensor
+        complex64 (S, 1, size, size).
+    scale : float
+        ``s``, to recover the measured units (``x = s * ifft2c(k')``).
     """
     x = ifft2c(kspace.to(torch.complex64))
     h, w = x.shape[-2:]

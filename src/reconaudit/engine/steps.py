@@ -81,14 +81,17 @@ def _task_targets(cohort: Cohort, task: str) -> np.ndarray | torch.Tensor:
     return cohort.masks.float()
 
 
-def _make_task(task: str, arch: str, params: dict, ctx: StepContext, in_channels: int, n_outputs: int, spec: dict):
+def _make_task(task: str, arch: str, params: dict, ctx: StepContext, in_channels: int, n_outputs: int, spec: dict,
+               labels: list[str] | None = None):
     from reconaudit.tasks import make_task_model
 
     p = dict(params)
     if task == "classification":
         p.setdefault("threshold_policy", spec.get("threshold_policy", "sens_eq_spec"))
         if spec.get("target_sensitivity") is not None:
-            p.setdefault("target_sensitivity", spec["target_sensitivity"])
+            p.setdefault("threshold_target", spec["target_sensitivity"])
+        if labels and arch != "plugin":
+            p.setdefault("label_names", list(labels))
     return make_task_model(task, arch=arch, device=ctx.device, in_channels=in_channels, n_outputs=n_outputs, **p)
 
 
@@ -152,7 +155,7 @@ def step_task_model(spec: dict, ctx: StepContext, out: Path) -> None:
     task = spec["task"]
     n_out = _task_n_outputs(cohort, task)
     _seed_all(spec["seed"])
-    model = _make_task(task, spec["arch"], spec["params"], ctx, 1, n_out, spec)
+    model = _make_task(task, spec["arch"], spec["params"], ctx, 1, n_out, spec, cohort.labels)
     tr, va = cohort.indices("train"), cohort.indices("val")
     targets = _task_targets(cohort, task)
     history = model.fit(
@@ -443,7 +446,7 @@ def step_direct_model(spec: dict, ctx: StepContext, out: Path) -> None:
     x = direct_inputs(deg.image, deg.kspace, spec["input"])
     n_out = _task_n_outputs(cohort, task)
     _seed_all(spec["seed"])
-    model = _make_task(task, spec["arch"], spec["params"], ctx, int(x.shape[1]), n_out, spec)
+    model = _make_task(task, spec["arch"], spec["params"], ctx, int(x.shape[1]), n_out, spec, cohort.labels)
     tr, va = cohort.indices("train"), cohort.indices("val")
     targets = _task_targets(cohort, task)
     history = model.fit(x[tr], targets[tr], x[va], targets[va], seed=spec["seed"])

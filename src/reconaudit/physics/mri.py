@@ -108,9 +108,10 @@ class KspaceUndersampling(Degradation):
         :math:`p = (N / R - N_{low}) / (N - N_{low})`, so the expected number of lines is
         :math:`N / R` (``RandomMaskFunc``).
     ``"equispaced"``
-        Lines ``round(o + j * R')`` with a random offset ``o`` and the adjusted spacing
-        :math:`R' = R (N_{low} - N) / (N_{low} R - N)` that makes the total, centre included,
-        :math:`N / R` (``EquispacedMaskFractionFunc``).
+        Exactly ``round(N / R)`` lines: the centre, and :math:`k = \mathrm{round}(N/R) - N_{low}`
+        lines equally spaced (spacing :math:`(N - N_{low}) / k`, random offset per study) over the
+        lines outside it. fastMRI's ``EquispacedMaskFractionFunc`` reaches :math:`N / R` only on
+        average (its spacing collides with the centre by chance); this variant is exact per mask.
     ``"gaussian"``
         2-D variable density: a fully sampled centre block of ``N_low`` x ``round(H *
         center_fraction)`` points, and exactly ``round(H W / R)`` points in all, the rest drawn
@@ -246,11 +247,16 @@ class KspaceUndersampling(Degradation):
                 u = torch.stack([torch.rand(w, generator=g) for g in gens])  # per-study draws
                 lines = u < prob
             else:
-                adj = self.acceleration * (n_low - w) / (n_low * self.acceleration - w)
-                offsets = [int(torch.randint(0, max(int(round(adj)), 1), (1,), generator=g)) for g in gens]
-                for i, o in enumerate(offsets):
-                    idx = np.around(np.arange(o, w - 1, adj)).astype(np.int64)
-                    lines[i, torch.from_numpy(idx)] = True
+                centre = torch.zeros(w, dtype=torch.bool)
+                centre[_center_slice(w, n_low)] = True
+                outside = torch.nonzero(~centre).view(-1)
+                k = int(round(target)) - n_low
+                if k > 0:
+                    step = outside.numel() / k
+                    for i, g in enumerate(gens):  # one random offset per study
+                        o = float(torch.rand(1, generator=g, dtype=torch.float64)) * step
+                        pos = np.minimum(np.floor(o + step * np.arange(k)).astype(np.int64), outside.numel() - 1)
+                        lines[i, outside[torch.from_numpy(pos)]] = True
             lines[:, _center_slice(w, n_low)] = True
             return lines.to(torch.float32).view(n, 1, 1, w).expand(n, 1, h, w).contiguous()
         if self.pattern == "gaussian":

@@ -213,27 +213,28 @@ def _quiet(fn, *args, **kwargs):
     return value, reasons
 
 
-def _interval(row: pd.Series, ci: str) -> tuple[float, float]:
-    if ci == "bca" and np.isfinite(row["bca_low"]) and np.isfinite(row["bca_high"]):
-        return float(row["bca_low"]), float(row["bca_high"])
-    return float(row["ci_low"]), float(row["ci_high"])
+def _boot_index(table: pd.DataFrame) -> dict[tuple[str, str, str], dict]:
+    """The rows of a bootstrap table keyed by (metric, attribute, arm)."""
+    return {(r["metric"], r["attribute"], r["arm"]): r for r in table.to_dict("records")}
 
 
-def _stats_from_boot(table: pd.DataFrame, metric: str, attribute: str, ci: str) -> dict:
-    """Clean / recon / change estimates and intervals of one metric from a bootstrap table."""
+def _stats_from_boot(index: dict, metric: str, attribute: str, ci: str) -> dict:
+    """Clean / recon / change estimates and intervals of one metric from an indexed bootstrap table."""
     out: dict[str, float] = {c: np.nan for c in _STAT_COLUMNS}
     out["p_value"] = np.nan
-    sub = table[(table["metric"] == metric) & (table["attribute"] == attribute)]
-    for row in sub.itertuples(index=False):
-        r = pd.Series(row._asdict())
-        lo, hi = _interval(r, ci)
-        if r["arm"] in ("clean", "recon", "change"):
-            out[r["arm"]] = float(r["estimate"])
-            out[f"{r['arm']}_ci_low"], out[f"{r['arm']}_ci_high"] = lo, hi
-            if r["arm"] == "change":
-                out["p_value"] = float(r["p_value"])
-        elif r["arm"] == "relative_change":
-            out["change_rel_pct"] = float(r["estimate"])
+    for arm in ("clean", "recon", "change"):
+        r = index.get((metric, attribute, arm))
+        if r is None:
+            continue
+        lo, hi = r["ci_low"], r["ci_high"]
+        if ci == "bca" and np.isfinite(r["bca_low"]) and np.isfinite(r["bca_high"]):
+            lo, hi = r["bca_low"], r["bca_high"]
+        out[arm], out[f"{arm}_ci_low"], out[f"{arm}_ci_high"] = float(r["estimate"]), float(lo), float(hi)
+        if arm == "change":
+            out["p_value"] = float(r["p_value"])
+    r = index.get((metric, attribute, "relative_change"))
+    if r is not None:
+        out["change_rel_pct"] = float(r["estimate"])
     return out
 
 
@@ -270,16 +271,21 @@ def _cell_quality(rows: pd.DataFrame, keys: dict, s: dict, seed: int) -> dict:
             out[col] = out[f"{col}_ci_low"] = out[f"{col}_ci_high"] = np.nan
         rec = rows[q].to_numpy(float) if q in rows else np.full(len(rows), np.nan)
         inp = rows[f"input_{q}"].to_numpy(float) if f"input_{q}" in rows else np.full(len(rows), np.nan)
-        for col, v in ((q, rec), (f"input_{q}", inp)):
-            ok = np.isfinite(v)
-            if not ok.any():
-                continue
-            res, _ = _quiet(
-                M.bootstrap_metrics, np.zeros(int(ok.sum())), patient_ids=pid[ok], values=v[ok],
-                values_name=q, n_resamples=s["n_resamples"], seed=seed, bca=s["ci"] == "bca",
-            )
-            st = _stats_from_boot(res.table, f"mean_{q}", "all", s["ci"])
-            out[col], out[f"{col}_ci_low"], out[f"{col}_ci_high"] = st["recon"], st["recon_ci_low"], st["recon_ci_high"]
+        has_rec, has_inp = np.isfinite(rec).any(), np.isfinite(inp).any()
+        if not (has_rec or has_inp):
+            continue
+        # one paired bootstrap for both: "recon" = the reconstruction, "clean" = the degraded input
+        ok = (np.isfinite(rec) | ~has_rec) & (np.isfinite(inp) | ~has_inp)
+        res, _ = _quiet(
+            M.bootstrap_metrics, np.zeros(int(ok.sum())), patient_ids=pid[ok],
+            values=(rec if has_rec else inp)[ok], values_clean=inp[ok] if has_rec and has_inp else None,
+            values_name=q, n_resamples=s["n_resamples"], seed=seed, bca=s["ci"] == "bca",
+        )
+        st = _stats_from_boot(_boot_index(res.table), f"mean_{q}", "all", s["ci"])
+        for col, arm, present in ((q, "recon", has_rec), (f"input_{q}", "clean" if has_rec else "recon", has_inp)):
+            if present:
+                out[col], out[f"{col}_ci_low"], out[f"{col}_ci_high"] = (
+                    st[arm], st[f"{arm}_ci_low"], st[f"{arm}_ci_high"])
     unc = rows["uncertainty"].to_numpy(float) if "uncertainty" in rows else np.array([np.nan])
     out["uncertainty"] = float(np.nanmean(unc)) if np.isfinite(unc).any() else np.nan
     return out
@@ -321,7 +327,7 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
             y_score=sr, y_score_clean=sc, n_resamples=s["n_resamples"], seed=seed,
             min_group_size=s["min_group_size"], auroc_gap=True, bca=s["ci"] == "bca",
         )
-        t = res.table
+        t = _boot_index(res.table)
         # --- task performance of this label
         st = _stats_from_boot(t, "auroc", "all", s["ci"])
         dl = M.delong_test(y, sr, sc)
@@ -421,7 +427,7 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
         values_clean=dc, values_name="dice", n_resamples=s["n_resamples"], seed=seed,
         min_group_size=s["min_group_size"], bca=s["ci"] == "bca",
     )
-    t = res.table
+    t = _boot_index(res.table)
     task_rows.append(dict(base, metric="dice", **_stats_from_boot(t, "mean_dice", "all", s["ci"]),
                           test="paired bootstrap", ci_method=s["ci"], reason=""))
     # patient-level: the median slice Dice of each patient, then the mean over patients
@@ -433,7 +439,7 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
         bca=s["ci"] == "bca",
     )
     task_rows.append(dict(keys, label="", n=len(pr), metric="dice_patient",
-                          **_stats_from_boot(res_p.table, "mean_dice", "all", s["ci"]),
+                          **_stats_from_boot(_boot_index(res_p.table), "mean_dice", "all", s["ci"]),
                           test="paired bootstrap", ci_method=s["ci"], reason=""))
     if "hd95" in r and "clean_hd95" in r:
         hr, hc = r["hd95"].to_numpy(float), r["clean_hd95"].to_numpy(float)
@@ -445,7 +451,7 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
                 bca=s["ci"] == "bca",
             )
             task_rows.append(dict(keys, label="", n=int(ok.sum()), metric="hd95",
-                                  **_stats_from_boot(res_h.table, "mean_hd95", "all", s["ci"]),
+                                  **_stats_from_boot(_boot_index(res_h.table), "mean_hd95", "all", s["ci"]),
                                   test="paired bootstrap", ci_method=s["ci"],
                                   reason="" if ok.all() else f"{int((~ok).sum())} studies with an empty mask left out"))
     for a in attrs:
