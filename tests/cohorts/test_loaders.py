@@ -276,6 +276,7 @@ def test_fastmri_labels_and_metadata(fastmri_root):
     assert list(c.table["study_id"]) == ["file1000001/s001", "file1000001/s002", "file1000002/s002"]
     assert list(c.table["meniscus_tear"]) == [1.0, 0.0, 1.0]
     assert c.meta["dropped"]["by_reason"] == {"no label": 3}  # unlabelled slices are reported
+    assert [e["detail"] for e in c.meta["dropped"]["entries"]][-1] == "slice 3 has no label in wide.csv"
     assert c.group_attributes == ["sex", "age_band"] and list(c.table["sex"]) == ["F", "F", "M"]
     assert list(c.table["age_band"]) == ["<40", "<40", "60-79"]
     assert c.kspace.shape[0] == c.images.shape[0] == 3

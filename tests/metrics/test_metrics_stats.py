@@ -1,19 +1,25 @@
 """Statistics: weighted AUROC/counts vs oracles, DeLong, bootstrap coverage, permutation calibration."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from reconaudit.metrics import (
+    FairnessUndefinedWarning,
     MetricUndefinedWarning,
     adjust_pvalues,
     aggregate_seeds,
     auroc,
+    auroc_gap,
+    bca_interval,
     benjamini_hochberg,
     bootstrap_metrics,
     bootstrap_weights,
     delong_test,
+    dice_gap,
     equal_opportunity_difference,
     equalized_odds_difference,
     holm,
@@ -176,6 +182,44 @@ def test_bootstrap_point_estimates_distributions_and_seed():
     pd.testing.assert_frame_equal(r.table, r2.table)
     r3 = bootstrap_metrics(y, **{**kw, "seed": 8})
     assert not np.allclose(r.table["ci_low"].fillna(0), r3.table["ci_low"].fillna(0))
+
+
+def test_bootstrap_gaps_and_bca_match_direct_computations():
+    rng, pid, g, y, s = _cohort(9, n_pat=30)
+    p = (s >= 0.5).astype(int)
+    dice_v = rng.uniform(0.5, 1.0, len(y))
+    r = bootstrap_metrics(
+        y,
+        patient_ids=pid,
+        sensitive_features=g,
+        y_pred=p,
+        y_score=s,
+        values=dice_v,
+        auroc_gap=True,
+        n_resamples=40,
+        seed=1,
+        chunk_size=16,
+    )
+    w = np.concatenate(list(iter_bootstrap_weights(pid, 40, np.random.default_rng(1), chunk_size=16)))
+    for b in (0, 17, 39):
+        rep = np.repeat(np.arange(len(y)), w[b])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FairnessUndefinedWarning)
+            ref = auroc_gap(y[rep], s[rep], sensitive_features=g[rep])
+        np.testing.assert_allclose(r.distributions[("auroc_gap", "group", "recon")][b], ref, atol=1e-12)
+        np.testing.assert_allclose(
+            r.distributions[("dice_gap", "group", "recon")][b],
+            dice_gap(dice_v[rep], sensitive_features=g[rep]),
+        )
+    # BCa from the leave-one-patient-out jackknife, recomputed directly
+    jack = [
+        equalized_odds_difference(y[pid != q], p[pid != q], sensitive_features=g[pid != q]) for q in range(30)
+    ]
+    row = r.table.set_index(["metric", "attribute", "arm"]).loc[
+        ("equalized_odds_difference", "group", "recon")
+    ]
+    dist = r.distributions[("equalized_odds_difference", "group", "recon")]
+    assert (row.bca_low, row.bca_high) == pytest.approx(bca_interval(dist, row.estimate, np.array(jack)))
 
 
 def test_bootstrap_ci_of_mean_covers_at_nominal_rate():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.distance import cdist
 from scipy import ndimage
+from scipy.spatial.distance import cdist
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from reconaudit.metrics import (

@@ -314,10 +314,10 @@ def numeric_column(
     """
     raw = df[column]
     if pd.api.types.is_bool_dtype(raw):
-        return raw.to_numpy(dtype=np.float64)
+        return np.array(raw.to_numpy(dtype=np.float64), copy=True)
     s = raw.astype("string").str.strip() if not pd.api.types.is_numeric_dtype(raw) else raw
-    vals = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
-    present = ~pd.isna(s).to_numpy() & (s.astype("string") != "").fillna(False).to_numpy()
+    vals = np.array(pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan), copy=True)
+    present = ~pd.isna(s).to_numpy() & (s.astype("string") != "").fillna(False).to_numpy(dtype=bool)
     bad = present & ~np.isfinite(vals)
     if allowed is not None:
         bad |= np.isfinite(vals) & ~np.isin(vals, np.asarray(allowed, dtype=np.float64))

@@ -161,8 +161,8 @@ class BrainGliomaParams(BaseModel):
     gm_loss: float = Field(0.3, ge=0, le=0.8, description="grey-matter fraction lost at full atrophy")
 
     # --- growth
-    rho_high: tuple[float, float] = Field((0.03, 0.08), description="proliferation (1/day), high grade")
-    d_white_high: tuple[float, float] = Field((0.5, 1.5), description="white-matter D (mm^2/day), high grade")
+    rho_high: tuple[float, float] = Field((0.06, 0.15), description="proliferation (1/day), high grade")
+    d_white_high: tuple[float, float] = Field((0.4, 1.2), description="white-matter D (mm^2/day), high grade")
     rho_low: tuple[float, float] = Field((0.005, 0.012), description="proliferation (1/day), low grade")
     d_white_low: tuple[float, float] = Field((0.02, 0.06), description="white-matter D (mm^2/day), low grade")
     grey_white_ratio: float = Field(0.1, gt=0, le=1, description="D in grey matter / D in white matter")
@@ -178,8 +178,8 @@ class BrainGliomaParams(BaseModel):
     )
     seed_level_mm: tuple[float, float] = Field((2.0, 40.0), description="MNI z range of the tumour seed")
     mask_threshold: float = Field(0.16, gt=0, lt=1, description="density of visible (FLAIR) abnormality")
-    core_threshold: float = Field(0.6, gt=0, lt=1, description="density of the tumour core")
-    necrosis_threshold: float = Field(0.9, gt=0, lt=1, description="density of glioblastoma necrosis")
+    core_threshold: float = Field(0.5, gt=0, lt=1, description="density of the tumour core")
+    necrosis_threshold: float = Field(0.75, gt=0, lt=1, description="density of glioblastoma necrosis")
     diffusivity_heterogeneity: float = Field(0.5, ge=0, le=2, description="sd of the smooth log-D factor")
     window_voxels: int = Field(50, ge=16, le=96, description="in-plane side of the PDE window (2 mm voxels)")
 
@@ -589,13 +589,15 @@ def _synthesize(p, sub, gm, wm, csf, mask, c, roi) -> torch.Tensor:
     base = (it["gm"] * gm + it["wm"] * wm + it["csf"] * csf) / tot * mask.clamp(0, 1)
 
     # per-study random fields, each from its own generator (study = subject, slice)
-    tex = torch.empty(n, 3, size, size)
+    tex = torch.empty(n, 2, size, size)
+    fine = torch.empty(n, 1, _NOISE_GRID, _NOISE_GRID)
     bias_coef = torch.empty(n, 3)
     noise = torch.empty(n, 2, size, size)
     for i in range(n):
         pid = sub["patient_id"].iloc[i // s_per]
         gen = torch_generator(derive_seed("brain-glioma/study", p.seed, f"{pid}-s{i % s_per}"))
-        tex[i] = _smooth_noise(gen, 3, size)[:, 0]
+        tex[i] = _smooth_noise(gen, 2, size)[:, 0]
+        fine[i] = torch.randn(1, _NOISE_GRID, _NOISE_GRID, generator=gen)
         bias_coef[i] = 0.08 * torch.randn(3, generator=gen)
         noise[i] = torch.randn(2, size, size, generator=gen)
 
@@ -606,8 +608,10 @@ def _synthesize(p, sub, gm, wm, csf, mask, c, roi) -> torch.Tensor:
 
     w_edema = torch.sigmoid((c - p.mask_threshold) / 0.02)
     w_core = torch.sigmoid((c - p.core_threshold) / 0.05)
-    w_nec = torch.sigmoid((c - p.necrosis_threshold) / 0.003) * v(is_gbm)
-    calc = ((tex[:, 2:3] > 1.6).float() * w_core) * v(is_oligo)
+    w_nec = torch.sigmoid((c - p.necrosis_threshold) / 0.01) * v(is_gbm)
+    # calcified foci: sparse ~3 mm dots of a fine random field inside the core (oligodendroglioma)
+    dots = F.interpolate((fine > 2.3).float(), size=(size, size), mode="bilinear", align_corners=False)
+    calc = (dots * w_core).clamp(0, 1) * v(is_oligo)
     het = 1 + 0.06 * tex[:, 1:2]
     img = base * (1 - w_edema) + it["edema"] * het * w_edema
     img = img * (1 - w_core) + it["core"] * het * w_core

@@ -21,9 +21,11 @@ distance ``d`` with width ``e`` of about one pixel:
 
 Findings (multi-label):
 
-* ``cardiomegaly``: CTR > 0.5 (CTR ~ U(0.51, 0.64) when present, U(0.38, 0.49) when absent);
+* ``cardiomegaly``: CTR > 0.5 (CTR ~ 0.503 + 0.1 Beta(1, 2.5) when present, 0.497 - 0.1 Beta(1.2, 2)
+  when absent: many cases lie close to the 0.5 cut);
 * ``effusion``: basal opacity replacing lung lucency below a fluid surface that rises laterally
-  (meniscus), ``y_f(u) = y_cp - h * (1 + 0.8 u**2)``, unilateral or bilateral, height h varying;
+  (meniscus), ``y_f(u) = y_cp - h * (1 + 0.8 u**2)``, unilateral or bilateral, h log-uniform in
+  [0.025, 0.28] (a blunted costophrenic angle up to a third of the hemithorax);
 * ``nodule``: one or two spherical opacities (nodule or mass), radius log-uniform in
   [0.02, 0.12] of the half-width, so the small ones are the hard cases;
 * ``consolidation``: a patchy lobar opacity (thresholded smooth noise in an elliptic envelope);
@@ -75,6 +77,7 @@ __all__ = [
     "NEUTRAL_BIAS",
     "QualityShift",
     "SITE_PROFILES",
+    "chest_xray_table",
     "generate_chest_xray",
 ]
 
@@ -101,9 +104,9 @@ LATENT_CORRELATION = np.array(
 #: Acquisition sites: display gain and offset, gamma (contrast) and detector blur (Gaussian sigma in
 #: pixels at 64x64, scaled with the image size).  ``image = clip(gain * a + offset) ** gamma``.
 SITE_PROFILES: dict[str, dict[str, float]] = {
-    "A": {"gain": 1.00, "offset": 0.00, "gamma": 1.00, "blur": 0.35},
-    "B": {"gain": 1.06, "offset": 0.02, "gamma": 0.85, "blur": 0.6},
-    "C": {"gain": 0.95, "offset": 0.00, "gamma": 1.15, "blur": 0.45},
+    "A": {"gain": 1.00, "offset": 0.00, "gamma": 1.00, "blur": 0.25},
+    "B": {"gain": 1.06, "offset": 0.02, "gamma": 0.85, "blur": 0.5},
+    "C": {"gain": 0.95, "offset": 0.00, "gamma": 1.15, "blur": 0.35},
 }
 
 _ATT_SCALE = 0.72
@@ -383,8 +386,8 @@ def _lung_geometry(xs: torch.Tensor, y: torch.Tensor, p: dict[str, torch.Tensor]
 def _gaussian_blur_fft(img: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
     """Blur each image with its own Gaussian, ``H(f) = exp(-2 pi^2 sigma^2 |f|^2)``, reflect-padded."""
     b, _, h, w = img.shape
-    pad = int(math.ceil(4.0 * float(sigma_px.max()))) if b else 0
-    pad = min(pad, h - 1, w - 1)
+    # a padding that depends on the size only, so a study's pixels never depend on its batch
+    pad = min(int(math.ceil(20.0 * h / 64.0)), h - 1, w - 1)
     x = F.pad(img, (pad, pad, pad, pad), mode="reflect") if pad > 0 else img
     hh, ww = x.shape[-2:]
     fy = torch.fft.fftfreq(hh, dtype=_F32).view(1, 1, hh, 1)
@@ -484,7 +487,7 @@ def _render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.
     aerated = lung * (1.0 - effusion) * (1.0 - consolidation)
     markings = markings * aerated * (1.0 - gap) * col("marking_amp")
 
-    reduction = depth * aerated + 0.07 * gap - 0.03 * lung * lung_c * ptx_on
+    reduction = depth * aerated + 0.05 * gap - 0.03 * lung * lung_c * ptx_on
     reduction = (reduction.sum(1, keepdim=True) - markings.sum(1, keepdim=True)) * occl
     pleural = pleural.sum(1, keepdim=True) * 0.09
 
@@ -515,7 +518,7 @@ def _render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.
     trachea = 0.09 * _sig(0.035 - (x - 0.01).abs(), e) * _sig(-0.3 - y, 0.03) * _sig(y + 1.0, e)
     bc_y = ps["diaphragm"] - 0.08
     rb = torch.sqrt(((xs - 0.46) / 0.36) ** 2 + ((y - bc_y) / 0.3) ** 2)
-    breast = col("breast") * 0.13 * torch.sqrt((1.0 - rb**2).clamp(min=0.0)) * _sig(y - bc_y + 0.12, 0.06)
+    breast = col("breast") * 0.075 * (1.0 - rb**2).clamp(min=0.0) * _sig(y - bc_y + 0.12, 0.06)
     breast = (breast * _sig(0.05 + 1.0 - rb, e)).sum(1, keepdim=True)
 
     # nodules: Gaussian of sigma = max(r / 1.5, 0.6 px) carrying the mass of a sphere of radius r
@@ -606,9 +609,9 @@ def _draw_patient(params: ChestXrayParams, pid: str, n_visits: int, chol: np.nda
         "mediastinum": np.array([rng.normal(0.09, 0.01), rng.normal(0.11, 0.01)]),
         "dome": rng.uniform(0.09, 0.15, size=2),
         "dia_level": rng.normal(0.40, 0.03),
-        "ctr_normal": rng.uniform(0.38, 0.49),
-        "ctr_large": rng.uniform(0.51, 0.64),
-        "heart_aspect": rng.uniform(0.68, 0.85),
+        "ctr_normal": 0.497 - 0.1 * rng.beta(1.2, 2.0),
+        "ctr_large": 0.503 + 0.1 * rng.beta(1.0, 2.5),
+        "heart_aspect": rng.uniform(0.62, 0.9),
         "bone_density": (1.0, 0.85, 0.7)[band_i] * rng.normal(1.0, 0.06),
         "aorta_r": 0.065 * (1.0 + 0.15 * band_i) * rng.uniform(0.85, 1.15),
         "breast": rng.uniform(0.6, 1.25) if sex == "F" else 0.0,
@@ -621,8 +624,8 @@ def _draw_patient(params: ChestXrayParams, pid: str, n_visits: int, chol: np.nda
         "marking_noise": rng.standard_normal((2, 8, 8)),
         # finding geometry (used on the visits where the finding is present)
         "effusion_side": int(rng.choice(3, p=[0.4, 0.3, 0.3])),  # right, left, both
-        "effusion_h": rng.uniform(0.04, 0.32),
-        "effusion_op": rng.uniform(0.7, 1.0),
+        "effusion_h": math.exp(rng.uniform(math.log(0.025), math.log(0.28))),
+        "effusion_op": rng.uniform(0.5, 1.0),
         "n_nodules": 1 if rng.random() < 0.75 else 2,
         "nodule_r": np.exp(rng.uniform(math.log(0.02), math.log(0.12), size=2)),
         "nodule_amp": rng.uniform(0.1, 0.3, size=2),
@@ -633,8 +636,8 @@ def _draw_patient(params: ChestXrayParams, pid: str, n_visits: int, chol: np.nda
         "cons_op": rng.uniform(0.45, 0.9),
         "cons_noise": rng.standard_normal((10, 10)),
         "ptx_side": int(rng.integers(0, 2)),
-        "ptx_w": rng.uniform(0.06, 0.3),
-        "ptx_line": rng.uniform(0.6, 1.2),
+        "ptx_w": math.exp(rng.uniform(math.log(0.035), math.log(0.22))),
+        "ptx_line": rng.uniform(0.4, 1.0),
     }
     pat["diaphragm"] = np.array([pat["dia_level"] - 0.04, pat["dia_level"]])
     pat["nodule_xy"] = [_lung_point(rng, pat, int(pat["nodule_side"][k]), 0.08) for k in range(2)]
@@ -657,7 +660,7 @@ def _draw_study(params: ChestXrayParams, pat: dict[str, Any], visit: int, sid: s
     cm, eff, nod, cons, ptx = (bool(v) for v in truth)
 
     ctr = pat["ctr_large"] if cm else pat["ctr_normal"]
-    ctr = float(np.clip(ctr + rng.normal(0, 0.006), 0.505 if cm else 0.35, 0.7 if cm else 0.495))
+    ctr = float(np.clip(ctr + rng.normal(0, 0.004), 0.502 if cm else 0.35, 0.7 if cm else 0.498))
     dia = pat["diaphragm"] + rng.normal(0, 0.015)
     # horizontal half-extent of the tilted ellipse sqrt(a^2 cos^2 + b^2 sin^2) = CTR * thorax half-width
     k = pat["heart_aspect"]
@@ -785,45 +788,20 @@ def _data_card(params: ChestXrayParams, table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-# ============================================================================ public entry point
-def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any) -> Cohort:
-    """Generate the synthetic chest X-ray cohort.
-
-    Parameters
-    ----------
-    params:
-        Full parameter set; ``None`` uses the defaults.
-    **overrides:
-        Fields of :class:`ChestXrayParams` that replace those of ``params`` (validated; an unknown
-        key raises :class:`pydantic.ValidationError` naming it).
-
-    Returns
-    -------
-    Cohort
-        ``name="chest-xray"``, ``modality="xray"``, images (N, 1, H, W) float32 in [0, 1] (attenuation,
-        ``I ~ Poisson(photons exp(-mu_scale image))`` applies), a table with ``study_id``,
-        ``patient_id``, ``split``, ``sex``, ``age_band``, ``site``, ``age``, ``visit``,
-        ``cardiothoracic_ratio``, the observed labels (float 1/0) and ``true_<label>`` columns,
-        body masks as ``roi_masks`` and a generated data card.  Same parameters, same bits.
-
-    Notes
-    -----
-    Finding k of a study is present when ``z_k < Phi^-1(p_k)`` with ``z = sqrt(rho) z_patient +
-    sqrt(1 - rho) e``, ``z_patient, e ~ N(0, R_s)``, ``R_s = (1 - s) I + s R`` (Gaussian copula, marginal
-    prevalence exactly ``p_k``); the observed label is 0 with probability ``q_g`` (the group's miss rate)
-    when the finding is present.
-    """
+# ============================================================================ public entry points
+def _resolve(params: ChestXrayParams | None, overrides: dict[str, Any]) -> ChestXrayParams:
     if params is None:
-        params = ChestXrayParams(**overrides)
-    elif overrides:
-        params = ChestXrayParams.model_validate({**params.model_dump(exclude_unset=True), **overrides})
+        return ChestXrayParams(**overrides)
+    if overrides:
+        return ChestXrayParams.model_validate({**params.model_dump(exclude_unset=True), **overrides})
+    return params
 
-    corr = (1.0 - params.co_occurrence_strength) * np.eye(len(LABELS)) + params.co_occurrence_strength * (
-        LATENT_CORRELATION
-    )
-    chol = np.linalg.cholesky(corr)
 
-    # patients and their visits
+def _draw_cohort(params: ChestXrayParams) -> tuple[list[dict], pd.DataFrame]:
+    """Draw every patient and study (rendering parameters and labels; no pixels)."""
+    s = params.co_occurrence_strength
+    chol = np.linalg.cholesky((1.0 - s) * np.eye(len(LABELS)) + s * LATENT_CORRELATION)
+
     master = np.random.default_rng(derive_seed("cohort/chest-xray/visits", params.seed))
     lo, hi = params.studies_per_patient
     visits: list[int] = []
@@ -856,9 +834,53 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
             rows.append(row)
 
     table = pd.DataFrame(rows)
-    table.insert(2, "split", assign_splits_by_patient(table["patient_id"].to_numpy(), params.split_fractions, params.seed))
-    table["split"] = table["split"].astype(str)
+    split = assign_splits_by_patient(table["patient_id"].to_numpy(), params.split_fractions, params.seed)
+    table.insert(2, "split", split.astype(str))
     table["age"] = table["age"].astype(int)
+    return studies, table
+
+
+def chest_xray_table(params: ChestXrayParams | None = None, **overrides: Any) -> pd.DataFrame:
+    """The study table of :func:`generate_chest_xray` (groups, splits, labels) without rendering images.
+
+    Identical, row for row, to ``generate_chest_xray(params, **overrides).table``; cheap enough to
+    study the label model (prevalence per group, co-occurrence, label noise) on many studies.
+    """
+    return _draw_cohort(_resolve(params, overrides))[1]
+
+
+def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any) -> Cohort:
+    """Generate the synthetic chest X-ray cohort.
+
+    Parameters
+    ----------
+    params:
+        Full parameter set; ``None`` uses the defaults.
+    **overrides:
+        Fields of :class:`ChestXrayParams` that replace those of ``params`` (validated; an unknown
+        key raises :class:`pydantic.ValidationError` naming it).  ``bias="none"`` given here still
+        neutralises every knob that ``params`` did not set explicitly.
+
+    Returns
+    -------
+    Cohort
+        ``name="chest-xray"``, ``modality="xray"``, images (N, 1, H, W) float32 in [0, 1] (attenuation,
+        so ``I ~ Poisson(photons exp(-mu_scale image))`` applies), a table with ``study_id``,
+        ``patient_id``, ``split`` (by patient), ``sex``, ``age_band``, ``site``, ``age``, ``visit``,
+        ``cardiothoracic_ratio``, the observed labels (float 1/0) and ``true_<label>`` columns, body
+        masks as ``roi_masks``, a generated data card and ``meta`` = the parameters.  Same
+        parameters, same bits.
+
+    Notes
+    -----
+    Finding k of a study is present when ``z_k < Phi^-1(p_k)`` with ``z = sqrt(rho) z_patient +
+    sqrt(1 - rho) e``, ``z_patient, e ~ N(0, R_s)``, ``R_s = (1 - s) I + s R`` (Gaussian copula: the
+    marginal prevalence is exactly ``p_k``).  The observed label is 0 with probability ``q_g`` (the
+    group's miss rate) when the finding is present.  Rendering is batched over studies in chunks of
+    ``min(256, 2**22 / size**2)``.
+    """
+    params = _resolve(params, overrides)
+    studies, table = _draw_cohort(params)
 
     size = params.size
     chunk = int(max(1, min(256, 2**22 // (size * size))))
@@ -871,7 +893,9 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
             images[start : start + len(batch)] = img
             roi[start : start + len(batch)] = body
             bar.advance(len(batch))
-    logger.info("chest-xray: %d studies of %d patients at %dx%d", len(studies), len(visits), size, size)
+    logger.info(
+        "chest-xray: %d studies of %d patients at %dx%d", len(studies), table["patient_id"].nunique(), size, size
+    )
 
     return Cohort(
         name="chest-xray",

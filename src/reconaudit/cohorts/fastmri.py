@@ -237,7 +237,10 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
                 else:
                     vals[i] = spec["rows"].get((fs, s), {}).get(n, np.nan)
             table[n] = vals
-        keep = _io.drop_rows_without_labels(table, labels, drops, file=str(lpath))
+        keep = ~table[labels].isna().all(axis=1).to_numpy()
+        for i in np.flatnonzero(~keep):
+            drops.add("no label", file=str(root / f"{table['file'].iloc[i]}.h5"),
+                      detail=f"slice {int(table['slice'].iloc[i])} has no label in {lpath.name}")
         ti = torch.as_tensor(np.flatnonzero(keep))
         table, images, kspace = table[keep].reset_index(drop=True), images[ti], kspace[ti]
 

@@ -6,23 +6,46 @@ import numpy as np
 
 
 class SortedScores:
-    """Scores sorted once, with their tie groups, ready for repeated weighted AUROC evaluations.
+    """Scores sorted once, ready for repeated weighted AUROC evaluations.
 
-    ``order`` sorts the studies by score (ascending); ``tie_starts`` are the positions in that order
-    where a new distinct score begins (``None`` when all scores are distinct).
+    Studies are sorted by score, and within a tie by class (negatives first).  ``order`` is that
+    permutation; ``seg_starts`` are the positions where (score, class) changes: each segment holds
+    the negatives or the positives of one distinct score.  Weights sorted by ``order`` reduce to
+    per-segment sums with one ``reduceat``, after which everything is on (B, segments) arrays.
     """
 
     def __init__(self, y_true: np.ndarray, y_score: np.ndarray):
-        self.order = np.argsort(y_score, kind="stable")
-        s = y_score[self.order]
-        self.y_sorted = y_true[self.order].astype(np.float64)
-        starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-        self.tie_starts = None if len(starts) == len(s) else starts
+        y = np.asarray(y_true).astype(np.int8)
+        self.order = np.lexsort((y, y_score))
+        s, ys = y_score[self.order], y[self.order]
+        new_score = np.r_[True, s[1:] != s[:-1]]
+        new_seg = new_score | np.r_[True, ys[1:] != ys[:-1]]
+        self.seg_starts = np.flatnonzero(new_seg)
+        self.n = len(y)
+        seg_pos = ys[self.seg_starts] == 1
+        # a positive segment shares its score with the preceding negative segment
+        tied_neg = np.zeros(len(self.seg_starts), dtype=bool)
+        tied_neg[1:] = seg_pos[1:] & ~seg_pos[:-1] & ~new_score[self.seg_starts[1:]]
+        self.seg_pos = seg_pos.astype(np.float64)
+        self.tied_neg = tied_neg
+        self.segment_of_study = np.empty(self.n, dtype=np.int64)
+        self.segment_of_study[self.order] = np.cumsum(new_seg) - 1
+
+    def segment_matrix(self, block: np.ndarray, n_blocks: int, mask: np.ndarray | None = None):
+        """Sparse ``(segments, blocks)`` int32 matrix counting the studies of each block (patient) in
+        each segment, so that segment sums for block draw counts ``C`` (B, blocks) are ``(A @ C.T).T``."""
+        from scipy import sparse
+
+        keep = np.ones(self.n, dtype=bool) if mask is None else mask
+        data = np.ones(int(keep.sum()), dtype=np.int32)
+        return sparse.csr_matrix(
+            (data, (self.segment_of_study[keep], block[keep])), shape=(len(self.seg_starts), n_blocks)
+        )
 
     def auroc(self, weights_sorted: np.ndarray) -> np.ndarray:
-        r"""Weighted AUROC for each row of ``weights_sorted`` (shape (B, n), columns in sorted order).
+        r"""Weighted AUROC for each row of ``weights_sorted`` (shape (B, n), columns in ``order``).
 
-        With tie groups :math:`k` (ascending score), weighted positives :math:`P_k` and negatives
+        With distinct scores :math:`k` (ascending), weighted positives :math:`P_k` and negatives
         :math:`N_k`:
 
         .. math:: \mathrm{AUROC} = \frac{\sum_k P_k \left(\sum_{l<k} N_l + \tfrac12 N_k\right)}
@@ -30,14 +53,21 @@ class SortedScores:
 
         NaN where a row has no weighted positive or no weighted negative.
         """
-        w = np.asarray(weights_sorted, dtype=np.float64)
-        pos = w * self.y_sorted
-        neg = w - pos
-        if self.tie_starts is not None:
-            pos = np.add.reduceat(pos, self.tie_starts, axis=1)
-            neg = np.add.reduceat(neg, self.tie_starts, axis=1)
-        below = np.cumsum(neg, axis=1)
-        below -= 0.5 * neg
+        w = np.asarray(weights_sorted)
+        if w.ndim == 1:
+            w = w[None]
+        seg = w if len(self.seg_starts) == self.n else np.add.reduceat(w, self.seg_starts, axis=1)
+        return self.auroc_from_segments(seg)
+
+    def auroc_from_segments(self, seg: np.ndarray) -> np.ndarray:
+        """AUROC from per-segment weight sums ``(B, segments)`` (see :meth:`auroc`)."""
+        seg = np.asarray(seg, dtype=np.float64)
+        pos = seg * self.seg_pos
+        neg = seg - pos
+        below = np.cumsum(neg, axis=1)  # negatives with score <= this segment's score
+        tie = np.zeros_like(seg)
+        tie[:, 1:] = np.where(self.tied_neg[1:], seg[:, :-1], 0.0)  # N_k for a positive segment
+        below -= 0.5 * tie
         num = np.einsum("ij,ij->i", pos, below)
         den = pos.sum(axis=1) * neg.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):

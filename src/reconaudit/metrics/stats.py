@@ -27,7 +27,7 @@ from scipy import stats as sps
 from .. import progress
 from ._auroc import SortedScores, jackknife_auroc, placement_counts
 from ._utils import as_1d, as_binary, check_same_length, group_codes
-from .fairness import confusion_cells, fairness_from_counts
+from .fairness import confusion_cells, confusion_counts, fairness_from_counts
 from .task import MetricUndefinedWarning
 
 logger = logging.getLogger(__name__)
@@ -76,8 +76,9 @@ def _patient_codes(patient_ids: object) -> tuple[np.ndarray, int]:
 
 def _patient_draw_counts(n_patients: int, b: int, rng: np.random.Generator) -> np.ndarray:
     """``(b, P)`` counts: how often each patient was drawn in each of ``b`` resamples of size P."""
-    draws = rng.integers(0, n_patients, size=(b, n_patients))
-    flat = (np.arange(b)[:, None] * n_patients + draws).ravel()
+    draws = rng.integers(0, n_patients, size=(b, n_patients), dtype=np.int64)
+    draws += (np.arange(b, dtype=np.int64) * n_patients)[:, None]
+    flat = draws.ravel()
     return np.bincount(flat, minlength=b * n_patients).reshape(b, n_patients).astype(np.int32)
 
 
@@ -105,8 +106,6 @@ def weighted_confusion_counts(y_true: object, y_pred: object, groups: object, we
 
     :math:`C_{bgk} = \\sum_i w_{bi} [g_i = g][\\text{outcome}_i = k]`.
     """
-    from .fairness import confusion_counts
-
     w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     return confusion_counts(y_true, y_pred, groups, w)
 
@@ -242,6 +241,29 @@ class _Design:
             for arm, ss in self.sorted.items()
             for name, (codes, _) in attrs.items()
         }
+        # sparse (segments x patients) matrices: segment sums of a resample = A @ draw counts
+        self.seg_mats = {arm: ss.segment_matrix(pcode, n_pat) for arm, ss in self.sorted.items()}
+        self.group_seg_mats = {
+            (arm, name): [ss.segment_matrix(pcode, n_pat, codes == g) for g in range(len(labels))]
+            for arm, ss in self.sorted.items()
+            for name, (codes, labels) in attrs.items()
+            if auroc_gap and name != _POOLED
+        }
+
+    def auc_for_counts(self, cnt: np.ndarray) -> dict:
+        """AUROC (and per-group AUROC gaps) for patient draw counts ``(b, P)``."""
+        out = {}
+        ct = np.ascontiguousarray(cnt.T, dtype=np.int32)
+        for arm, ss in self.sorted.items():
+            out[("auroc", "all", arm)] = ss.auroc_from_segments((self.seg_mats[arm] @ ct).T)
+            for name in self.attrs:
+                if (arm, name) not in self.group_seg_mats:
+                    continue
+                ga = np.stack(
+                    [ss.auroc_from_segments((a @ ct).T) for a in self.group_seg_mats[(arm, name)]], axis=1
+                )
+                out[("auroc_gap", name, arm)] = ga.max(axis=1) - ga.min(axis=1)
+        return out
 
     def metrics(self, lin: np.ndarray, auc: dict) -> dict[tuple[str, str, str], np.ndarray]:
         out: dict[tuple[str, str, str], np.ndarray] = {}
@@ -273,7 +295,7 @@ class _Design:
         """AUROC (and per-group AUROC gaps) for study weights ``(b, n)``."""
         out = {}
         for arm, ss in self.sorted.items():
-            ws = w[:, ss.order].astype(np.float64)
+            ws = w[:, ss.order]
             out[("auroc", "all", arm)] = ss.auroc(ws)
             if self.auroc_gap:
                 for name, (_, labels) in self.attrs.items():
@@ -408,7 +430,7 @@ def bootstrap_metrics(
             b = min(chunk_size, n_resamples - start)
             cnt = _patient_draw_counts(n_pat, b, rng)
             lin = cnt.astype(np.float64) @ design.pm
-            auc = design.auc_for_weights(cnt[:, pcode]) if design.sorted else {}
+            auc = design.auc_for_counts(cnt) if design.sorted else {}
             for k, v in _with_changes(design.metrics(lin, auc)).items():
                 chunks[k].append(v)
             t.advance(b)

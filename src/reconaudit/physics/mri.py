@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -57,15 +56,18 @@ def _center_slice(n: int, n_low: int) -> slice:
     return slice(pad, pad + n_low)
 
 
-@functools.lru_cache(maxsize=256)
-def _radial_points(h: int, w: int, spokes: int, offset: float) -> tuple[np.ndarray, np.ndarray]:
-    phi = offset + 2.0 * np.pi * np.arange(spokes) / spokes
+def _radial_masks(h: int, w: int, spokes: int, offsets: torch.Tensor) -> torch.Tensor:
+    """(len(offsets), H, W) float32 radial masks, one per spoke-rotation offset (radians)."""
+    phi = offsets.view(-1, 1).double() + 2.0 * math.pi * torch.arange(spokes, dtype=torch.float64) / spokes
     n_read = max(h, w) // 2 + 1
-    t = np.arange(n_read) / (max(h, w) / 2.0)  # unit k-space spacing along the longer axis
-    y = np.rint(h // 2 + np.outer(np.sin(phi), t) * (h / 2.0)).astype(np.int64).ravel()
-    x = np.rint(w // 2 + np.outer(np.cos(phi), t) * (w / 2.0)).astype(np.int64).ravel()
+    t = torch.arange(n_read, dtype=torch.float64) / (max(h, w) / 2.0)  # unit spacing on the longer axis
+    y = torch.round(h // 2 + torch.sin(phi).unsqueeze(-1) * t * (h / 2.0)).long().flatten(1)
+    x = torch.round(w // 2 + torch.cos(phi).unsqueeze(-1) * t * (w / 2.0)).long().flatten(1)
     ok = (y >= 0) & (y < h) & (x >= 0) & (x < w)
-    return y[ok], x[ok]
+    flat = torch.where(ok, y * w + x, 0)
+    m = torch.zeros(phi.shape[0], h * w, dtype=torch.float32)
+    m.scatter_reduce_(1, flat, ok.to(torch.float32), reduce="amax")  # out-of-range points add nothing
+    return m.view(-1, h, w)
 
 
 def radial_mask(shape: tuple[int, int], spokes: int, offset: float = 0.0) -> torch.Tensor:
@@ -80,10 +82,7 @@ def radial_mask(shape: tuple[int, int], spokes: int, offset: float = 0.0) -> tor
     h, w = int(shape[0]), int(shape[1])
     if int(spokes) < 1:
         raise ValueError(f"radial_mask: spokes must be >= 1, got {spokes!r}")
-    y, x = _radial_points(h, w, int(spokes), float(offset))
-    m = torch.zeros(h, w, dtype=torch.float32)
-    m[torch.from_numpy(y), torch.from_numpy(x)] = 1.0
-    return m
+    return _radial_masks(h, w, int(spokes), torch.tensor([float(offset)]))[0]
 
 
 class KspaceUndersampling(Degradation):
@@ -108,7 +107,7 @@ class KspaceUndersampling(Degradation):
         :math:`p = (N / R - N_{low}) / (N - N_{low})`, so the expected number of lines is
         :math:`N / R` (``RandomMaskFunc``).
     ``"equispaced"``
-        Exactly ``round(N / R)`` lines: the centre, and :math:`k = \mathrm{round}(N/R) - N_{low}`
+        Exactly ``round(N / R)`` lines: the centre, and :math:`k = \\mathrm{round}(N/R) - N_{low}`
         lines equally spaced (spacing :math:`(N - N_{low}) / k`, random offset per study) over the
         lines outside it. fastMRI's ``EquispacedMaskFractionFunc`` reaches :math:`N / R` only on
         average (its spacing collides with the centre by chance); this variant is exact per mask.
@@ -262,8 +261,8 @@ class KspaceUndersampling(Degradation):
         if self.pattern == "gaussian":
             return self._gaussian(h, w, gens)
         spokes = self.spokes_for((h, w))
-        offs = [float(torch.rand(1, generator=g)) * 2.0 * math.pi / spokes for g in gens]
-        return torch.stack([radial_mask((h, w), spokes, o) for o in offs]).unsqueeze(1)
+        offs = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in gens]) * 2.0 * math.pi / spokes
+        return _radial_masks(h, w, spokes, offs).unsqueeze(1)
 
     def _gaussian(self, h: int, w: int, gens: list[torch.Generator]) -> torch.Tensor:
         n = len(gens)

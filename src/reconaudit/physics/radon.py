@@ -102,35 +102,32 @@ def _radon_matrix(h: int, w: int, angles: tuple[float, ...], circle: bool, devic
         t = th[a0 : a0 + _ANGLE_CHUNK].view(-1, 1, 1)
         na = t.shape[0]
         cos, sin = torch.cos(t), torch.sin(t)
-        x = c + cos * uu + sin * rr  # (na, S_r, S_u) input column in the square
-        y = c - sin * uu + cos * rr  # input row in the square
-        x0, y0 = torch.floor(x), torch.floor(y)
-        dx, dy = x - x0, y - y0
-        row = (torch.arange(na, dtype=torch.int64).view(-1, 1, 1) * s + torch.arange(s).view(1, 1, s)).expand(
-            na, s, s
-        )
+        # sample (r, u) of the rotated image, in original-image coordinates
+        xo = (c - off_c) + cos * uu + sin * rr  # (na, S_r, S_u)
+        yo = (c - off_r) - sin * uu + cos * rr
+        sel = (yo > -1) & (yo < h) & (xo > -1) & (xo < w)  # samples whose 2x2 neighbourhood meets the image
+        a_i, _, u_i = torch.nonzero(sel, as_tuple=True)
+        row = a_i * s + u_i
+        xo, yo = xo[sel], yo[sel]
+        x0, y0 = torch.floor(xo), torch.floor(yo)
+        dx, dy = (xo - x0).to(torch.float32), (yo - y0).to(torch.float32)
+        itype = torch.int32 if na * s * n_pix < 2**31 else torch.int64
+        x0, y0 = x0.to(itype), y0.to(itype)
         keys, wts = [], []
-        for oy, ox, wgt in (
-            (0, 0, (1 - dy) * (1 - dx)),
-            (0, 1, (1 - dy) * dx),
-            (1, 0, dy * (1 - dx)),
-            (1, 1, dy * dx),
-        ):
-            yi = y0.long() + oy - off_r  # row in the original image
-            xi = x0.long() + ox - off_c
-            ok = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w) & (wgt > 0)
-            keys.append(row[ok] * n_pix + (yi[ok] * w + xi[ok]))
-            wts.append(wgt[ok])
-        key = torch.cat(keys)
-        wt = torch.cat(wts)
-        ukey, inv = torch.unique(key, sorted=True, return_inverse=True)
-        val = torch.zeros(ukey.shape[0], dtype=torch.float64).index_add_(0, inv, wt)
-        rows_local = ukey // n_pix
-        counts = torch.bincount(rows_local, minlength=na * s)
+        for oy, ox, wgt in ((0, 0, (1 - dy) * (1 - dx)), (0, 1, (1 - dy) * dx), (1, 0, dy * (1 - dx)), (1, 1, dy * dx)):
+            yi, xi = y0 + oy, x0 + ox
+            ok = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
+            # out-of-image neighbours keep a clamped index and weight 0 (no boolean gather needed)
+            keys.append(row.to(itype) * n_pix + yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1))
+            wts.append(wgt * ok)
+        ukey, inv = torch.unique(torch.cat(keys), sorted=True, return_inverse=True)
+        val = torch.zeros(ukey.shape[0], dtype=torch.float32).index_add_(0, inv, torch.cat(wts))
+        ukey = ukey.long()
+        counts = torch.bincount(torch.div(ukey, n_pix, rounding_mode="floor"), minlength=na * s)
         crows.append(torch.cumsum(counts, 0) + total)
         total += int(ukey.shape[0])
         cols_all.append((ukey % n_pix).to(torch.int32))
-        vals_all.append(val.to(torch.float32))
+        vals_all.append(val)
     crow = torch.cat(crows).to(torch.int32 if total < 2**31 - 1 else torch.int64)
     col = torch.cat(cols_all).to(crow.dtype)
     val = torch.cat(vals_all)

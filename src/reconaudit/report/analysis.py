@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 from .. import metrics as M
 from .. import progress
@@ -38,6 +39,7 @@ __all__ = [
     "FAIRNESS_METRICS",
     "METRIC_NAMES",
     "severity_order",
+    "level_text",
     "primary_task_metric",
 ]
 
@@ -89,7 +91,8 @@ class Analysis:
     Attributes
     ----------
     cells : pandas.DataFrame
-        One row per cell: the cell keys (:data:`KEY_COLUMNS`), ``n_studies``, ``n_patients``,
+        One row per cell: the cell keys (:data:`KEY_COLUMNS`), ``severity`` (0 for the mildest level of
+        the cohort), ``n_studies``, ``n_patients``,
         ``samples``, and for ``q`` in PSNR/SSIM/NMSE the mean on the reconstruction ``q`` with its
         bootstrap interval ``q_ci_low``/``q_ci_high``, on the degraded input ``input_q`` (same
         interval columns), and the mean ``uncertainty`` of stochastic reconstructors.
@@ -354,15 +357,12 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
                     val, why = _quiet(fn, y, arg, sensitive_features=g, min_group_size=s["min_group_size"])
                     if why:
                         reasons.append(f"{arm}: " + "; ".join(why))
-                test = "paired bootstrap"
+                perm = None
                 if metric in _COUNT_METRICS and np.isfinite(st["clean"]) and np.isfinite(st["recon"]):
-                    perm, _ = _quiet(
-                        M.paired_permutation_test, pc, pr, sensitive_features=g, patient_ids=pid, metric=metric,
-                        y_true=y, n_permutations=s["n_resamples"], seed=seed, min_group_size=s["min_group_size"],
-                    )
-                    st["p_value"], test = perm.p_value, "paired permutation"
-                fair_rows.append(dict(fbase, metric=metric, **st, test=test, worst_group_clean="",
-                                      worst_group_recon="", reason=" | ".join(reasons)))
+                    perm = dict(clean=pc, recon=pr, sensitive_features=g, patient_ids=pid, metric=metric,
+                                y_true=y, seed=seed, min_group_size=s["min_group_size"])
+                fair_rows.append(dict(fbase, metric=metric, **st, test="paired bootstrap", worst_group_clean="",
+                                      worst_group_recon="", reason=" | ".join(reasons), _perm=perm))
             fair_rows.append(_worst_group_auroc(fbase, y, sc, sr, g, wk, s))
     if mean_parts["clean"]:
         dc = np.nanmean(np.stack(mean_parts["dc"]), axis=0)
@@ -438,9 +438,11 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
         values_clean=pc.to_numpy(), values_name="dice", n_resamples=s["n_resamples"], seed=seed,
         bca=s["ci"] == "bca",
     )
-    task_rows.append(dict(keys, label="", n=len(pr), metric="dice_patient",
-                          **_stats_from_boot(_boot_index(res_p.table), "mean_dice", "all", s["ci"]),
-                          test="paired bootstrap", ci_method=s["ci"], reason=""))
+    st = _stats_from_boot(_boot_index(res_p.table), "mean_dice", "all", s["ci"])
+    diff = pr.to_numpy() - pc.to_numpy()
+    st["p_value"] = float(sps.wilcoxon(diff, zero_method="zsplit").pvalue) if np.any(diff != 0) else 1.0
+    task_rows.append(dict(keys, label="", n=len(pr), metric="dice_patient", **st,
+                          test="Wilcoxon signed-rank (patients)", ci_method=s["ci"], reason=""))
     if "hd95" in r and "clean_hd95" in r:
         hr, hc = r["hd95"].to_numpy(float), r["clean_hd95"].to_numpy(float)
         ok = np.isfinite(hr) & np.isfinite(hc)
@@ -470,15 +472,12 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
                 by, _ = _quiet(M.by_group, v, sensitive_features=g, min_group_size=s["min_group_size"])
                 finite = {k: x for k, x in by.items() if np.isfinite(x)}
                 worst[arm] = str(min(finite, key=finite.get)) if finite and len(finite) == len(by) else ""
-            test = "paired bootstrap"
+            perm = None
             if np.isfinite(st["clean"]) and np.isfinite(st["recon"]):
-                perm, _ = _quiet(
-                    M.paired_permutation_test, dc, dr, sensitive_features=g, patient_ids=pid,
-                    metric="dice_gap" if metric == "dice_gap" else "worst_group",
-                    n_permutations=s["n_resamples"], seed=seed, min_group_size=s["min_group_size"],
-                )
-                st["p_value"], test = perm.p_value, "paired permutation"
-            fair_rows.append(dict(fbase, metric=metric, **st, test=test,
+                perm = dict(clean=dc, recon=dr, sensitive_features=g, patient_ids=pid,
+                            metric="dice_gap" if metric == "dice_gap" else "worst_group", seed=seed,
+                            min_group_size=s["min_group_size"])
+            fair_rows.append(dict(fbase, metric=metric, **st, test="paired bootstrap", _perm=perm,
                                   worst_group_clean=worst["clean"] if metric == "worst_group_dice" else "",
                                   worst_group_recon=worst["recon"] if metric == "worst_group_dice" else "",
                                   reason=" | ".join(reasons)))
@@ -545,14 +544,56 @@ def _seed_table(cells: pd.DataFrame, task: pd.DataFrame, fairness: pd.DataFrame)
     return out[cols]
 
 
+def _floor_bootstrap_p(df: pd.DataFrame, s: dict) -> None:
+    """A bootstrap of B resamples cannot show p below 1/(B+1): floor its p-values there (in place)."""
+    m = (df["test"] == "paired bootstrap") & df["p_value"].notna()
+    df.loc[m, "p_value"] = np.maximum(df.loc[m, "p_value"].to_numpy(float), 1.0 / (s["n_resamples"] + 1))
+
+
+def _permutation_tests(fair: pd.DataFrame, fair_rows: list[dict], s: dict) -> pd.DataFrame:
+    r"""Paired permutation p-values (:func:`reconaudit.metrics.paired_permutation_test`) of fairness changes.
+
+    A permutation p-value :math:`(1 + k)/(1 + B)` cannot fall below :math:`1/(1 + B)`; a family of
+    :math:`m` tests needs :math:`p < \alpha/m` for the smallest.  So the tests first run with
+    ``n_resamples`` permutations, and those with at most 3 permutation statistics as extreme as the
+    observed one are re-run with :math:`B = \lceil 4m/\alpha \rceil` (at most 100,000) permutations,
+    when ``n_resamples`` is below that (a two-stage Monte Carlo test).
+    """
+    fair = fair.copy()
+    perms = [r.get("_perm") for r in fair_rows]
+    idx = [i for i, p in enumerate(perms) if p is not None]
+    b1 = s["n_resamples"]
+    first = {}
+    for i in idx:
+        res, _ = _quiet(M.paired_permutation_test, **perms[i], n_permutations=b1)
+        first[i] = res
+    m = max(1, int(fair["p_value"].notna().sum() + sum(np.isfinite(first[i].p_value) and
+                                                       np.isnan(fair.at[i, "p_value"]) for i in idx)))
+    b2 = int(min(100_000, math.ceil(4 * m / s["alpha"])))
+    for i in idx:
+        res = first[i]
+        if b2 > b1 and np.isfinite(res.p_value) and res.p_value * (1 + b1 - res.n_undefined) <= 4:
+            res, _ = _quiet(M.paired_permutation_test, **perms[i], n_permutations=b2, chunk_size=4096)
+        fair.at[i, "p_value"] = res.p_value
+        fair.at[i, "test"] = "paired permutation"
+        fair.at[i, "n_permutations"] = res.n_permutations
+    return fair
+
+
 def _fmt(x: float, digits: int = 2) -> str:
     if x is None or not np.isfinite(x):
         return "n/a"
     return f"{x:.{digits}f}"
 
 
-def _fmt_level(x: float) -> str:
-    return f"{x:g}" if abs(x) < 1e6 else f"{x:.3g}"
+def level_text(level: float, unit: str | None) -> str:
+    """A degradation level in words: ``3000 photons``, ``8x acceleration``, ``ratio 0.5``."""
+    v = f"{level:g}" if abs(level) < 1e7 else f"{level:.3g}"
+    if unit == "photons":
+        return f"{v} photons"
+    if unit == "acceleration":
+        return f"{v}x acceleration"
+    return f"{unit} {v}" if unit else f"level {v}"
 
 
 def _ci_text(row: pd.Series, col: str = "change", digits: int = 2) -> str:
@@ -587,16 +628,16 @@ def _headlines(a: Analysis) -> pd.DataFrame:
             part = ""
             if len(levels) > 1 and mild in p.index and severe in p.index and np.isfinite(p[mild]) and np.isfinite(p[severe]):
                 d = p[severe] - p[mild]
-                part = (f"PSNR {'fell' if d < 0 else 'rose'} {abs(d):.1f} dB from {_fmt_level(mild)} to "
-                        f"{_fmt_level(severe)} {unit} ({best}, the reconstructor with the highest PSNR at "
-                        f"{_fmt_level(severe)} {unit})")
+                part = (f"PSNR {'fell' if d < 0 else 'rose'} {abs(d):.1f} dB from {level_text(mild, unit)} to "
+                        f"{level_text(severe, unit)} ({best}, the reconstructor with the highest PSNR at "
+                        f"{level_text(severe, unit)})")
             elif severe in p.index and np.isfinite(p[severe]):
-                part = f"PSNR was {p[severe]:.1f} dB at {_fmt_level(severe)} {unit} ({best})"
+                part = f"PSNR was {p[severe]:.1f} dB at {level_text(severe, unit)} ({best})"
             if not t.empty:
                 tr = t.iloc[0]
                 digits = 3 if metric in ("auroc", "dice", "dice_patient") else 2
                 part2 = (f"{mname} changed by {_ci_text(tr, digits=digits)} from clean images "
-                         f"({_fmt(tr['clean'], digits)} to {_fmt(tr['recon'], digits)}) at {_fmt_level(severe)} {unit}")
+                         f"({_fmt(tr['clean'], digits)} to {_fmt(tr['recon'], digits)}) at {level_text(severe, unit)}")
                 part = f"{part} while {part2}" if part else part2[0].upper() + part2[1:]
             if part:
                 sentences.append(part + ".")
@@ -621,7 +662,8 @@ def _headlines(a: Analysis) -> pd.DataFrame:
             gaps = sig[sig["higher_is_worse"] & (sig["change"] > 0)]
             text = (f"{len(sig)} of {len(f)} fairness changes tested in this cohort were significant after "
                     f"{method} correction (family: all fairness changes in the run)")
-            pool = gaps if not gaps.empty else f[f["higher_is_worse"]]
+            gaps = gaps[gaps["metric"] != "skewed_error_ratio"]  # a ratio: not on the scale of the differences
+            pool = gaps if not gaps.empty else f[f["higher_is_worse"] & (f["metric"] != "skewed_error_ratio")]
             if not pool.empty and pool["change"].notna().any():
                 top = pool.loc[pool["change"].idxmax()]
                 what = METRIC_NAMES[top["metric"]]
@@ -629,7 +671,7 @@ def _headlines(a: Analysis) -> pd.DataFrame:
                 mit = "" if top["mitigation"] == "none" else f", {top['mitigation']} mitigation"
                 kind = "the largest significant increase" if not gaps.empty else "the largest increase (not significant)"
                 text += (f"; {kind} was the {what} across {top['attribute']}{lab} with {top['reconstructor']}"
-                         f"{mit} at {_fmt_level(top['level'])} {unit}: {_fmt(top['clean'])} on clean images, "
+                         f"{mit} at {level_text(top['level'], unit)}: {_fmt(top['clean'])} on clean images, "
                          f"{_fmt(top['recon'])} after reconstruction ({_ci_text(top)})")
             sentences.append(text + ".")
         mit = fair[(fair["cohort"] == cohort) & (fair["mitigation"] != "none")]
@@ -656,8 +698,8 @@ def _headlines(a: Analysis) -> pd.DataFrame:
         if sd is not None and not sd.empty:
             r0 = sd.iloc[0]
             sentences.append(
-                f"Across {int(r0['n_seeds'])} training seeds, {r0['reconstructor']} at {_fmt_level(r0['level'])} "
-                f"{unit} gave {mname} {_fmt(r0['seed_mean'], 3)} ± {_fmt(r0['seed_std'], 3)} (seed std), against a "
+                f"Across {int(r0['n_seeds'])} training seeds, {r0['reconstructor']} at {level_text(r0['level'], unit)} "
+                f"gave {mname} {_fmt(r0['seed_mean'], 3)} ± {_fmt(r0['seed_std'], 3)} (seed std), against a "
                 f"bootstrap half-width of {_fmt(r0['bootstrap_half_width'], 3)}."
             )
         rows.append({"cohort": cohort, "sentence": " ".join(sentences) if sentences else "No cells were evaluated."})
@@ -730,17 +772,21 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
     task_cols = [*KEY_COLUMNS, "label", "metric", "n", *_STAT_COLUMNS, "p_value", "test", "ci_method", "reason"]
     task = pd.DataFrame(task_rows, columns=task_cols)
     fair_cols = [*KEY_COLUMNS, "attribute", "label", "metric", "groups", "n", *_STAT_COLUMNS, "p_value", "test",
-                 "worst_group_clean", "worst_group_recon", "reason"]
+                 "n_permutations", "worst_group_clean", "worst_group_recon", "reason"]
     fair = pd.DataFrame(fair_rows, columns=fair_cols)
+    fair = _permutation_tests(fair, fair_rows, s)
+    _floor_bootstrap_p(task, s)
+    _floor_bootstrap_p(fair, s)
     fair["higher_is_worse"] = fair["metric"].isin(GAP_METRICS)
     fair["bias_increased"] = np.where(fair["higher_is_worse"], fair["change"] > 0, fair["change"] < 0)
     fair.loc[fair["change"].isna(), "bias_increased"] = False
     fair["reason"] = np.where(fair["recon"].isna() | fair["clean"].isna(), fair["reason"], "")
 
     families = []
-    tests = (task["metric"].isin(["auroc", "dice"])) & (task["label"] != MEAN_LABEL)
-    tt, fam = _correct(task[tests], "task", "changes in AUROC per label (DeLong) and in mean Dice (paired "
-                       "bootstrap) from clean to processed images, every cell of this run: {n} tests", s)
+    tests = (task["metric"].isin(["auroc", "dice_patient"])) & (task["label"] != MEAN_LABEL)
+    tt, fam = _correct(task[tests], "task", "changes from clean to processed images in AUROC per label "
+                       "(DeLong) and in patient-level Dice (Wilcoxon signed-rank over patients), every cell "
+                       "of this run: {n} tests", s)
     families.append(fam)
     task = task.join(tt[["p_adjusted", "significant"]])
     task["significant"] = task["significant"].astype("boolean").fillna(False).astype(bool)
@@ -748,7 +794,10 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
                        "group attribute x label x metric with a defined p-value: {n} tests", s)
     families.append(fam)
     fair = ft
-    sort_keys = ["cohort", "task", "degradation", "level", "reconstructor", "arm", "mitigation",
+    rank = {(c, lv): i for c, info in cohorts.items() for i, lv in enumerate(info["levels"])}
+    for df in (cells, task, fair):
+        df["severity"] = [rank.get((c, float(lv)), -1) for c, lv in zip(df["cohort"], df["level"])]
+    sort_keys = ["cohort", "task", "degradation", "severity", "reconstructor", "arm", "mitigation",
                  "mitigation_strength", "seed"]
     cells = cells.sort_values(sort_keys).reset_index(drop=True)
     task = task.sort_values([*sort_keys, "label", "metric"]).reset_index(drop=True)

@@ -262,7 +262,7 @@ class Classifier(NetworkDiagnosticModel):
     # ----------------------------------------------------------------- thresholds
     def select_thresholds(self, images, targets) -> np.ndarray:
         """Thresholds (L,) chosen on ``images`` / ``targets`` with the configured policy (no side effect)."""
-        y = self._prepare_targets(targets, int(np.shape(images)[0]), None, "targets").numpy()
+        y = self._prepare_targets(targets, len(images), None, "targets").numpy()
         scores = self.predict(images)
         return choose_thresholds(
             y,

@@ -377,6 +377,7 @@ class NetworkDiagnosticModel(DiagnosticModel):
     @staticmethod
     def _freeze(net: nn.Module) -> None:
         net.eval()
+        net.zero_grad(set_to_none=True)
         for p in net.parameters():
             p.requires_grad_(False)
 

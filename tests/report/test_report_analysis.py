@@ -1,0 +1,231 @@
+"""analyse(): numbers against independent oracles (numpy, scikit-learn, fairlearn), NaN handling,
+multiple-comparison correction, seeds, headlines and reproducibility."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from fairlearn.metrics import (
+    demographic_parity_difference,
+    equal_opportunity_difference,
+    equalized_odds_difference,
+)
+from sklearn.metrics import roc_auc_score
+
+from reconaudit.report.analysis import MEAN_LABEL, analyse
+
+XRAY, MRI = "chest-xray", "brain-mri"
+
+
+def _cell(records: pd.DataFrame, cohort: str, rec: str, level: float, mitigation: str = "none", seed: int = 0):
+    r = records[(records["cohort"] == cohort) & (records["reconstructor"] == rec) & (records["level"] == level)
+                & (records["mitigation"] == mitigation) & (records["seed"] == seed)]
+    assert r["cell_id"].nunique() == 1
+    return r
+
+
+def _row(df: pd.DataFrame, **kw) -> pd.Series:
+    m = np.ones(len(df), bool)
+    for k, v in kw.items():
+        m &= (df[k] == v).to_numpy()
+    assert m.sum() == 1, (kw, m.sum())
+    return df[m].iloc[0]
+
+
+def test_image_quality_means_equal_the_records(fake_inputs, analysis):
+    records, _ = fake_inputs
+    for cohort, rec, level in ((XRAY, "unet", 3000.0), (MRI, "diffusion", 4.0)):
+        r = _cell(records, cohort, rec, level)
+        c = _row(analysis.cells, cell_id=r["cell_id"].iloc[0])
+        for q in ("psnr", "ssim", "nmse", "input_psnr"):
+            assert c[q] == pytest.approx(r[q].mean(), rel=1e-12)
+            assert c[f"{q}_ci_low"] <= c[q] <= c[f"{q}_ci_high"]
+        assert c["n_studies"] == len(r) and c["n_patients"] == r["patient_id"].nunique()
+    d = _row(analysis.cells, cell_id=_cell(records, XRAY, "direct", 3000.0)["cell_id"].iloc[0])
+    assert np.isnan(d["psnr"]) and np.isfinite(d["input_psnr"])
+
+
+def test_auroc_sensitivity_specificity_match_sklearn(fake_inputs, analysis):
+    records, _ = fake_inputs
+    r = _cell(records, XRAY, "identity", 3000.0)
+    cid = r["cell_id"].iloc[0]
+    clean_aucs, recon_aucs = [], []
+    for label in ("effusion", "cardiomegaly", "nodule"):
+        k = r[f"target:{label}"].notna()
+        y = r.loc[k, f"target:{label}"].astype(int)
+        auc_c = roc_auc_score(y, r.loc[k, f"clean_score:{label}"])
+        auc_r = roc_auc_score(y, r.loc[k, f"score:{label}"])
+        clean_aucs.append(auc_c)
+        recon_aucs.append(auc_r)
+        row = _row(analysis.task, cell_id=cid, label=label, metric="auroc")
+        assert row["clean"] == pytest.approx(auc_c, abs=1e-12)
+        assert row["recon"] == pytest.approx(auc_r, abs=1e-12)
+        assert row["change"] == pytest.approx(auc_r - auc_c, abs=1e-12)
+        assert row["test"] == "DeLong" and 0 <= row["p_value"] <= 1
+        pred = r.loc[k, f"score:{label}"] >= r.loc[k, f"threshold:{label}"]
+        sens = _row(analysis.task, cell_id=cid, label=label, metric="sensitivity")
+        spec = _row(analysis.task, cell_id=cid, label=label, metric="specificity")
+        assert sens["recon"] == pytest.approx((pred & (y == 1)).sum() / (y == 1).sum())
+        assert spec["recon"] == pytest.approx((~pred & (y == 0)).sum() / (y == 0).sum())
+    mean = _row(analysis.task, cell_id=cid, label=MEAN_LABEL, metric="auroc")
+    assert mean["clean"] == pytest.approx(np.mean(clean_aucs))
+    assert mean["recon"] == pytest.approx(np.mean(recon_aucs))
+    assert mean["change_ci_low"] <= mean["change"] <= mean["change_ci_high"]
+
+
+@pytest.mark.parametrize("attribute", ["sex", "age_band"])
+def test_fairness_matches_fairlearn(fake_inputs, analysis, attribute):
+    records, _ = fake_inputs
+    r = _cell(records, XRAY, "diffusion", 10000.0)
+    cid = r["cell_id"].iloc[0]
+    label = "effusion"
+    y = r[f"target:{label}"].astype(int)
+    g = r[f"group:{attribute}"]
+    for arm, col in (("clean", f"clean_score:{label}"), ("recon", f"score:{label}")):
+        pred = (r[col] >= r[f"threshold:{label}"]).astype(int)
+        for metric, fn in (("equalized_odds_difference", equalized_odds_difference),
+                           ("equal_opportunity_difference", equal_opportunity_difference),
+                           ("demographic_parity_difference", demographic_parity_difference)):
+            row = _row(analysis.fairness, cell_id=cid, label=label, attribute=attribute, metric=metric)
+            assert row[arm] == pytest.approx(fn(y, pred, sensitive_features=g), abs=1e-12), (metric, arm)
+        per_group = {k: roc_auc_score(y[g == k], r.loc[g == k, col]) for k in g.unique()}
+        gap = _row(analysis.fairness, cell_id=cid, label=label, attribute=attribute, metric="auroc_gap")
+        worst = _row(analysis.fairness, cell_id=cid, label=label, attribute=attribute, metric="worst_group_auroc")
+        assert gap[arm] == pytest.approx(max(per_group.values()) - min(per_group.values()), abs=1e-12)
+        assert worst[arm] == pytest.approx(min(per_group.values()), abs=1e-12)
+        assert per_group[worst[f"worst_group_{arm}"]] == min(per_group.values())  # (ties: any of them)
+    row = _row(analysis.fairness, cell_id=cid, label=label, attribute=attribute, metric="equalized_odds_difference")
+    assert row["change"] == pytest.approx(row["recon"] - row["clean"])
+    if row["clean"] != 0:
+        assert row["change_rel_pct"] == pytest.approx(100 * row["change"] / abs(row["clean"]))
+    assert row["test"] == "paired permutation" and 0 < row["p_value"] <= 1
+
+
+def test_segmentation_dice_metrics(fake_inputs, analysis):
+    records, _ = fake_inputs
+    r = _cell(records, MRI, "unet", 8.0)
+    cid = r["cell_id"].iloc[0]
+    dice = _row(analysis.task, cell_id=cid, metric="dice")
+    assert dice["recon"] == pytest.approx(r["dice"].mean()) and dice["clean"] == pytest.approx(r["clean_dice"].mean())
+    patient = _row(analysis.task, cell_id=cid, metric="dice_patient")
+    assert patient["recon"] == pytest.approx(r.groupby("patient_id")["dice"].median().mean())
+    assert patient["test"].startswith("Wilcoxon")
+    means = r.groupby("group:age_band")["dice"].mean()
+    gap = _row(analysis.fairness, cell_id=cid, attribute="age_band", metric="dice_gap")
+    worst = _row(analysis.fairness, cell_id=cid, attribute="age_band", metric="worst_group_dice")
+    assert gap["recon"] == pytest.approx(means.max() - means.min())
+    assert worst["recon"] == pytest.approx(means.min()) and worst["worst_group_recon"] == means.idxmin()
+
+
+def test_undefined_metrics_are_nan_with_a_reason_never_zero(fake_inputs):
+    records, meta = fake_inputs
+    r = records[(records["cohort"] == XRAY) & (records["level"] == 3000.0) & (records["mitigation"] == "none")
+                & (records["seed"] == 0) & records["reconstructor"].isin(["unet"])].copy()
+    # the group "<40" has no positive for effusion: TPR undefined there
+    r.loc[(r["group:age_band"] == "<40"), "target:effusion"] = 0.0
+    m = dict(meta, analysis=dict(meta["analysis"], n_resamples=30))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the analysis itself must not leak metric warnings
+        a = analyse(r, m)
+    f = a.fairness[(a.fairness["label"] == "effusion") & (a.fairness["attribute"] == "age_band")]
+    eod = _row(f, metric="equalized_odds_difference")
+    assert np.isnan(eod["clean"]) and np.isnan(eod["recon"]) and np.isnan(eod["change"])
+    assert "<40" in eod["reason"] and "positive" in eod["reason"]
+    assert np.isnan(eod["p_adjusted"]) and not eod["significant"]
+    dpd = _row(f, metric="demographic_parity_difference")  # defined without positives
+    assert np.isfinite(dpd["recon"]) and dpd["reason"] == ""
+
+
+def test_min_group_size_makes_small_groups_undefined(fake_inputs):
+    records, meta = fake_inputs
+    r = records[(records["cohort"] == MRI) & (records["level"] == 8.0) & (records["reconstructor"] == "unet")
+                & (records["mitigation"] == "none") & (records["seed"] == 0)]
+    smallest = r["group:age_band"].value_counts().min()
+    m = dict(meta, analysis=dict(meta["analysis"], n_resamples=30, min_group_size=int(smallest) + 1))
+    a = analyse(r, m)
+    gap = _row(a.fairness, attribute="age_band", metric="dice_gap")
+    assert np.isnan(gap["recon"]) and "fewer than" in gap["reason"]
+
+
+def test_multiple_comparison_correction_and_family(analysis):
+    f = analysis.fairness
+    p = f["p_value"].to_numpy(float)
+    ok = ~np.isnan(p)
+    m = ok.sum()
+    order = np.argsort(p[ok], kind="stable")
+    holm = np.maximum.accumulate(np.minimum(1, (m - np.arange(m)) * p[ok][order]))
+    expected = np.empty(m)
+    expected[order] = holm
+    np.testing.assert_allclose(f["p_adjusted"].to_numpy(float)[ok], expected)
+    assert (f["significant"] == (f["p_adjusted"] < 0.05)).all()
+    fam = analysis.families.set_index("family")
+    assert fam.loc["fairness", "n_tests"] == m and f"{m} tests" in fam.loc["fairness", "description"]
+    assert fam.loc["task", "n_tests"] == analysis.task["p_adjusted"].notna().sum()
+
+
+def test_bh_correction_and_bca_option(fake_inputs):
+    records, meta = fake_inputs
+    r = records[(records["cohort"] == MRI) & (records["level"] == 8.0) & (records["mitigation"] == "none")]
+    m = dict(meta, analysis=dict(meta["analysis"], n_resamples=40, correction="bh", ci="bca"))
+    a = analyse(r, m)
+    assert set(a.families["method"]) == {"Benjamini-Hochberg"}
+    p = a.fairness["p_value"].to_numpy(float)
+    ok = ~np.isnan(p)
+    q = p[ok]
+    n = len(q)
+    order = np.argsort(q)
+    bh = np.minimum(1, np.minimum.accumulate((q[order] * n / np.arange(1, n + 1))[::-1])[::-1])
+    expected = np.empty(n)
+    expected[order] = bh
+    np.testing.assert_allclose(a.fairness["p_adjusted"].to_numpy(float)[ok], expected)
+
+
+def test_seed_spread_is_kept_apart(fake_inputs, analysis):
+    records, _ = fake_inputs
+    vals = []
+    for seed in (0, 1):
+        cid = _cell(records, XRAY, "unet", 3000.0, seed=seed)["cell_id"].iloc[0]
+        vals.append(_row(analysis.task, cell_id=cid, label=MEAN_LABEL, metric="auroc")["recon"])
+    s = analysis.seeds
+    row = _row(s, cohort=XRAY, source="task:recon", metric="auroc", label=MEAN_LABEL, mitigation="none")
+    assert row["n_seeds"] == 2
+    assert row["seed_mean"] == pytest.approx(np.mean(vals))
+    assert row["seed_std"] == pytest.approx(np.std(vals, ddof=1))
+    assert row["bootstrap_half_width"] > 0
+    # single-seed configurations are not in the seed table
+    assert set(s["reconstructor"]) == {"unet"} and set(s["level"]) <= {3000.0, 8.0}
+
+
+def test_headlines_are_built_from_the_tables(analysis):
+    h = analysis.headlines.set_index("cohort")["sentence"]
+    assert set(h.index) == {XRAY, MRI}
+    cells = analysis.cells
+    unet = cells[(cells["cohort"] == XRAY) & (cells["reconstructor"] == "unet") & (cells["mitigation"] == "none")
+                 & (cells["seed"] == 0)].set_index("level")["psnr"]
+    drop = unet[3000.0] - unet[100000.0]
+    assert f"PSNR fell {abs(drop):.1f} dB from 100000 photons to 3000 photons" in h[XRAY]
+    t = analysis.task
+    mean = t[(t["cohort"] == XRAY) & (t["reconstructor"] == "unet") & (t["level"] == 3000.0) & (t["label"] == MEAN_LABEL)
+             & (t["mitigation"] == "none") & (t["seed"] == 0)].iloc[0]
+    assert f"mean AUROC changed by {mean['change']:+.3f} [{mean['change_ci_low']:.3f}, {mean['change_ci_high']:.3f}]" in h[XRAY]
+    assert "8x acceleration" in h[MRI] and "Dice" in h[MRI]
+
+
+def test_analysis_is_reproducible(fake_inputs):
+    records, meta = fake_inputs
+    r = records[(records["cohort"] == XRAY) & (records["level"] == 3000.0) & (records["mitigation"] == "none")]
+    m = dict(meta, analysis=dict(meta["analysis"], n_resamples=30))
+    a1, a2 = analyse(r, m), analyse(r.sample(frac=1.0, random_state=3), m)
+    pd.testing.assert_frame_equal(a1.fairness, a2.fairness)
+    pd.testing.assert_frame_equal(a1.task, a2.task)
+
+
+def test_missing_columns_are_named(fake_inputs):
+    records, meta = fake_inputs
+    with pytest.raises(ValueError, match=r"missing columns \['arm'\]"):
+        analyse(records.drop(columns=["arm"]), meta)
+    with pytest.raises(ValueError, match="correction"):
+        analyse(records, dict(meta, analysis=dict(meta["analysis"], correction="bonferroni")))
