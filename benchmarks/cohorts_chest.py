@@ -44,7 +44,9 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         n = args.studies if size <= 64 else args.studies_256
-        dt, c = _best(lambda n=n, size=size: generate_chest_xray(n_studies=n, size=size, seed=0), args.repeats)
+        dt, c = _best(
+            lambda n=n, size=size: generate_chest_xray(n_studies=n, size=size, seed=0), args.repeats
+        )
         row = {
             "size": size,
             "studies": n,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -75,7 +74,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=32, help="studies at sizes <= 64")
     ap.add_argument("--n-large", type=int, default=4, help="studies at sizes > 64")
     ap.add_argument("--irsde-epochs", type=int, default=10)
-    ap.add_argument("--irsde-n", type=int, default=64)
+    ap.add_argument("--irsde-n", type=int, default=32, help="studies (3/4 train, 1/4 validation) of the steps curve")
+    ap.add_argument("--irsde-throughput-steps", type=int, default=None,
+                    help="sampling steps for the IR-SDE throughput rows (default: T)")
+    ap.add_argument("--irsde-prediction", default="noise", choices=["x0", "noise"],
+                    help="IR-SDE parameterisation for the throughput rows")
+    ap.add_argument("--curve-predictions", nargs="+", default=["x0", "noise"], choices=["x0", "noise"])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "recon.json")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -86,6 +90,10 @@ def main() -> None:
         n = args.n if size <= 64 else args.n_large
         train, val = problem(n, size)
         for name, params in MODELS.items():
+            if name == "irsde" and args.irsde_throughput_steps:
+                params = {**params, "steps": args.irsde_throughput_steps}
+            if name == "irsde":
+                params = {**params, "prediction": args.irsde_prediction}
             rec = make_reconstructor(name, **params)
             t0, c0 = time.perf_counter(), time.process_time()
             rec.fit(train, val, seed=0)
@@ -99,9 +107,12 @@ def main() -> None:
                 "recon_studies_per_s": len(val) / t_rec,
                 "train_studies_per_cpu_s": (len(train) / c_fit) if rec.trainable else None,
                 "recon_studies_per_cpu_s": len(val) / max(c_rec, 1e-9),
+                "steps": getattr(rec, "steps", None),
+                "prediction": getattr(getattr(rec, "hp", None), "prediction", None),
                 "psnr_val": psnr(out, val.clean), "psnr_identity": psnr(val.degraded.image, val.clean),
             }
             rows.append(row)
+            write(args.out, rows, None)
             print(f"{size:4d} {name:10s} train {row['train_studies_per_s'] or float('nan'):8.2f} st/s "
                   f"({row['train_studies_per_cpu_s'] or float('nan'):8.2f} st/cpu-s)  "
                   f"recon {row['recon_studies_per_s']:8.2f} st/s ({row['recon_studies_per_cpu_s']:8.2f} st/cpu-s)  "
@@ -110,7 +121,7 @@ def main() -> None:
     size = min(args.sizes)
     train, val = problem(args.irsde_n, size, seed=3)
     curve = []
-    for prediction in ("x0", "noise"):
+    for prediction in args.curve_predictions:
         rec = make_reconstructor("irsde", epochs=args.irsde_epochs, lr=2e-3, prediction=prediction, patience=100)
         rec.fit(train, val, seed=0)
         T = rec.hp.T
@@ -124,16 +135,21 @@ def main() -> None:
                               "psnr": psnr(out, val.clean), "recon_studies_per_s": len(val) / dt})
                 print(f"irsde {prediction:5s} {sampler} steps {steps:4d}: PSNR {curve[-1]['psnr']:.2f} "
                       f"({curve[-1]['recon_studies_per_s']:.2f} st/s)", flush=True)
+                write(args.out, rows, {"size": size, "n_train": len(train), "epochs": args.irsde_epochs,
+                                       "psnr_identity": psnr(val.degraded.image, val.clean), "curve": curve})
+    print(f"wrote {args.out}")
+
+
+def write(out: Path, rows: list[dict], curve: dict | None) -> None:
+    """Write what has been measured so far to ``out`` (JSON)."""
     result = {
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "cuda": torch.cuda.is_available()},
         "throughput": rows,
-        "irsde_steps": {"size": size, "n_train": len(train), "epochs": args.irsde_epochs,
-                        "psnr_identity": psnr(val.degraded.image, val.clean), "curve": curve},
+        "irsde_steps": curve,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

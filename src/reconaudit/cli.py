@@ -92,7 +92,7 @@ def run(
         try:
             import ray  # noqa: F401
         except ImportError:
-            console.print("[red]--executor ray needs Ray: pip install 'reconaudit[ray]'[/red]")
+            console.print("[red]--executor ray needs Ray: pip install 'reconaudit\\[ray]'[/red]")
             raise typer.Exit(2) from None
     from reconaudit.engine.run import run_audit
 

@@ -62,7 +62,9 @@ def test_no_leak_outside_and_mass_conserved_in_closed_domain():
     dom = dif > 0
     c0 = torch.zeros(2, n, n, n)
     c0[:, 5, 6, 5] = 0.8
-    c = grow_tumor(dif, torch.tensor([0.0, 0.05]), c0, torch.tensor([200.0, 200.0]), spacing_mm=2.0, domain=dom)
+    c = grow_tumor(
+        dif, torch.tensor([0.0, 0.05]), c0, torch.tensor([200.0, 200.0]), spacing_mm=2.0, domain=dom
+    )
     # nothing outside the domain, nothing in the disconnected box
     assert float(c[~dom].abs().max()) == 0.0
     assert float(c[:, 14:20, 14:20, 14:20].abs().max()) == 0.0
@@ -111,8 +113,15 @@ def test_stop_volume_halts_growth_at_target_and_reports_time():
     c0[:, 20, 20] = 0.9
     target = torch.tensor([50.0, 200.0])
     c, t = grow_tumor(
-        dif, torch.tensor([0.1, 0.1]), c0, torch.tensor([1e3, 1e3]), spacing_mm=1.0,
-        stop_volume=target, stop_threshold=0.3, check_every=1, return_time=True,
+        dif,
+        torch.tensor([0.1, 0.1]),
+        c0,
+        torch.tensor([1e3, 1e3]),
+        spacing_mm=1.0,
+        stop_volume=target,
+        stop_threshold=0.3,
+        check_every=1,
+        return_time=True,
     )
     vol = (c > 0.3).flatten(1).sum(1).double()
     assert bool((vol >= target).all()) and bool((vol < target * 1.5).all())

@@ -101,7 +101,7 @@ def test_from_kspace_matches_image_path():
     op = KspaceUndersampling(4, pattern="equispaced")
     d1 = op(x, [1, 2])
     d2 = op.from_kspace(fft2c(x), [1, 2], normalize=False)
-    d3 = op(x, [1, 2], kspace=fft2c(x))
+    d3 = op(None, [1, 2], kspace=fft2c(x))
     assert torch.equal(d1.kspace, d2.kspace) and torch.equal(d2.image, d3.image)
     # normalisation scales the fully sampled magnitude to max 1
     d4 = KspaceUndersampling(1.0, center_fraction=0.0).from_kspace(fft2c(x) * 50, [1, 2])

@@ -85,3 +85,18 @@ def test_folder_npy_png_and_missing(tmp_path) -> None:
         rec.reconstruct(noisy(clean[:1]), study_ids=["zz"])
     with pytest.raises(ValueError, match="study_ids"):
         rec.reconstruct(noisy(clean))
+
+
+def test_docs_plugin_example_runs(capsys) -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "reconstructors.md").read_text()
+    start = doc.index("```python\nimport sys, tempfile")
+    code = doc[start + len("```python\n"): doc.index("```", start + 10)]
+    path_before = list(sys.path)
+    try:
+        exec(compile(code, "docs/reconstructors.md", "exec"), {"__name__": "docs_example"})
+    finally:
+        sys.path[:] = path_before
+        sys.modules.pop("my_recon", None)
+    assert capsys.readouterr().out.split() == ["False", "torch.Size([4,", "1,", "32,", "32])", "True", "True"]

@@ -104,3 +104,21 @@ def test_finetune_continues_and_early_stopping_restores_best(data) -> None:
     h2 = rec2.fit(train, val, seed=0)
     best = int(np.nanargmin(h2["val_loss"])) + 1
     assert h2["best_epoch"] == best
+
+
+@pytest.mark.parametrize("name", ["unet", "pix2pix", "irsde"])
+def test_every_degradation_with_data_consistency(name) -> None:
+    from conftest import inpaint, mri
+
+    clean = phantoms(10, size=16, seed=9)
+    extra = {"T": 5, "channels": (8, 16)} if name == "irsde" else {"channels": (8, 16)}
+    for deg in (mri(clean), inpaint(clean)):
+        rec = make_reconstructor(name, epochs=1, batch_size=8, data_consistency=True, clip_output=False, **extra)
+        rec.fit(pairs(clean[:8], deg.subset(range(8))), pairs(clean[8:], deg.subset([8, 9])), seed=0)
+        out = rec.reconstruct(deg, seeds=list(range(10)), study_ids=[f"s{i}" for i in range(10)])
+        assert out.shape == clean.shape and torch.isfinite(out).all()
+        if deg.kspace is None:  # inpainting: observed pixels are kept exactly
+            m = deg.mask.bool()
+            assert torch.allclose(out[m], clean[m], atol=1e-6)
+        else:  # MRI: a magnitude image (exact consistency of the complex image: test_recon_classical.py)
+            assert (out >= 0).all()

@@ -11,9 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fake_records import make_fake_run  # noqa: E402
-
-EVIL_SEX = ("<script>alert(1)</script>", "<b>F</b>")
+from fake_records import EVIL_SEX, make_fake_run  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,8 @@ MRI_LEVELS = (2.0, 4.0, 8.0)
 XRAY_LABELS = ("effusion", "cardiomegaly", "nodule")
 RECONSTRUCTORS = ("identity", "unet", "diffusion")
 N_SAMPLES = 3
+#: Group names that are markup, to test that the report escapes them.
+EVIL_SEX = ("<script>alert(1)</script>", "<b>F</b>")
 
 
 def _cell_id(*parts: object) -> str:

@@ -101,7 +101,7 @@ def test_fairness_matches_fairlearn(fake_inputs, analysis, attribute):
     assert row["change"] == pytest.approx(row["recon"] - row["clean"])
     if row["clean"] != 0:
         assert row["change_rel_pct"] == pytest.approx(100 * row["change"] / abs(row["clean"]))
-    assert row["test"] == "paired permutation" and 0 < row["p_value"] <= 1
+    assert row["test"] == "paired bootstrap" and 0 < row["p_value"] <= 1 and 0 < row["p_permutation"] <= 1
 
 
 def test_segmentation_dice_metrics(fake_inputs, analysis):
@@ -112,12 +112,23 @@ def test_segmentation_dice_metrics(fake_inputs, analysis):
     assert dice["recon"] == pytest.approx(r["dice"].mean()) and dice["clean"] == pytest.approx(r["clean_dice"].mean())
     patient = _row(analysis.task, cell_id=cid, metric="dice_patient")
     assert patient["recon"] == pytest.approx(r.groupby("patient_id")["dice"].median().mean())
-    assert patient["test"].startswith("Wilcoxon")
-    means = r.groupby("group:age_band")["dice"].mean()
-    gap = _row(analysis.fairness, cell_id=cid, attribute="age_band", metric="dice_gap")
-    worst = _row(analysis.fairness, cell_id=cid, attribute="age_band", metric="worst_group_dice")
-    assert gap["recon"] == pytest.approx(means.max() - means.min())
-    assert worst["recon"] == pytest.approx(means.min()) and worst["worst_group_recon"] == means.idxmin()
+    assert patient["test"].startswith("Wilcoxon") and dice["test"].startswith("Wilcoxon")
+    from scipy.stats import wilcoxon
+
+    per_patient = r.groupby("patient_id")[["dice", "clean_dice"]].mean()
+    diff = per_patient["dice"] - per_patient["clean_dice"]
+    assert dice["p_value"] == pytest.approx(wilcoxon(diff, zero_method="zsplit").pvalue)
+    assert np.isfinite(dice["p_adjusted"]) and np.isnan(patient["p_adjusted"])
+    min_size = analysis.settings["min_group_size"]
+    for attribute in ("sex", "age_band"):
+        means = r.groupby(f"group:{attribute}")["dice"].mean()
+        gap = _row(analysis.fairness, cell_id=cid, attribute=attribute, metric="dice_gap")
+        worst = _row(analysis.fairness, cell_id=cid, attribute=attribute, metric="worst_group_dice")
+        if r[f"group:{attribute}"].value_counts().min() < min_size:
+            assert np.isnan(gap["recon"]) and "fewer than" in gap["reason"]
+            continue
+        assert gap["recon"] == pytest.approx(means.max() - means.min())
+        assert worst["recon"] == pytest.approx(means.min()) and worst["worst_group_recon"] == means.idxmin()
 
 
 def test_undefined_metrics_are_nan_with_a_reason_never_zero(fake_inputs):
@@ -229,3 +240,18 @@ def test_missing_columns_are_named(fake_inputs):
         analyse(records.drop(columns=["arm"]), meta)
     with pytest.raises(ValueError, match="correction"):
         analyse(records, dict(meta, analysis=dict(meta["analysis"], correction="bonferroni")))
+
+
+def test_extreme_bootstrap_p_values_are_refined_and_floored(analysis):
+    f = analysis.fairness[analysis.fairness["p_value"].notna()]
+    b = analysis.settings["n_resamples"]
+    assert (f["p_value"] >= 1.0 / (f["n_resamples"] + 1) - 1e-15).all()
+    refined = f[f["n_resamples"] > b]
+    assert len(refined) > 0  # the fake's worst-group Dice drops are extreme
+    assert refined["metric"].isin(["equalized_odds_difference", "equal_opportunity_difference",
+                                   "demographic_parity_difference", "skewed_error_ratio", "dice_gap",
+                                   "worst_group_dice"]).all()
+    assert (refined["p_value"] < 1.0 / (b + 1)).any()
+    # a change that is significant after correction has an interval that excludes zero
+    sig = f[f["significant"]]
+    assert ((sig["change_ci_low"] > 0) | (sig["change_ci_high"] < 0)).all()

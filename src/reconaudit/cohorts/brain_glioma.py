@@ -31,8 +31,8 @@ Each subject (= patient) is built in four steps, all batched over subjects in to
 Targets: the segmentation mask is the visible abnormality :math:`c >` ``mask_threshold`` inside the
 brain; ``high_grade`` is :math:`2\\sqrt{D_w \\rho} >` ``grade_speed_threshold`` (fast, infiltrative
 growth); tumour ``type`` (glioblastoma / astrocytoma / oligodendroglioma) is drawn given the grade and
-exposed as one-hot label columns. Observed labels carry group-dependent label noise; ``true_<label>``
-columns hold the truth.
+exposed as one-hot label columns. Observed labels carry group-dependent label noise, drawn per
+patient so that a patient's slices agree; ``true_<label>`` columns hold the truth.
 """
 
 from __future__ import annotations
@@ -115,7 +115,9 @@ class BrainGliomaParams(BaseModel):
     size: int = Field(64, ge=16, le=512, description="output image side (pixels)")
     fov_mm: float = Field(220.0, gt=100, le=300, description="square field of view (mm)")
     contrast: str = Field("flair", description="'flair', 't1' or 't2'")
-    split_fractions: tuple[float, float, float] = Field((0.6, 0.2, 0.2), description="train/val/test, by patient")
+    split_fractions: tuple[float, float, float] = Field(
+        (0.6, 0.2, 0.2), description="train/val/test, by patient"
+    )
     seed: int = Field(0, description="seed of every random draw")
 
     # --- bias knobs
@@ -134,7 +136,9 @@ class BrainGliomaParams(BaseModel):
         default_factory=lambda: {"age_band=65-85": 2.5, "age_band=18-44": 0.4},
         description="odds ratio of high grade per group, multiplied over matching keys (bias off: 1)",
     )
-    label_noise: float = Field(0.0, ge=0, le=0.5, description="probability that observed labels are wrong, all")
+    label_noise: float = Field(
+        0.0, ge=0, le=0.5, description="probability that observed labels are wrong, all"
+    )
     label_noise_by_group: dict[str, float] = Field(
         default_factory=lambda: {"sex=F": 0.12},
         description="label-flip probability per group (largest matching key wins over label_noise; bias off: none)",
@@ -157,7 +161,9 @@ class BrainGliomaParams(BaseModel):
     head_scale_sd: float = Field(0.03, ge=0, le=0.2, description="sd of the individual (log) head scale")
     deformation_mm: float = Field(3.0, ge=0, le=10, description="amplitude of each random displacement mode")
     rotation_deg: float = Field(4.0, ge=0, le=30, description="sd of the in-plane head rotation")
-    ventricle_expansion: float = Field(0.35, ge=0, le=0.5, description="ventricle warp strength at full atrophy")
+    ventricle_expansion: float = Field(
+        0.35, ge=0, le=0.5, description="ventricle warp strength at full atrophy"
+    )
     gm_loss: float = Field(0.3, ge=0, le=0.8, description="grey-matter fraction lost at full atrophy")
 
     # --- growth
@@ -190,7 +196,9 @@ class BrainGliomaParams(BaseModel):
             raise ValueError(f"contrast {v!r} unknown; use one of {sorted(CONTRASTS)}")
         return v
 
-    @field_validator("high_grade_odds_ratio", "label_noise_by_group", "noise_sigma_by_group", "blur_mm_by_group")
+    @field_validator(
+        "high_grade_odds_ratio", "label_noise_by_group", "noise_sigma_by_group", "blur_mm_by_group"
+    )
     @classmethod
     def _group_keys(cls, v: dict[str, float], info) -> dict[str, float]:
         _check_group_keys(v, info.field_name)
@@ -208,14 +216,25 @@ class BrainGliomaParams(BaseModel):
             "type_given_low_grade": TUMOR_TYPES,
         }[info.field_name]
         if set(v) != set(want) or any(x < 0 for x in v.values()) or abs(sum(v.values()) - 1) > 1e-6:
-            raise ValueError(f"{info.field_name}: need non-negative shares for exactly {list(want)} summing to 1, got {v}")
+            raise ValueError(
+                f"{info.field_name}: need non-negative shares for exactly {list(want)} summing to 1, got {v}"
+            )
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> BrainGliomaParams:
         if abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
-            raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {self.split_fractions}")
-        for name in ("rho_high", "d_white_high", "rho_low", "d_white_low", "tumor_radius_mm", "seed_level_mm"):
+            raise ValueError(
+                f"split_fractions must be three non-negative numbers summing to 1, got {self.split_fractions}"
+            )
+        for name in (
+            "rho_high",
+            "d_white_high",
+            "rho_low",
+            "d_white_low",
+            "tumor_radius_mm",
+            "seed_level_mm",
+        ):
             lo, hi = getattr(self, name)
             if not (lo <= hi) or (name != "seed_level_mm" and lo <= 0):
                 raise ValueError(f"{name}: need 0 < low <= high, got {(lo, hi)}")
@@ -384,7 +403,9 @@ class _Warp:
         self.omega = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-6) * (2 * math.pi / wl)[..., None]
         self.phase = torch.tensor(np.stack(sub["modes_phase"].map(np.asarray).to_list()), dtype=torch.float32)
         self.amp = torch.tensor(np.stack(sub["modes_amp"].map(np.asarray).to_list()), dtype=torch.float32)
-        self.vent = torch.tensor(sub["atrophy"].to_numpy() * p.ventricle_expansion, dtype=torch.float32).view(b, 1, 1)
+        self.vent = torch.tensor(sub["atrophy"].to_numpy() * p.ventricle_expansion, dtype=torch.float32).view(
+            b, 1, 1
+        )
 
     def __call__(self, pts: torch.Tensor) -> torch.Tensor:
         """Map subject points (B, P, 3) in mm to template (MNI) mm."""
@@ -452,7 +473,9 @@ def generate_brain_glioma(params: BrainGliomaParams | None = None, **overrides) 
     sub["growth_days"] = np.concatenate(days)
     study_sub = np.repeat(np.arange(n_sub), s_per)
     tab = sub.iloc[study_sub].reset_index(drop=True)
-    tab.insert(0, "study_id", [f"{pid}-s{j}" for pid, j in zip(tab["patient_id"], np.tile(np.arange(s_per), n_sub))])
+    tab.insert(
+        0, "study_id", [f"{pid}-s{j}" for pid, j in zip(tab["patient_id"], np.tile(np.arange(s_per), n_sub))]
+    )
     tab["slice_index"] = np.tile(np.arange(s_per), n_sub)
     tab["slice_z_mm"] = levels
     tab["split"] = assign_splits_by_patient(tab["patient_id"].to_numpy(), p.split_fractions, p.seed)
@@ -460,7 +483,16 @@ def generate_brain_glioma(params: BrainGliomaParams | None = None, **overrides) 
     tumor_px = masks_t.flatten(1).sum(1).double()
     tab["tumor_px"] = tumor_px.numpy().astype(np.int64)
     tab["tumor_fraction"] = (tumor_px / brain_px.clamp_min(1)).numpy()
-    drop = ["seed_u", "modes_k", "modes_wavelength", "modes_phase", "modes_amp", "het_k", "het_wavelength", "het_phase"]
+    drop = [
+        "seed_u",
+        "modes_k",
+        "modes_wavelength",
+        "modes_phase",
+        "modes_amp",
+        "het_k",
+        "het_wavelength",
+        "het_phase",
+    ]
     tab = tab.drop(columns=drop)
     tab = tab.rename(columns={"type": "true_type"})
     cols = ["study_id", "patient_id", "split", "sex", "age_band", "age", "slice_index", "slice_z_mm", *LABELS]
@@ -478,7 +510,7 @@ def generate_brain_glioma(params: BrainGliomaParams | None = None, **overrides) 
         masks=masks_t,
         roi_masks=rois_t,
         data_card=card,
-        meta={"generator": "brain-glioma", "params": p.model_dump(mode="json")},
+        meta=p.model_dump(mode="json"),
     )
 
 
@@ -555,8 +587,9 @@ def _generate_chunk(sub: pd.DataFrame, p: BrainGliomaParams, vol: torch.Tensor):
     iy = (gy - seed[:, 1].view(b, 1, 1)) / _GRID_MM + w // 2
     grid = torch.stack([2 * ix / (w - 1) - 1, 2 * iy / (w - 1) - 1], dim=-1)  # (B, size, size, 2)
     grid = grid[:, None].expand(b, s_per, size, size, 2).reshape(b * s_per, size, size, 2)
-    c_img = F.grid_sample(c_sl.reshape(b * s_per, 1, w, w), grid, mode="bilinear", padding_mode="zeros",
-                          align_corners=True)
+    c_img = F.grid_sample(
+        c_sl.reshape(b * s_per, 1, w, w), grid, mode="bilinear", padding_mode="zeros", align_corners=True
+    )
     roi = mask_o > 0.5
     seg = (c_img > p.mask_threshold) & roi
 
@@ -601,7 +634,9 @@ def _synthesize(p, sub, gm, wm, csf, mask, c, roi) -> torch.Tensor:
         bias_coef[i] = 0.08 * torch.randn(3, generator=gen)
         noise[i] = torch.randn(2, size, size, generator=gen)
 
-    is_gbm = torch.tensor((sub["type"] == "glioblastoma").to_numpy(), dtype=torch.float32).repeat_interleave(s_per)
+    is_gbm = torch.tensor((sub["type"] == "glioblastoma").to_numpy(), dtype=torch.float32).repeat_interleave(
+        s_per
+    )
     is_oligo = torch.tensor((sub["type"] == "oligodendroglioma").to_numpy(), dtype=torch.float32)
     is_oligo = is_oligo.repeat_interleave(s_per)
     v = lambda t: t.view(n, 1, 1, 1)  # noqa: E731
@@ -623,12 +658,16 @@ def _synthesize(p, sub, gm, wm, csf, mask, c, roi) -> torch.Tensor:
     t = torch.linspace(-1, 1, size)
     yy, xx = torch.meshgrid(t, t, indexing="ij")
     field = torch.exp(
-        bias_coef[:, 0].view(n, 1, 1) * xx + bias_coef[:, 1].view(n, 1, 1) * yy + bias_coef[:, 2].view(n, 1, 1) * xx * yy
+        bias_coef[:, 0].view(n, 1, 1) * xx
+        + bias_coef[:, 1].view(n, 1, 1) * yy
+        + bias_coef[:, 2].view(n, 1, 1) * xx * yy
     )
     img = img * field[:, None]
 
     # Gaussian blur in Fourier space: H(f) = exp(-2 pi^2 sigma^2 |f|^2), sigma in pixels
-    blur = torch.tensor(sub["blur_mm"].to_numpy(), dtype=torch.float32).repeat_interleave(s_per) / (p.fov_mm / size)
+    blur = torch.tensor(sub["blur_mm"].to_numpy(), dtype=torch.float32).repeat_interleave(s_per) / (
+        p.fov_mm / size
+    )
     if bool((blur > 0).any()):
         f = torch.fft.fftfreq(size)
         f2 = f.view(-1, 1) ** 2 + f.view(1, -1) ** 2
@@ -680,7 +719,9 @@ def _data_card(p: BrainGliomaParams, tab: pd.DataFrame) -> str:
         "",
     ]
     if not p.bias:
-        lines.append("All group-dependent knobs are off (`bias=False`): equal shares, prevalence, noise and quality.")
+        lines.append(
+            "All group-dependent knobs are off (`bias=False`): equal shares, prevalence, noise and quality."
+        )
     else:
         lines += [
             f"- group shares: sex {p.sex_shares}, age band {p.age_band_shares}",

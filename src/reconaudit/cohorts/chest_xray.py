@@ -25,9 +25,9 @@ Findings (multi-label):
   when absent: many cases lie close to the 0.5 cut);
 * ``effusion``: basal opacity replacing lung lucency below a fluid surface that rises laterally
   (meniscus), ``y_f(u) = y_cp - h * (1 + 0.8 u**2)``, unilateral or bilateral, h log-uniform in
-  [0.025, 0.28] (a blunted costophrenic angle up to a third of the hemithorax);
+  [0.02, 0.25] (a blunted costophrenic angle up to a third of the hemithorax);
 * ``nodule``: one or two spherical opacities (nodule or mass), radius log-uniform in
-  [0.02, 0.12] of the half-width, so the small ones are the hard cases;
+  [0.025, 0.12] of the half-width, so the small ones are the hard cases;
 * ``consolidation``: a patchy lobar opacity (thresholded smooth noise in an elliptic envelope);
 * ``pneumothorax``: the lung collapsed towards its medial base by a fraction w; the rim between
   the chest wall and the visceral pleural line is darker and lacks lung markings, and the pleural
@@ -39,7 +39,15 @@ Co-occurrence comes from a Gaussian copula (a small latent model): each study ha
 ``p_k`` while the correlation matrix :data:`LATENT_CORRELATION` couples findings (effusion with
 cardiomegaly, consolidation with effusion, ...).  Follow-up studies of one patient share their
 latent: ``z_study = sqrt(rho) z_patient + sqrt(1 - rho) e_study`` (both ``N(0, R)``), so findings
-persist across visits with persistence ``rho`` and the marginal law is unchanged.
+persist across visits with persistence ``rho`` and the marginal law is unchanged.  A follow-up keeps
+the patient's anatomy and finding geometry and changes only pose (shift, rotation, scale), depth of
+inspiration, effusion and pneumothorax size (+-15%) and nodule size (+5% per visit).
+
+Seeding: patient draws use ``derive_seed("cohort/chest-xray/patient", seed, patient_id)`` and study
+draws ``derive_seed("cohort/chest-xray/study", seed, study_id)``, so a study's image depends on its
+own parameters only, never on the batch it is rendered in (rendering is batched in chunks of
+``min(256, 2**22 / size**2)`` studies with per-study Gaussian detector blur applied in Fourier space,
+``H(f) = exp(-2 pi^2 sigma^2 |f|^2)``).
 
 Group attributes: ``sex`` (F/M), ``age_band`` ("18-40", "40-65", "65+") and ``site`` (A/B/C: each
 site has its own exposure, contrast and detector blur, :data:`SITE_PROFILES`).
@@ -189,7 +197,9 @@ class ChestXrayParams(BaseModel, extra="forbid"):
     studies_per_patient: tuple[int, int] = Field(
         (1, 3), description="inclusive range of studies (baseline + follow-ups) per patient, drawn uniformly"
     )
-    split_fractions: tuple[float, float, float] = Field((0.6, 0.2, 0.2), description="train/val/test by patient")
+    split_fractions: tuple[float, float, float] = Field(
+        (0.6, 0.2, 0.2), description="train/val/test by patient"
+    )
     prevalence: dict[str, float] = Field(
         default_factory=lambda: {
             "cardiomegaly": 0.2,
@@ -201,7 +211,10 @@ class ChestXrayParams(BaseModel, extra="forbid"):
         description="prevalence of each finding in the reference group (all multipliers 1)",
     )
     co_occurrence_strength: float = Field(
-        1.0, ge=0.0, le=1.0, description="latent correlation R_s = (1 - s) I + s R; 0 makes findings independent"
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="latent correlation R_s = (1 - s) I + s R; 0 makes findings independent",
     )
     follow_up_persistence: float = Field(
         0.7, ge=0.0, le=1.0, description="rho: share of a study's latent that is the patient's"
@@ -334,7 +347,9 @@ class ChestXrayParams(BaseModel, extra="forbid"):
                     out.append(f"prevalence: x{r:g} for every finding in {attr}={g}")
         for k, per in self.age_prevalence_ratio.items():
             if any(abs(r - 1.0) > 1e-9 for r in per.values()):
-                out.append(f"prevalence (age trend): {k} " + ", ".join(f"{b}: x{r:g}" for b, r in per.items()))
+                out.append(
+                    f"prevalence (age trend): {k} " + ", ".join(f"{b}: x{r:g}" for b, r in per.items())
+                )
         for attr, per in self.label_miss_rate.items():
             for g, r in per.items():
                 if r > 0:
@@ -342,7 +357,9 @@ class ChestXrayParams(BaseModel, extra="forbid"):
         for attr, per in self.quality.items():
             for g, q in per.items():
                 if q.blur > 0 or q.contrast < 1:
-                    out.append(f"image quality: {attr}={g} extra blur {q.blur:g} px@64, contrast x{q.contrast:g}")
+                    out.append(
+                        f"image quality: {attr}={g} extra blur {q.blur:g} px@64, contrast x{q.contrast:g}"
+                    )
         return out
 
 
@@ -360,7 +377,9 @@ def _smoothstep(a: float, b: float, x: torch.Tensor) -> torch.Tensor:
     return t * t * (3.0 - 2.0 * t)
 
 
-def _lung_geometry(xs: torch.Tensor, y: torch.Tensor, p: dict[str, torch.Tensor], e: float, margin: float = 0.0):
+def _lung_geometry(
+    xs: torch.Tensor, y: torch.Tensor, p: dict[str, torch.Tensor], e: float, margin: float = 0.0
+):
     """Soft lung mask and lateral coordinate ``u`` for one hemithorax (``xs``: distance from midline).
 
     Borders: medial ``xs = m``; lateral chest wall ``xs = Lw (1 - 0.25 ((y - 0.15) / 0.9)^2)``; apex
@@ -439,7 +458,11 @@ def _render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.
         "dome": side("dome"),
     }
     lung, u = _lung_geometry(xs, y, ps, e)
-    depth = 0.34 * (0.78 + 0.22 * torch.sin(math.pi * u.clamp(0.0, 1.0))) * (0.85 + 0.15 * _smoothstep(-0.75, -0.2, y))
+    depth = (
+        0.34
+        * (0.78 + 0.22 * torch.sin(math.pi * u.clamp(0.0, 1.0)))
+        * (0.85 + 0.15 * _smoothstep(-0.75, -0.2, y))
+    )
 
     # heart, aortic knob (occlude the lungs)
     a_h, b_h = col("heart_a"), col("heart_b")
@@ -460,8 +483,12 @@ def _render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.
     effusion = side("effusion_on") * side("effusion_op") * _sig(y - y_f, e + 0.12 * h_eff)
 
     # consolidation: thresholded smooth noise inside an elliptic envelope, one hemithorax
-    noise_c = F.interpolate(p["consolidation_noise"].to(_F32), size=(size, size), mode="bicubic", align_corners=False)
-    rc = torch.sqrt(((xs - side("cons_x")) / side("cons_rx")) ** 2 + ((y - side("cons_y")) / side("cons_ry")) ** 2)
+    noise_c = F.interpolate(
+        p["consolidation_noise"].to(_F32), size=(size, size), mode="bicubic", align_corners=False
+    )
+    rc = torch.sqrt(
+        ((xs - side("cons_x")) / side("cons_rx")) ** 2 + ((y - side("cons_y")) / side("cons_ry")) ** 2
+    )
     envelope = _sig((1.0 - rc) * 0.25, 0.03)
     consolidation = side("cons_on") * side("cons_op") * envelope * torch.sigmoid((noise_c + 0.25) / 0.18)
 
@@ -478,18 +505,20 @@ def _render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.
     pleural = ptx_on * 4.0 * lung_c * (1.0 - lung_c) * lung_inner * side("ptx_line")
 
     # vascular markings radiating from the hila: (1/2 + 1/2 cos(n theta + phase))^6 exp(-r / 0.45)
-    noise_m = F.interpolate(p["marking_noise"].to(_F32), size=(size, size), mode="bicubic", align_corners=False)
+    noise_m = F.interpolate(
+        p["marking_noise"].to(_F32), size=(size, size), mode="bicubic", align_corners=False
+    )
     hx, hy = xs - (ps["mediastinum"] + 0.1), y + 0.12
     r_hil = torch.sqrt(hx**2 + hy**2)
     theta = torch.atan2(hy, hx)
     stripes = (0.5 + 0.5 * torch.cos(13.0 * theta + side("marking_phase") + 2.5 * noise_m)) ** 6
-    markings = (0.08 * stripes * torch.exp(-r_hil / 0.45) + 0.06 * torch.exp(-((r_hil / 0.12) ** 2)))
+    markings = 0.08 * stripes * torch.exp(-r_hil / 0.45) + 0.06 * torch.exp(-((r_hil / 0.12) ** 2))
     aerated = lung * (1.0 - effusion) * (1.0 - consolidation)
     markings = markings * aerated * (1.0 - gap) * col("marking_amp")
 
-    reduction = depth * aerated + 0.05 * gap - 0.03 * lung * lung_c * ptx_on
+    reduction = depth * aerated + 0.06 * gap
     reduction = (reduction.sum(1, keepdim=True) - markings.sum(1, keepdim=True)) * occl
-    pleural = pleural.sum(1, keepdim=True) * 0.09
+    pleural = pleural.sum(1, keepdim=True) * 0.11
 
     # ------------------------------------------------------------------ bones (scaled by density)
     dens = col("bone_density")
@@ -500,13 +529,17 @@ def _render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.
     ur = (y - col("rib_y0") - col("rib_curv") * (xs - 0.12).clamp(min=0.0) ** 1.6) / sp
     tr = torch.remainder(ur, 1.0) - 0.5
     rib_band = _sig(0.2 - tr.abs(), e / sp)
-    rib_extent = _sig(ur, 0.05) * _sig(9.0 - ur, 0.05) * _sig(xs - 0.06, e) * _sig(ps["thorax_half"] + 0.07 - xs, e)
+    rib_extent = (
+        _sig(ur, 0.05) * _sig(9.0 - ur, 0.05) * _sig(xs - 0.06, e) * _sig(ps["thorax_half"] + 0.07 - xs, e)
+    )
     # ribs read fainter where they overlie mediastinum and abdomen than over aerated lung
     ribs = (rib_band * rib_extent * (0.45 + 0.55 * lung)).sum(1, keepdim=True)
     ua = (y - col("rib_y0") - 0.12 + 0.35 * (xs - 0.1)) / (1.1 * sp)
     ta = torch.remainder(ua, 1.0) - 0.5
     ant = _sig(0.15 - ta.abs(), e / sp) * _sig(ua, 0.05) * _sig(6.0 - ua, 0.05)
-    ant = (ant * _sig(xs - 0.1, e) * _sig(ps["thorax_half"] - 0.05 - xs, e) * _sig(0.75 - xs, 0.05)).sum(1, keepdim=True)
+    ant = (ant * _sig(xs - 0.1, e) * _sig(ps["thorax_half"] - 0.05 - xs, e) * _sig(0.75 - xs, 0.05)).sum(
+        1, keepdim=True
+    )
     # clavicles: segment from (0.07, -0.74) to (0.62, -0.86) on each side
     ax, ay, bx, by = 0.07, -0.74, 0.62, -0.86
     t = (((xs - ax) * (bx - ax) + (y - ay) * (by - ay)) / ((bx - ax) ** 2 + (by - ay) ** 2)).clamp(0.0, 1.0)
@@ -624,11 +657,11 @@ def _draw_patient(params: ChestXrayParams, pid: str, n_visits: int, chol: np.nda
         "marking_noise": rng.standard_normal((2, 8, 8)),
         # finding geometry (used on the visits where the finding is present)
         "effusion_side": int(rng.choice(3, p=[0.4, 0.3, 0.3])),  # right, left, both
-        "effusion_h": math.exp(rng.uniform(math.log(0.025), math.log(0.28))),
-        "effusion_op": rng.uniform(0.5, 1.0),
+        "effusion_h": math.exp(rng.uniform(math.log(0.02), math.log(0.25))),
+        "effusion_op": rng.uniform(0.4, 0.95),
         "n_nodules": 1 if rng.random() < 0.75 else 2,
-        "nodule_r": np.exp(rng.uniform(math.log(0.02), math.log(0.12), size=2)),
-        "nodule_amp": rng.uniform(0.1, 0.3, size=2),
+        "nodule_r": np.exp(rng.uniform(math.log(0.025), math.log(0.12), size=2)),
+        "nodule_amp": rng.uniform(0.12, 0.3, size=2),
         "nodule_side": rng.integers(0, 2, size=2),
         "cons_side": int(rng.integers(0, 2)),
         "cons_rx": rng.uniform(0.12, 0.26),
@@ -636,8 +669,8 @@ def _draw_patient(params: ChestXrayParams, pid: str, n_visits: int, chol: np.nda
         "cons_op": rng.uniform(0.45, 0.9),
         "cons_noise": rng.standard_normal((10, 10)),
         "ptx_side": int(rng.integers(0, 2)),
-        "ptx_w": math.exp(rng.uniform(math.log(0.035), math.log(0.22))),
-        "ptx_line": rng.uniform(0.4, 1.0),
+        "ptx_w": math.exp(rng.uniform(math.log(0.04), math.log(0.22))),
+        "ptx_line": rng.uniform(0.5, 1.0),
     }
     pat["diaphragm"] = np.array([pat["dia_level"] - 0.04, pat["dia_level"]])
     pat["nodule_xy"] = [_lung_point(rng, pat, int(pat["nodule_side"][k]), 0.08) for k in range(2)]
@@ -664,7 +697,9 @@ def _draw_study(params: ChestXrayParams, pat: dict[str, Any], visit: int, sid: s
     dia = pat["diaphragm"] + rng.normal(0, 0.015)
     # horizontal half-extent of the tilted ellipse sqrt(a^2 cos^2 + b^2 sin^2) = CTR * thorax half-width
     k = pat["heart_aspect"]
-    heart_a = ctr * pat["thorax_half"] / math.sqrt(math.cos(_HEART_TILT) ** 2 + (k * math.sin(_HEART_TILT)) ** 2)
+    heart_a = (
+        ctr * pat["thorax_half"] / math.sqrt(math.cos(_HEART_TILT) ** 2 + (k * math.sin(_HEART_TILT)) ** 2)
+    )
     heart_b = heart_a * k
     site = SITE_PROFILES[pat["site"]]
     blur2, contrast = pat["quality"]
@@ -828,6 +863,9 @@ def _draw_cohort(params: ChestXrayParams) -> tuple[list[dict], pd.DataFrame]:
                 "age": st["age"],
                 "visit": j,
                 "cardiothoracic_ratio": st["ctr"],
+                "effusion_height": st["effusion_h"][0] if st["truth"][1] else np.nan,
+                "nodule_radius": float(st["nodule_r"][0]) if st["truth"][2] else np.nan,
+                "pneumothorax_fraction": st["ptx_w"][0] if st["truth"][4] else np.nan,
             }
             row.update({k: float(v) for k, v in zip(LABELS, st["observed"])})
             row.update({f"true_{k}": float(v) for k, v in zip(LABELS, st["truth"])})
@@ -867,7 +905,8 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
         ``name="chest-xray"``, ``modality="xray"``, images (N, 1, H, W) float32 in [0, 1] (attenuation,
         so ``I ~ Poisson(photons exp(-mu_scale image))`` applies), a table with ``study_id``,
         ``patient_id``, ``split`` (by patient), ``sex``, ``age_band``, ``site``, ``age``, ``visit``,
-        ``cardiothoracic_ratio``, the observed labels (float 1/0) and ``true_<label>`` columns, body
+        ``cardiothoracic_ratio``, the size of a present finding (``effusion_height``, ``nodule_radius``,
+        ``pneumothorax_fraction`` in half-widths of the thorax frame; NaN when absent), the observed labels (float 1/0) and ``true_<label>`` columns, body
         masks as ``roi_masks``, a generated data card and ``meta`` = the parameters.  Same
         parameters, same bits.
 
@@ -894,7 +933,11 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
             roi[start : start + len(batch)] = body
             bar.advance(len(batch))
     logger.info(
-        "chest-xray: %d studies of %d patients at %dx%d", len(studies), table["patient_id"].nunique(), size, size
+        "chest-xray: %d studies of %d patients at %dx%d",
+        len(studies),
+        table["patient_id"].nunique(),
+        size,
+        size,
     )
 
     return Cohort(

@@ -137,11 +137,15 @@ def grow_tumor(
     b = diffusivity.shape[0]
     ndim = diffusivity.ndim - 1
     if tuple(c0.shape) != tuple(diffusivity.shape):
-        raise ValueError(f"grow_tumor: c0 shape {tuple(c0.shape)} differs from diffusivity {tuple(diffusivity.shape)}")
+        raise ValueError(
+            f"grow_tumor: c0 shape {tuple(c0.shape)} differs from diffusivity {tuple(diffusivity.shape)}"
+        )
     rho = torch.as_tensor(rho, dtype=torch.float64).reshape(-1)
     t_end = torch.as_tensor(t_end, dtype=torch.float64).reshape(-1)
     if rho.numel() != b or t_end.numel() != b:
-        raise ValueError(f"grow_tumor: rho and t_end need one value per subject ({b}), got {rho.numel()}, {t_end.numel()}")
+        raise ValueError(
+            f"grow_tumor: rho and t_end need one value per subject ({b}), got {rho.numel()}, {t_end.numel()}"
+        )
     if float(diffusivity.min()) < 0:
         raise ValueError("grow_tumor: diffusivity must be non-negative")
     if float(t_end.min()) < 0 or float(rho.min()) < 0:
@@ -177,7 +181,9 @@ def grow_tumor(
     if stop_volume is not None:
         stop_volume = torch.as_tensor(stop_volume, dtype=torch.float64).reshape(-1)
         if stop_volume.numel() != b:
-            raise ValueError(f"grow_tumor: stop_volume needs one value per subject ({b}), got {stop_volume.numel()}")
+            raise ValueError(
+                f"grow_tumor: stop_volume needs one value per subject ({b}), got {stop_volume.numel()}"
+            )
         if check_every < 1:
             raise ValueError(f"grow_tumor: check_every must be >= 1, got {check_every}")
 

@@ -119,8 +119,10 @@ def run_audit(
         plan = build_plan(cfg)
         todo = [s for s in plan.ordered() if not store.exists(s.kind, s.key)]
         log.info("plan: %d cells, %d steps, %d to compute", len(plan.cells), len(plan.steps), len(todo))
-        device = str(resolve_device(cfg.device))
-        ctx_device = cfg.device if (executor or cfg.execution.executor) == "ray" else device
+        on_ray = (executor or cfg.execution.executor) == "ray"
+        # on Ray the device resolves on each worker (the driver may have no GPU at all)
+        device = f"{cfg.device} (resolved on each Ray worker)" if on_ray else str(resolve_device(cfg.device))
+        ctx_device = cfg.device if on_ray else device
         ex = make_executor(executor or cfg.execution.executor, workers or cfg.execution.workers,
                            address or cfg.execution.address)
         if hasattr(ex, "resources"):

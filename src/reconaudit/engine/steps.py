@@ -201,11 +201,11 @@ def step_degrade(spec: dict, ctx: StepContext, out: Path) -> None:
 
     with progress.task(f"degrade {cohort.name} {spec['degradation']}={spec['level']:g}", len(ids)) as t:
         for i in range(0, len(ids), bs):
-            imgs = cohort.images[i : i + bs]
+            imgs = cohort.images[i : i + bs].to(ctx.device)  # the physics runs where the step runs
             kw = {}
             if cohort.kspace is not None and getattr(op, "accepts_kspace", False):
-                kw["kspace"] = cohort.kspace[i : i + bs]
-            parts.append(op(imgs, seeds[i : i + bs], **kw))
+                kw["kspace"] = cohort.kspace[i : i + bs].to(ctx.device)
+            parts.append(op(imgs, seeds[i : i + bs], **kw).to("cpu"))
             t.advance(len(imgs))
     deg = Degraded.concat(parts)
     info = {k: v for k, v in parts[0].info.items() if isinstance(v, int | float | str | bool)}

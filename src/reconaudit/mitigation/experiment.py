@@ -28,6 +28,7 @@ import torch
 from reconaudit.physics.base import Degraded
 from reconaudit.recon.base import PairSet
 from reconaudit.seeding import derive_seed, torch_generator
+from reconaudit.tasks.base import DiagnosticModel
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,8 @@ def make_finding_images(
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
                             indexing="ij")
     centres = torch.rand(n, 3, 2, generator=g) * size
-    widths = (0.12 + 0.18 * torch.rand(n, 3, generator=g)) * size
-    amps = 0.05 + 0.1 * torch.rand(n, 3, generator=g)
+    widths = (0.25 + 0.2 * torch.rand(n, 3, generator=g)) * size
+    amps = 0.03 + 0.07 * torch.rand(n, 3, generator=g)
     d2 = (yy - centres[..., 0, None, None]) ** 2 + (xx - centres[..., 1, None, None]) ** 2
     img = 0.3 + (amps[..., None, None] * torch.exp(-d2 / (2 * widths[..., None, None] ** 2))).sum(1)
     img = img + minority_offset * minority.float()[:, None, None]
@@ -105,6 +106,77 @@ def make_finding_images(
     noisy = clean + noise * torch.randn(clean.shape, generator=g)
     group = np.where(minority.numpy(), "minority", "majority")
     return FindingImages(clean, noisy.float(), y.numpy()[:, None].astype(np.float32), group)
+
+
+class FindingDetector(DiagnosticModel):
+    """A frozen, differentiable detector of the finding: a difference-of-Gaussians matched filter.
+
+    The response map is ``r = x * (G_r - G_{2r})`` (a Gaussian of the finding's radius minus one twice
+    as wide, reflect-padded, so smooth background and group offsets cancel); the logit is
+    ``z = (max_{central window} r - c) / s`` with ``c`` and ``s`` set by :meth:`fit` from clean
+    training images (the midpoint and spread of the positives' and negatives' peak responses); the
+    threshold is chosen on clean validation images with the ``sens_eq_spec`` policy.  ``features``
+    are (peak response, mean response, image mean, image std): the image mean reveals the group's
+    offset, which is what an adversary can read.  Using a fixed filter instead of a trained CNN keeps
+    the experiment free of classifier-training variance.
+    """
+
+    kind = "classification"
+
+    def __init__(self, radius: float = 2.5, size: int = 32, window: float = 0.3) -> None:
+        super().__init__("cpu")
+        k = int(math.ceil(2.5 * 2 * radius)) * 2 + 1
+        ax = torch.arange(k, dtype=torch.float32) - k // 2
+        d2 = ax[:, None] ** 2 + ax[None, :] ** 2
+
+        def gauss(sig: float) -> torch.Tensor:
+            g = torch.exp(-d2 / (2 * sig**2))
+            return g / g.sum()
+
+        self.kernel = (gauss(radius) - gauss(2 * radius))[None, None]
+        self.pad = k // 2
+        lo, hi = int(size * (0.5 - window)), int(math.ceil(size * (0.5 + window)))
+        self.window = (lo, hi)
+        self.offset, self.scale = 0.0, 1.0
+        self.thresholds = np.array([0.5])
+
+    def _peak(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(torch.float32)
+        xp = torch.nn.functional.pad(x - x.mean(dim=(-2, -1), keepdim=True), (self.pad,) * 4, mode="reflect")
+        r = torch.nn.functional.conv2d(xp, self.kernel.to(x.device))
+        lo, hi = self.window
+        win = r[:, 0, lo:hi, lo:hi].flatten(1)
+        return win.amax(1), r.flatten(1).mean(1)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 1) logits ``(peak - c) / s``, differentiable with respect to ``images``."""
+        peak, _ = self._peak(images)
+        return ((peak - self.offset) / self.scale)[:, None]
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 4): peak response, mean response, image mean and image std."""
+        peak, mean_r = self._peak(images)
+        flat = images.to(torch.float32).flatten(1)
+        return torch.stack([peak / self.scale, mean_r / self.scale, flat.mean(1), flat.std(1)], 1)
+
+    def predict(self, images: torch.Tensor) -> np.ndarray:
+        """Probabilities ``sigmoid(z)``, (N, 1) float64."""
+        with torch.no_grad():
+            return torch.sigmoid(self.logits(torch.as_tensor(images))).double().numpy()
+
+    def fit(self, images, targets, val_images, val_targets, *, seed: int = 0) -> dict:
+        """Set ``c``, ``s`` from ``images`` and the threshold (``sens_eq_spec``) from the validation data."""
+        from reconaudit.tasks import choose_thresholds
+
+        with torch.no_grad():
+            peak, _ = self._peak(torch.as_tensor(images))
+        y = np.asarray(targets).reshape(-1) == 1
+        p = peak.numpy()
+        self.offset = float(0.5 * (p[y].mean() + p[~y].mean()))
+        self.scale = float(max(0.5 * (p[y].mean() - p[~y].mean()), 1e-6)) / 4.0
+        self.thresholds = choose_thresholds(np.asarray(val_targets, dtype=np.float64).reshape(-1, 1),
+                                            self.predict(val_images), "sens_eq_spec")
+        return {}
 
 
 @dataclass
@@ -121,7 +193,9 @@ class ExperimentConfig:
     clean_noise: float = 0.03
     contrast: float = 0.35
     minority_contrast: float = 0.18
+    classifier: str = "detector"
     classifier_epochs: int = 10
+    size: int = 32
     recon_epochs: int = 8
     recon_channels: tuple[int, ...] = (8, 16, 32)
     finetune_epochs: int = 3
@@ -196,8 +270,11 @@ def run_mitigation_experiment(
     val = make_finding_images(cfg.n_val, seed=derive_seed(seed, "val"), minority_share=cfg.minority_train, **kw)
     test = make_finding_images(cfg.n_test, seed=derive_seed(seed, "test"), minority_share=cfg.minority_test, **kw)
 
-    clf = make_task_model("classification", "small-cnn", n_outputs=1, channels=(8, 16, 32),
-                          epochs=cfg.classifier_epochs, batch_size=32)
+    if cfg.classifier == "detector":
+        clf = FindingDetector(size=cfg.size)
+    else:
+        clf = make_task_model("classification", "small-cnn", n_outputs=1, channels=(8, 16, 32),
+                              epochs=cfg.classifier_epochs, batch_size=32)
     clf.fit(cls_tr.clean, cls_tr.targets, cls_va.clean, cls_va.targets, seed=seed)
     result: dict = {
         "seed": seed,

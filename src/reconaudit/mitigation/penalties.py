@@ -148,7 +148,8 @@ class _BasePenalty:
         The penalty's value at every call where it was defined (for diagnostics).
     """
 
-    def __init__(self, lam: float, groups: dict[str, np.ndarray], momentum: float = 0.9) -> None:
+    def __init__(self, lam: float, groups: dict[str, np.ndarray], momentum: float = 0.9,
+                 penalty_floor: float = 0.05) -> None:
         if not np.isfinite(lam) or lam < 0:
             raise ValueError(f"mitigation strength (lambda) must be a finite number >= 0, got {lam}")
         if not groups:
@@ -157,6 +158,9 @@ class _BasePenalty:
         self.groups = {a: np.asarray(v).astype(str) for a, v in groups.items()}
         self.m_base = RunningMean(momentum)
         self.m_pen = RunningMean(momentum)
+        if penalty_floor <= 0:
+            raise ValueError(f"penalty_floor must be > 0, got {penalty_floor}")
+        self.penalty_floor = float(penalty_floor)
         self.last_penalty: float | None = None
         self.penalties: list[float] = []
         self.calls = 0
@@ -166,7 +170,12 @@ class _BasePenalty:
         raise NotImplementedError
 
     def __call__(self, base: torch.Tensor, recon: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """The loss hook: ``base + lam * (m_base / m_|penalty|) * penalty``."""
+        """The loss hook: ``base + lam * (m_base / max(m_|penalty|, penalty_floor)) * penalty``.
+
+        The floor keeps the penalty's weight from growing without bound as the gap closes (with
+        ``m_pen -> 0`` the coefficient ``m_base / m_pen`` would push fine-tuning to a degenerate
+        solution, e.g. every study predicted positive).
+        """
         self.calls += 1
         mb = self.m_base.update(base)
         pen = self.penalty(recon, idx.detach().cpu().numpy().reshape(-1))
@@ -178,7 +187,7 @@ class _BasePenalty:
         mp = self.m_pen.update(pen.detach().abs())
         if self.lam == 0:
             return base
-        scale = abs(mb) / mp if mp > 1e-8 else 1.0
+        scale = abs(mb) / max(mp, self.penalty_floor)
         return base + self.lam * scale * pen
 
 
@@ -210,8 +219,8 @@ class EqualizedOddsPenalty(_BasePenalty):
 
     def __init__(self, classifier, targets: np.ndarray, groups: dict[str, np.ndarray], lam: float,
                  temperature: float = 0.25, reduce: str = "mean", labels: list[int] | None = None,
-                 momentum: float = 0.9) -> None:
-        super().__init__(lam, groups, momentum)
+                 momentum: float = 0.9, penalty_floor: float = 0.05) -> None:
+        super().__init__(lam, groups, momentum, penalty_floor)
         if temperature <= 0:
             raise ValueError(f"EqualizedOddsPenalty: temperature must be > 0, got {temperature}")
         if reduce not in ("mean", "max"):
@@ -256,8 +265,8 @@ class DiceGapPenalty(_BasePenalty):
     """
 
     def __init__(self, segmenter, masks: torch.Tensor, groups: dict[str, np.ndarray], lam: float,
-                 temperature: float = 1.0, momentum: float = 0.9) -> None:
-        super().__init__(lam, groups, momentum)
+                 temperature: float = 1.0, momentum: float = 0.9, penalty_floor: float = 0.05) -> None:
+        super().__init__(lam, groups, momentum, penalty_floor)
         if temperature <= 0:
             raise ValueError(f"DiceGapPenalty: temperature must be > 0, got {temperature}")
         self.segmenter = segmenter
@@ -300,8 +309,8 @@ class AdversarialPenalty(_BasePenalty):
 
     def __init__(self, model, groups: dict[str, np.ndarray], lam: float, n_features: int, hidden: int = 32,
                  adv_lr: float = 1e-3, objective: str = "confusion", seed: int = 0, momentum: float = 0.9,
-                 adv_steps: int = 1, device: str | torch.device = "cpu") -> None:
-        super().__init__(lam, groups, momentum)
+                 adv_steps: int = 1, penalty_floor: float = 0.05, device: str | torch.device = "cpu") -> None:
+        super().__init__(lam, groups, momentum, penalty_floor)
         if objective not in ("confusion", "reversal"):
             raise ValueError(f"AdversarialPenalty: objective must be 'confusion' or 'reversal', got {objective!r}")
         if adv_steps < 1:

@@ -49,6 +49,10 @@ class _FineTune(_P):
         Which diagnostic model computes the penalty (``auto``: segmentation if the cohort has one).
     momentum:
         Momentum of the running means that normalise the penalty.
+    penalty_floor:
+        The penalty's running mean is floored at this value in the normaliser
+        ``m_base / max(m_pen, penalty_floor)``, so the penalty's weight stops growing once the gap is
+        small.
     """
 
     epochs: int = Field(2, ge=1, description="fine-tuning epochs from the standard reconstructor")
@@ -56,6 +60,7 @@ class _FineTune(_P):
     attributes: list[str] | None = None
     task: Literal["auto", "classification", "segmentation"] = "auto"
     momentum: float = Field(0.9, ge=0, lt=1, description="running means that normalise the penalty")
+    penalty_floor: float = Field(0.05, gt=0, description="floor of the penalty's running mean in the normaliser")
 
 
 class EoddParams(_FineTune):
@@ -197,12 +202,12 @@ def make_hooks(rec, name: str, strength: float, params: dict, train: PairSet, *,
             if train.targets is None:
                 raise ValueError("eodd on a classification task needs targets in the training pairs")
             pen = EqualizedOddsPenalty(model, train.targets, groups, strength, temperature=p.temperature,
-                                       reduce=p.reduce, momentum=p.momentum)
+                                       reduce=p.reduce, momentum=p.momentum, penalty_floor=p.penalty_floor)
         else:
             if train.masks is None:
                 raise ValueError("eodd on a segmentation task needs masks in the training pairs")
             pen = DiceGapPenalty(model, train.masks.float(), groups, strength, temperature=p.temperature,
-                                 momentum=p.momentum)
+                                 momentum=p.momentum, penalty_floor=p.penalty_floor)
         return TrainingHooks(loss_hook=pen), pen
     # adversarial
     import torch
@@ -211,6 +216,7 @@ def make_hooks(rec, name: str, strength: float, params: dict, train: PairSet, *,
         n_feat = int(model.features(train.clean[:2].to(model.device)).shape[1])
     pen = AdversarialPenalty(model, groups, strength, n_feat, hidden=p.hidden, adv_lr=p.adv_lr,
                              objective=p.objective, seed=seed, momentum=p.momentum, adv_steps=p.adv_steps,
+                             penalty_floor=p.penalty_floor,
                              device=model.device)
     if p.warmup_epochs:
         loss = pen.warm_up(train.clean, epochs=p.warmup_epochs, seed=seed)

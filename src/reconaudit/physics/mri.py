@@ -307,14 +307,24 @@ class KspaceUndersampling(Degradation):
     # ------------------------------------------------------------------ apply
     def __call__(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | None,
         seeds: Sequence[int] | torch.Tensor,
         *,
         kspace: torch.Tensor | None = None,
     ) -> Degraded:
-        """Undersample ``fft2c(images)`` (or the given ``kspace``) with one integer seed per study."""
+        """Undersample ``fft2c(images)`` with one integer seed per study.
+
+        With ``kspace=`` (complex (N, 1, H, W), already in image units) that k-space is undersampled
+        instead and ``images`` may be ``None``; see :meth:`from_kspace` to normalise measured data.
+        """
         if kspace is not None:
+            if images is not None and tuple(images.shape) != tuple(kspace.shape):
+                raise ValueError(
+                    f"KspaceUndersampling: images {tuple(images.shape)} and kspace {tuple(kspace.shape)} differ in shape"
+                )
             return self.from_kspace(kspace, seeds, normalize=False)
+        if images is None:
+            raise ValueError("KspaceUndersampling: pass images (N, 1, H, W) or kspace=")
         images = check_images(images, "KspaceUndersampling")
         return self._apply(fft2c(images), seeds)
 

@@ -106,7 +106,8 @@ class Analysis:
         One row per cell x group attribute x label x fairness metric (see
         :data:`FAIRNESS_METRICS`), the same statistic columns, ``groups`` (group sizes),
         ``worst_group_clean``/``worst_group_recon`` (for worst-group metrics), ``higher_is_worse``,
-        ``bias_increased`` and ``reason`` (why a value is NaN; empty when defined).
+        ``bias_increased``, ``n_resamples`` (of the bootstrap behind ``p_value``), ``p_permutation``
+        (paired permutation test, for reference) and ``reason`` (why a value is NaN; empty when defined).
     seeds : pandas.DataFrame
         Configurations run with several training seeds: per metric, the mean and standard deviation
         across seeds (training variance) next to the mean bootstrap half-width (test-set sampling).
@@ -243,7 +244,7 @@ def _stats_from_boot(index: dict, metric: str, attribute: str, ci: str) -> dict:
 
 def _stats_from_dists(clean: float, recon: float, dc: np.ndarray, dr: np.ndarray) -> dict:
     """Statistic columns from point estimates and paired bootstrap distributions (percentile CIs)."""
-    change = M.metric_change(recon, clean)
+    change, _ = _quiet(M.metric_change, recon, clean)
     rel = float(change.relative_percent) if np.isfinite(clean) and clean != 0 else np.nan
     dd = dr - dc
     out = {"clean": clean, "recon": recon, "change": float(change.difference), "change_rel_pct": rel}
@@ -331,6 +332,8 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
             min_group_size=s["min_group_size"], auroc_gap=True, bca=s["ci"] == "bca",
         )
         t = _boot_index(res.table)
+        refine = dict(y_true=y, patient_ids=pid, sensitive_features=groups, y_pred=pr, y_pred_clean=pc, seed=seed,
+                      min_group_size=s["min_group_size"])
         # --- task performance of this label
         st = _stats_from_boot(t, "auroc", "all", s["ci"])
         dl = M.delong_test(y, sr, sc)
@@ -362,12 +365,16 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
                     perm = dict(clean=pc, recon=pr, sensitive_features=g, patient_ids=pid, metric=metric,
                                 y_true=y, seed=seed, min_group_size=s["min_group_size"])
                 fair_rows.append(dict(fbase, metric=metric, **st, test="paired bootstrap", worst_group_clean="",
-                                      worst_group_recon="", reason=" | ".join(reasons), _perm=perm))
+                                      worst_group_recon="", reason=" | ".join(reasons), _perm=perm,
+                                      _refine=(refine, metric, a) if metric in _COUNT_METRICS else None))
             fair_rows.append(_worst_group_auroc(fbase, y, sc, sr, g, wk, s))
     if mean_parts["clean"]:
-        dc = np.nanmean(np.stack(mean_parts["dc"]), axis=0)
-        dr = np.nanmean(np.stack(mean_parts["dr"]), axis=0)
-        st = _stats_from_dists(float(np.nanmean(mean_parts["clean"])), float(np.nanmean(mean_parts["recon"])), dc, dr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples stay NaN
+            dc = np.nanmean(np.stack(mean_parts["dc"]), axis=0)
+            dr = np.nanmean(np.stack(mean_parts["dr"]), axis=0)
+            mc, mr = float(np.nanmean(mean_parts["clean"])), float(np.nanmean(mean_parts["recon"]))
+        st = _stats_from_dists(mc, mr, dc, dr)
         task_rows.append(dict(keys, label=MEAN_LABEL, n=len(rows), metric="auroc", **st, test="paired bootstrap",
                               ci_method="percentile", reason=""))
     return task_rows, fair_rows
@@ -409,6 +416,14 @@ def _auroc_or_nan(y: np.ndarray, score: np.ndarray) -> float:
     return float(M.weighted_auroc(y, score, np.ones((1, len(y))))[0])
 
 
+def _wilcoxon(diff: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of paired per-patient differences (1 when all are zero)."""
+    diff = diff[np.isfinite(diff)]
+    if len(diff) == 0 or not np.any(diff != 0):
+        return 1.0
+    return float(sps.wilcoxon(diff, zero_method="zsplit").pvalue)
+
+
 def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dict]]:
     task_rows: list[dict] = []
     fair_rows: list[dict] = []
@@ -428,8 +443,13 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
         min_group_size=s["min_group_size"], bca=s["ci"] == "bca",
     )
     t = _boot_index(res.table)
-    task_rows.append(dict(base, metric="dice", **_stats_from_boot(t, "mean_dice", "all", s["ci"]),
-                          test="paired bootstrap", ci_method=s["ci"], reason=""))
+    refine = dict(y_true=np.zeros(len(r)), patient_ids=pid, sensitive_features=groups, values=dr, values_clean=dc,
+                  values_name="dice", seed=seed, min_group_size=s["min_group_size"])
+    st = _stats_from_boot(t, "mean_dice", "all", s["ci"])
+    st["p_value"] = _wilcoxon(M.patient_level(dr, pid, agg="mean").to_numpy()
+                              - M.patient_level(dc, pid, agg="mean").to_numpy())
+    task_rows.append(dict(base, metric="dice", **st, test="Wilcoxon signed-rank (patient means)",
+                          ci_method=s["ci"], reason=""))
     # patient-level: the median slice Dice of each patient, then the mean over patients
     pr = M.patient_level(dr, pid, agg="median")
     pc = M.patient_level(dc, pid, agg="median")
@@ -439,10 +459,9 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
         bca=s["ci"] == "bca",
     )
     st = _stats_from_boot(_boot_index(res_p.table), "mean_dice", "all", s["ci"])
-    diff = pr.to_numpy() - pc.to_numpy()
-    st["p_value"] = float(sps.wilcoxon(diff, zero_method="zsplit").pvalue) if np.any(diff != 0) else 1.0
+    st["p_value"] = _wilcoxon(pr.to_numpy() - pc.to_numpy())
     task_rows.append(dict(keys, label="", n=len(pr), metric="dice_patient", **st,
-                          test="Wilcoxon signed-rank (patients)", ci_method=s["ci"], reason=""))
+                          test="Wilcoxon signed-rank (patient medians)", ci_method=s["ci"], reason=""))
     if "hd95" in r and "clean_hd95" in r:
         hr, hc = r["hd95"].to_numpy(float), r["clean_hd95"].to_numpy(float)
         ok = np.isfinite(hr) & np.isfinite(hc)
@@ -478,6 +497,7 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
                             metric="dice_gap" if metric == "dice_gap" else "worst_group", seed=seed,
                             min_group_size=s["min_group_size"])
             fair_rows.append(dict(fbase, metric=metric, **st, test="paired bootstrap", _perm=perm,
+                                  _refine=(refine, boot_name, a),
                                   worst_group_clean=worst["clean"] if metric == "worst_group_dice" else "",
                                   worst_group_recon=worst["recon"] if metric == "worst_group_dice" else "",
                                   reason=" | ".join(reasons)))
@@ -551,32 +571,55 @@ def _floor_bootstrap_p(df: pd.DataFrame, s: dict) -> None:
 
 
 def _permutation_tests(fair: pd.DataFrame, fair_rows: list[dict], s: dict) -> pd.DataFrame:
-    r"""Paired permutation p-values (:func:`reconaudit.metrics.paired_permutation_test`) of fairness changes.
+    """``p_permutation``: the paired permutation test (:func:`reconaudit.metrics.paired_permutation_test`).
 
-    A permutation p-value :math:`(1 + k)/(1 + B)` cannot fall below :math:`1/(1 + B)`; a family of
-    :math:`m` tests needs :math:`p < \alpha/m` for the smallest.  So the tests first run with
-    ``n_resamples`` permutations, and those with at most 3 permutation statistics as extreme as the
-    observed one are re-run with :math:`B = \lceil 4m/\alpha \rceil` (at most 100,000) permutations,
-    when ``n_resamples`` is below that (a two-stage Monte Carlo test).
+    Its null hypothesis is that clean and processed predictions are exchangeable within each
+    patient (reconstruction changed nothing for anyone); it is reported next to the bootstrap p-value
+    for the count-based gaps and the Dice gap / worst-group Dice, with ``n_resamples`` permutations.
     """
     fair = fair.copy()
-    perms = [r.get("_perm") for r in fair_rows]
-    idx = [i for i, p in enumerate(perms) if p is not None]
+    fair["p_permutation"] = np.nan
+    for i, r in enumerate(fair_rows):
+        if r.get("_perm") is not None:
+            res, _ = _quiet(M.paired_permutation_test, **r["_perm"], n_permutations=s["n_resamples"])
+            fair.at[i, "p_permutation"] = res.p_value
+    return fair
+
+
+def _refine_bootstrap(fair: pd.DataFrame, fair_rows: list[dict], s: dict) -> pd.DataFrame:
+    r"""Re-run the bootstrap of extreme fairness changes with enough resamples to pass a correction.
+
+    A bootstrap p-value :math:`2\min(P^*(\Delta^* \le 0), P^*(\Delta^* \ge 0))` from :math:`B`
+    resamples cannot resolve values below about :math:`1/B`, while the smallest of :math:`m` tests
+    must reach :math:`\alpha/m` under Holm.  Changes with at most two resamples on the far side of
+    zero are bootstrapped again (confusion-count gaps and Dice gaps: cheap without AUROC) with
+    :math:`B_2 = \lceil 4m/\alpha \rceil` resamples (at most 100,000), a two-stage Monte Carlo test;
+    every p-value is then floored at :math:`1/(B+1)` of the bootstrap that produced it.
+    """
+    fair = fair.copy()
     b1 = s["n_resamples"]
-    first = {}
-    for i in idx:
-        res, _ = _quiet(M.paired_permutation_test, **perms[i], n_permutations=b1)
-        first[i] = res
-    m = max(1, int(fair["p_value"].notna().sum() + sum(np.isfinite(first[i].p_value) and
-                                                       np.isnan(fair.at[i, "p_value"]) for i in idx)))
-    b2 = int(min(100_000, math.ceil(4 * m / s["alpha"])))
-    for i in idx:
-        res = first[i]
-        if b2 > b1 and np.isfinite(res.p_value) and res.p_value * (1 + b1 - res.n_undefined) <= 4:
-            res, _ = _quiet(M.paired_permutation_test, **perms[i], n_permutations=b2, chunk_size=4096)
-        fair.at[i, "p_value"] = res.p_value
-        fair.at[i, "test"] = "paired permutation"
-        fair.at[i, "n_permutations"] = res.n_permutations
+    fair["n_resamples"] = np.where(fair["p_value"].notna(), b1, np.nan)
+    m = int(fair["p_value"].notna().sum())
+    b2 = int(min(100_000, math.ceil(4 * max(m, 1) / s["alpha"])))
+    if b2 > b1:
+        todo: dict[int, tuple[dict, list[tuple[int, str, str]]]] = {}
+        for i, r in enumerate(fair_rows):
+            spec = r.get("_refine")
+            p = fair.at[i, "p_value"]
+            if spec is None or not np.isfinite(p) or p * b1 / 2 > 2:
+                continue
+            kwargs, metric, attribute = spec
+            todo.setdefault(id(kwargs), (kwargs, []))[1].append((i, metric, attribute))
+        for kwargs, rows in todo.values():
+            res, _ = _quiet(M.bootstrap_metrics, **kwargs, n_resamples=b2, bca=False, chunk_size=2048)
+            idx = _boot_index(res.table)
+            for i, metric, attribute in rows:
+                r = idx.get((metric, attribute, "change"))
+                if r is not None and np.isfinite(r["p_value"]):
+                    fair.at[i, "p_value"] = float(r["p_value"])
+                    fair.at[i, "n_resamples"] = b2
+    ok = fair["p_value"].notna()
+    fair.loc[ok, "p_value"] = np.maximum(fair.loc[ok, "p_value"], 1.0 / (fair.loc[ok, "n_resamples"] + 1))
     return fair
 
 
@@ -728,9 +771,10 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
         :math:`m_{recon}`, :math:`\\Delta = m_{recon} - m_{clean}` and
         :math:`\\Delta_\\% = 100\\,\\Delta / |m_{clean}|`, each with a 95 % patient-level paired
         bootstrap interval (:func:`reconaudit.metrics.bootstrap_metrics`); p-values from DeLong's test
-        (AUROC per label), a paired permutation test (fairness gaps from confusion counts and Dice
-        gaps) or the paired bootstrap (the rest), adjusted by Holm or Benjamini-Hochberg within each
-        stated family.
+        (AUROC per label), the Wilcoxon signed-rank test over patients (Dice) or the paired
+        bootstrap (fairness changes, refined for extreme ones; the paired permutation test is reported
+        next to it as ``p_permutation``), adjusted by Holm or Benjamini-Hochberg within each stated
+        family.
     """
     s = _settings(meta)
     r = _validate(records)
@@ -744,6 +788,10 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
         labels = [lab for lab in cm.get("labels", present_labels) if lab in present_labels] or present_labels
         attrs = [a for a in cm.get("group_attributes", _attributes(cr)) if f"group:{a}" in cr] or _attributes(cr)
         task = str(cr["task"].mode().iloc[0])
+        # a cohort audited for several tasks ("classification+segmentation") is summarised by its
+        # segmentation task (Dice) and still gets every classification statistic
+        tasks = task.split("+")
+        task = "segmentation" if "segmentation" in tasks else tasks[0]
         cohorts[str(cohort)] = {
             "task": task, "labels": labels, "group_attributes": attrs,
             "level_name": cm.get("level_name", ""), "modality": cm.get("modality", ""),
@@ -758,35 +806,39 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
             info = cohorts[str(keys["cohort"])]
             seed = derive_seed("report/bootstrap", s["seed"], keys["cohort"], keys["seed"]) % (2**32)
             cell_rows.append(_cell_quality(rows, keys, s, seed))
-            if keys["task"] == "classification":
+            cell_tasks = str(keys["task"]).split("+")
+            unknown = [t for t in cell_tasks if t not in ("classification", "segmentation")]
+            if unknown or not cell_tasks:
+                raise ValueError(f"records.parquet: cell {cell_id!r} has task {keys['task']!r}; expected "
+                                 "'classification', 'segmentation' or both joined by '+'")
+            if "classification" in cell_tasks and info["labels"]:
                 t, f = _classification_cell(rows, keys, info["labels"], info["group_attributes"], s, seed)
-            elif keys["task"] == "segmentation":
+                task_rows += t
+                fair_rows += f
+            if "segmentation" in cell_tasks:
                 t, f = _segmentation_cell(rows, keys, info["group_attributes"], s, seed)
-            else:
-                raise ValueError(f"records.parquet: cell {cell_id!r} has task {keys['task']!r}; "
-                                 "expected 'classification' or 'segmentation'")
-            task_rows += t
-            fair_rows += f
+                task_rows += t
+                fair_rows += f
             bar.advance(1)
     cells = pd.DataFrame(cell_rows)
     task_cols = [*KEY_COLUMNS, "label", "metric", "n", *_STAT_COLUMNS, "p_value", "test", "ci_method", "reason"]
     task = pd.DataFrame(task_rows, columns=task_cols)
     fair_cols = [*KEY_COLUMNS, "attribute", "label", "metric", "groups", "n", *_STAT_COLUMNS, "p_value", "test",
-                 "n_permutations", "worst_group_clean", "worst_group_recon", "reason"]
+                 "worst_group_clean", "worst_group_recon", "reason"]
     fair = pd.DataFrame(fair_rows, columns=fair_cols)
     fair = _permutation_tests(fair, fair_rows, s)
+    fair = _refine_bootstrap(fair, fair_rows, s)
     _floor_bootstrap_p(task, s)
-    _floor_bootstrap_p(fair, s)
     fair["higher_is_worse"] = fair["metric"].isin(GAP_METRICS)
     fair["bias_increased"] = np.where(fair["higher_is_worse"], fair["change"] > 0, fair["change"] < 0)
     fair.loc[fair["change"].isna(), "bias_increased"] = False
     fair["reason"] = np.where(fair["recon"].isna() | fair["clean"].isna(), fair["reason"], "")
 
     families = []
-    tests = (task["metric"].isin(["auroc", "dice_patient"])) & (task["label"] != MEAN_LABEL)
+    tests = (task["metric"].isin(["auroc", "dice"])) & (task["label"] != MEAN_LABEL)
     tt, fam = _correct(task[tests], "task", "changes from clean to processed images in AUROC per label "
-                       "(DeLong) and in patient-level Dice (Wilcoxon signed-rank over patients), every cell "
-                       "of this run: {n} tests", s)
+                       "(DeLong) and in mean Dice (Wilcoxon signed-rank over the patients' mean Dice), every "
+                       "cell of this run: {n} tests", s)
     families.append(fam)
     task = task.join(tt[["p_adjusted", "significant"]])
     task["significant"] = task["significant"].astype("boolean").fillna(False).astype(bool)
@@ -809,6 +861,3 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
     logger.info("analysis: %d cells, %d task rows, %d fairness rows", len(cells), len(task), len(fair))
     return a
 
-
-def _isnan(x: object) -> bool:
-    return isinstance(x, float) and math.isnan(x)

@@ -500,12 +500,12 @@ def _fig_examples(a: Analysis, meta: dict, run_dir: Path, out_dir: Path) -> list
                                 "uncertainty": "uncertainty (std)"}[kind]
                         ax.set_ylabel(f"study #{int(si)}\n{what}", fontsize=7)
         fig.suptitle(_t(f"{cohort} at {level_text(level, info['level_name'])}"), x=0.01, ha="left", fontsize=10)
-        fig.tight_layout(rect=(0, 0, 0.93, 0.97))
+        fig.tight_layout(rect=(0, 0, 0.9, 0.97))
         if err_im is not None:
-            cax = fig.add_axes((0.94, 0.55, 0.012, 0.3))
+            cax = fig.add_axes((0.915, 0.55, 0.012, 0.3))
             fig.colorbar(err_im, cax=cax).set_label("|error|", fontsize=7)
         if unc_im is not None:
-            cax = fig.add_axes((0.94, 0.12, 0.012, 0.3))
+            cax = fig.add_axes((0.915, 0.12, 0.012, 0.3))
             fig.colorbar(unc_im, cax=cax).set_label("std", fontsize=7)
         png, pdf = _save(fig, out_dir, f"fig4_examples_{_slug(cohort, ci)}")
         overlay = ("the segmenter's mask (blue contour; on the clean image the reference mask is dashed orange)"
@@ -538,7 +538,9 @@ def _fig_roc(a: Analysis, records: pd.DataFrame, out_dir: Path) -> list[Figure]:
         best = cells.sort_values("psnr", ascending=False).iloc[0]
         rows = records[records["cell_id"] == best["cell_id"]]
         labels, attrs = info["labels"][:4], info["group_attributes"][:3]
-        fig, axes = plt.subplots(len(labels), len(attrs), figsize=(3.2 * len(attrs) + 0.4, 3.0 * len(labels)),
+        n_groups = max(records[f"group:{at}"].nunique() for at in attrs)
+        fig, axes = plt.subplots(len(labels), len(attrs),
+                                 figsize=(3.4 * len(attrs) + 0.4, (3.1 + 0.16 * n_groups) * len(labels)),
                                  squeeze=False)
         for i, lab in enumerate(labels):
             keep = rows[f"target:{lab}"].notna()
@@ -565,8 +567,8 @@ def _fig_roc(a: Analysis, records: pd.DataFrame, out_dir: Path) -> list[Figure]:
                 ax.set_title(_t(f"{lab} by {attr}"), loc="left")
                 ax.set_xlabel("1 − specificity")
                 ax.set_ylabel("sensitivity")
-                ax.legend(frameon=False, loc="lower right", title="group: AUROC clean → recon", fontsize=7,
-                          title_fontsize=7)
+                ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(0.0, -0.2), title="AUROC clean → recon",
+                          fontsize=7, title_fontsize=7, alignment="left")
         fig.text(0.01, 0.005, "solid: reconstructed images   dashed: clean images", fontsize=8, color="#444444")
         fig.suptitle(_t(f"{cohort}: {best['reconstructor']} at {level_text(level, info['level_name'])}"),
                      x=0.01, ha="left", fontsize=10)

@@ -134,7 +134,7 @@ def _fairness_fmt(a: Analysis) -> pd.DataFrame:
             "bias change": format_ci(r["change"], r["change_ci_low"], r["change_ci_high"], d, signed=True)
             + ("*" if r["significant"] else ""),
             "change %": "n/a" if not np.isfinite(rel) else f"{rel:+.0f}%",
-            "p": _p(r["p_value"]), "p (adj.)": _p(r["p_adjusted"]),
+            "p": _p(r["p_value"]), "p (adj.)": _p(r["p_adjusted"]), "p (perm.)": _p(r["p_permutation"]),
             "worst group": r["worst_group_recon"] or "",
             "note": r["reason"] or "",
             "_significant": bool(r["significant"]),
@@ -151,7 +151,8 @@ def _seeds_fmt(a: Analysis) -> pd.DataFrame:
             "mitigation": _mitigation(r), "what": r["source"], "metric": METRIC_NAMES.get(r["metric"], r["metric"]),
             "label": r["label"] or "", "attribute": r["attribute"] or "", "seeds": str(int(r["n_seeds"])),
             "mean ± std over seeds": "n/a" if not np.isfinite(r["seed_mean"])
-            else f"{r['seed_mean']:.{d}f} ± {r['seed_std']:.{d}f}",
+            else f"{r['seed_mean']:.{d}f} ± " + ("n/a (a seed undefined)" if not np.isfinite(r["seed_std"])
+                                                else f"{r['seed_std']:.{d}f}"),
             "bootstrap half-width": "n/a" if not np.isfinite(r["bootstrap_half_width"])
             else f"{r['bootstrap_half_width']:.{d}f}",
         })
