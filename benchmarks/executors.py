@@ -13,9 +13,9 @@ machine: ``n_studies`` / ``n_subjects`` and every ``epochs`` are multiplied by `
 one with the mitigated cell).  Only the executor is timed: it computes every step of the plan into an
 empty store; collecting the records afterwards is the same work for every executor.
 
-Settings: ``local`` with 1 worker runs steps one after another in one process with torch on every
-core; ``local`` with 2 workers runs independent steps in a pool of 2 processes with 1 torch thread
-each; ``ray`` starts a local Ray instance with ``num_cpus=2`` (its start-up is timed separately) and
+Settings: ``local:1`` runs steps one after another in one process with torch on every core (its
+default), ``local:1:1`` the same with torch on 1 thread; ``local:2`` runs independent steps in a pool of 2 processes with 1 torch thread
+each; ``ray:2`` starts a local Ray instance with ``num_cpus=2`` (its start-up is timed separately) and
 runs each step as a 1-CPU task, torch pinned to 1 thread.  Wall times are the medians of
 ``--repeats`` runs.  Writes ``benchmarks/results/executors.json`` and prints a Markdown table.
 """
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-SETTINGS = [("local", 1), ("local", 2), ("ray", 2)]
+SETTINGS = ["local:1", "local:1:1", "local:2", "ray:2"]
 
 
 def reduced_quickstart(scale: float, levels: int) -> dict:
@@ -73,17 +73,21 @@ def reduced_quickstart(scale: float, levels: int) -> dict:
     return cfg
 
 
-def one_run(config_path: str, executor: str, workers: int, out_dir: str) -> dict:
+def one_run(config_path: str, executor: str, workers: int, out_dir: str, threads: int = 0) -> dict:
     """Plan the audit and let one executor compute every step in this process; return timings.
 
     Only the executor is timed (every step of the plan into an empty store); collecting the records
     and the report afterwards is the same work whichever executor ran the steps.
     """
+    import torch
+
     from reconaudit.engine.config import load_config
     from reconaudit.engine.executors import ContextSpec, make_executor
     from reconaudit.engine.plan import build_plan
     from reconaudit.engine.store import open_store
 
+    if threads:
+        torch.set_num_threads(threads)
     cfg = load_config(config_path)
     init_s = 0.0
     if executor == "ray":
@@ -117,15 +121,16 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.25, help="multiplier of studies and epochs (quickstart = 1)")
     ap.add_argument("--levels", type=int, default=1, help="levels kept per degradation (the last ones)")
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--settings", nargs="+", default=[f"{e}:{w}" for e, w in SETTINGS],
-                    help="executor:workers pairs (ray:2 = Ray with num_cpus=2)")
+    ap.add_argument("--settings", nargs="+", default=SETTINGS,
+                    help="executor:workers[:threads] (ray:2 = Ray with num_cpus=2; local:1:1 = serial, "
+                         "torch on 1 thread)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "executors.json")
-    ap.add_argument("--one", nargs=3, metavar=("CONFIG", "EXECUTOR", "WORKERS"), help=argparse.SUPPRESS)
+    ap.add_argument("--one", nargs=4, metavar=("CONFIG", "EXECUTOR", "WORKERS", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.one:
         with tempfile.TemporaryDirectory(prefix="reconaudit-bench-") as d:
-            print(json.dumps(one_run(args.one[0], args.one[1], int(args.one[2]), d)))
+            print(json.dumps(one_run(args.one[0], args.one[1], int(args.one[2]), d, int(args.one[3]))))
         return
 
     cfg = reduced_quickstart(args.scale, args.levels)
@@ -134,25 +139,25 @@ def main() -> None:
         cfg_path = Path(d) / "config.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         for setting in args.settings:
-            executor, workers = setting.split(":")
+            executor, workers, threads = (setting.split(":") + ["0"])[:3]
             runs = []
             for _ in range(args.repeats):
                 env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
                 proc = subprocess.run(
-                    [sys.executable, __file__, "--one", str(cfg_path), executor, workers],
+                    [sys.executable, __file__, "--one", str(cfg_path), executor, workers, threads],
                     env=env, capture_output=True, text=True, check=False,
                 )
                 if proc.returncode != 0:
                     raise SystemExit(f"{setting} failed:\n{proc.stderr[-4000:]}")
                 runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            row = {"executor": executor, "workers": int(workers),
+            row = {"executor": executor, "workers": int(workers), "torch_threads": int(threads) or None,
                    "wall_s": statistics.median(r["wall_s"] for r in runs),
                    "ray_init_s": statistics.median(r["ray_init_s"] for r in runs),
                    "step_s_sum": statistics.median(r["step_s_sum"] for r in runs),
                    "steps": runs[0]["steps"], "cells": runs[0]["cells"],
                    "failed": max(r["failed"] for r in runs), "runs": runs}
             rows.append(row)
-            print(f"{executor} x{workers}: {row['wall_s']:.1f} s", file=sys.stderr)
+            print(f"{setting}: {row['wall_s']:.1f} s", file=sys.stderr)
     base = rows[0]["wall_s"]
     result = {
         "benchmark": "executors",
@@ -164,7 +169,7 @@ def main() -> None:
                     "load_avg_at_end": list(os.getloadavg())},
         "results": [{k: v for k, v in r.items() if k != "runs"} | {"speedup_vs_first": base / r["wall_s"]}
                     for r in rows],
-        "runs": {f"{r['executor']}:{r['workers']}": r["runs"] for r in rows},
+        "runs": {s: r["runs"] for s, r in zip(args.settings, rows)},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

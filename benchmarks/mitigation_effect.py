@@ -39,6 +39,17 @@ def _summary(rows: list[dict]) -> dict:
     return out
 
 
+def _json_safe(o):
+    """NaN (the standard arm's strength) as null, so the file is standard JSON."""
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _json_safe(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_json_safe(v) for v in o]
+    return o
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -85,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{label:34s} {f('eod'):>15s} {f('auroc'):>15s} {f('psnr'):>15s} {f('tpr_minority'):>15s}")
     print(f"\n{len(args.seeds)} seeds in {elapsed:.0f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)))
+    args.out.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False, default=str))
     return result
 
 

@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def ray_tiny_config() -> dict:
-    """The tiny audit cut down further: one level, identity and a one-epoch U-Net, no direct arm."""
-    cfg = tiny_config(reconstructors=[{"name": "identity"}, {"name": "unet", "params": {"epochs": 1}}],
-                      direct={"enabled": False})
+    """The tiny audit cut down further: one level, identity and a small one-epoch U-Net, no direct arm."""
+    unet = {"name": "unet", "params": {"epochs": 1, "channels": [8, 16]}}
+    cfg = tiny_config(reconstructors=[{"name": "identity"}, unet], direct={"enabled": False})
     cfg["cohorts"][0]["degradations"][0]["levels"] = [3000]
     return cfg
 

@@ -94,4 +94,4 @@ def test_bundled_mitigation_config_sweeps_lambda() -> None:
         assert np.allclose(np.diff(np.log10(s)), np.diff(np.log10(s))[0])  # log-spaced
     plan = build_plan(cfg)
     mitigated = [c for c in plan.cells if c.mitigation != "none"]
-    assert len(mitigated) == 1 + 2 * 4
+    assert len(mitigated) == len(cfg.seeds) * (1 + 2 * 4)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from _recon_data import inpaint, mri, noisy, phantoms, psnr
 from skimage.restoration import denoise_tv_chambolle
 
-from conftest import inpaint, mri, noisy, phantoms, psnr
 from reconaudit.recon import make_reconstructor
 from reconaudit.recon._fft import apply_data_consistency, fft2c, ifft2c, kspace_consistency
 from reconaudit.recon.classical import tv_denoise_chambolle

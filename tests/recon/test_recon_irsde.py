@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
+from _recon_data import noisy, pairs, phantoms, psnr
 
-from conftest import noisy, pairs, phantoms, psnr
 from reconaudit.recon import PairSet, TrainingHooks, make_reconstructor
 from reconaudit.recon.irsde import IRSDESchedule
 

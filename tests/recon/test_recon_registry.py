@@ -8,11 +8,11 @@ import types
 import numpy as np
 import pytest
 import torch
+from _recon_data import noisy, phantoms
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from conftest import noisy, phantoms
 from reconaudit.recon import RECONSTRUCTORS, make_reconstructor
 
 

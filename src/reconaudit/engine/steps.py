@@ -371,8 +371,10 @@ def _score_common(
             if n_ex:
                 pick = np.nan_to_num(df[[f"target:{lb}" for lb in cohort.labels]].to_numpy()[ex_idx], nan=0.0)
                 label_idx = np.where(pick.any(1), pick.argmax(1), prob[ex_idx].argmax(1))
-                examples["saliency_clean"] = _saliency(model, clean_imgs[ex_idx], label_idx)
-                examples["saliency_recon"] = _saliency(model, inputs[ex_idx], label_idx)
+                clean_model = models.get("_clean_classifier", model)
+                examples["saliency_clean"] = _saliency(clean_model, clean_imgs[ex_idx], label_idx)
+                if inputs.shape[1] == 1:  # saliency of k-space channels is not an image
+                    examples["saliency_recon"] = _saliency(model, inputs[ex_idx], label_idx)
                 examples["saliency_label"] = np.array([cohort.labels[i] for i in label_idx])
         else:
             pred, d, h = _seg_scores(prob, float(model.thresholds[0]), cohort.masks[torch.as_tensor(te)])
@@ -471,6 +473,8 @@ def step_direct_score(spec: dict, ctx: StepContext, out: Path) -> None:
     out_models = _Tasks(models)
     if "segmentation" in spec["task_models"]:
         out_models["_clean_segmenter"] = load_task_model(ctx, "task_model", spec["task_models"]["segmentation"])[0]
+    if "classification" in spec["task_models"]:
+        out_models["_clean_classifier"] = load_task_model(ctx, "task_model", spec["task_models"]["classification"])[0]
     df = _score_common(spec, ctx, out, cohort, te, df, x, out_models, None, test)
     df.to_parquet(out / "records.parquet", index=False)
 

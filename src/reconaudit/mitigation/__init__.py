@@ -11,6 +11,9 @@ Three strategies wrap a reconstructor's fitting through :class:`~reconaudit.reco
   classifier's features of the reconstruction; the reconstructor is trained to defeat it.
 
 :func:`apply_mitigation` is what the engine calls for a mitigated cell.
+:mod:`reconaudit.mitigation.experiment` holds a small controlled experiment (a cohort where
+reconstruction amplifies a subgroup bias) used by ``benchmarks/mitigation_effect.py``.
+See docs/mitigation.md for the formulas and measured effects.
 """
 
 from reconaudit.mitigation.penalties import (
@@ -18,6 +21,7 @@ from reconaudit.mitigation.penalties import (
     DiceGapPenalty,
     EqualizedOddsPenalty,
     RunningMean,
+    soft_dice,
     soft_dice_gap,
     soft_equalized_odds,
 )
@@ -42,6 +46,7 @@ __all__ = [
     "RunningMean",
     "apply_mitigation",
     "group_weights",
+    "soft_dice",
     "soft_dice_gap",
     "soft_equalized_odds",
     "validate_mitigation_params",

@@ -1,16 +1,18 @@
 """A small controlled experiment: reconstruction that amplifies a subgroup bias, and what mitigation buys.
 
 The images (:func:`make_finding_images`) are 32x32 smooth random backgrounds; a positive study holds
-a faint Gaussian disc (the finding) whose contrast is lower in the minority group.  The degradation is
-additive Gaussian noise (the regime of a low-dose X-ray's photon noise).  A classifier is trained on
-clean images with balanced groups and its operating threshold chosen on clean validation images, so
-its equalized-odds difference (EOD) on clean test images is small.  A U-Net trained on noisy/clean
-pairs where the minority is rare learns to smooth faint structures away: after reconstruction the
-minority's faint findings fall below the fixed threshold more often than the majority's, the
-minority's TPR drops and the EOD grows.  Each strategy of :func:`~reconaudit.mitigation.apply_mitigation`
-is then applied to the same standard U-Net (fine-tuning) or trained from scratch (reweighting) and
-measured on the same test images with :func:`reconaudit.metrics.equalized_odds_difference` at the
-classifier's fixed threshold.
+a faint Gaussian disc (the finding) whose contrast is lower in the minority group (0.18 against
+0.35), and the minority's background is slightly darker (the group is visible, as sex or age is in
+a radiograph).  The degradation is additive Gaussian noise (the regime of a low-dose X-ray's photon
+noise).  The diagnostic model is a frozen matched-filter detector (:class:`FindingDetector`) whose
+threshold is chosen on clean validation images with balanced groups, so its equalized-odds
+difference (EOD) on clean test images is about 0.  A U-Net trained on noisy/clean pairs in which
+the minority is rare (10%) smooths faint structures away: after reconstruction the minority's
+findings fall below the fixed threshold far more often than the majority's, the minority's TPR
+drops and the EOD grows.  Each strategy of :func:`~reconaudit.mitigation.apply_mitigation` is then
+applied to the same standard U-Net (fine-tuning) or trained from scratch (reweighting) and measured
+on the same test images (50% minority) with :func:`reconaudit.metrics.equalized_odds_difference`
+at the detector's fixed threshold.
 
 ``benchmarks/mitigation_effect.py`` runs it over several seeds; a fast version is a test.
 """
@@ -181,7 +183,16 @@ class FindingDetector(DiagnosticModel):
 
 @dataclass
 class ExperimentConfig:
-    """Sizes and settings of :func:`run_mitigation_experiment` (defaults: the benchmark's)."""
+    """Sizes and settings of :func:`run_mitigation_experiment` (defaults: the benchmark's).
+
+    ``n_*`` are study counts (classifier training, reconstructor training, validation, test);
+    ``minority_*`` the minority's share in the reconstructor's training/validation data and in the
+    test set; ``noise``, ``clean_noise``, ``contrast``, ``minority_contrast`` as in
+    :func:`make_finding_images`; ``classifier`` is ``"detector"`` (:class:`FindingDetector`) or
+    ``"small-cnn"`` (a :class:`~reconaudit.tasks.Classifier` trained for ``classifier_epochs``);
+    the U-Net has ``recon_channels`` and trains ``recon_epochs``; ``eodd`` / ``adversarial``
+    fine-tune ``finetune_epochs`` at ``finetune_lr``.
+    """
 
     n_classifier: int = 600
     n_train: int = 400

@@ -412,7 +412,8 @@ def run_training(
     dict
         ``train_loss`` (mean total loss per epoch, after the loss hook), ``train_base_loss`` (the
         model's own loss), ``val_loss`` per epoch, ``best_epoch`` (1-based; its weights are the ones
-        kept), ``epochs_run``, ``stopped_early`` and ``resumed_from`` (the checkpoint epoch training
+        kept; with a ``loss_hook`` (a fairness penalty) the last epoch is kept, since the validation
+        reconstruction loss alone would select the least-mitigated epoch), ``epochs_run``, ``stopped_early`` and ``resumed_from`` (the checkpoint epoch training
         resumed after, or None).
     """
     if len(train) == 0:
@@ -490,7 +491,12 @@ def run_training(
             st["train_base_loss"].append(base_tot / n)
             st["val_loss"].append(vloss)
             st["epoch"] = epoch
-            improved = st["best_val"] is None or not math.isfinite(vloss) or vloss < st["best_val"]
+            # With a penalty (mitigation fine-tuning) the validation reconstruction loss would pick the
+            # least-mitigated epoch, so the last epoch is kept and there is no early stopping.
+            penalised = hooks is not None and hooks.loss_hook is not None
+            improved = (
+                penalised or st["best_val"] is None or not math.isfinite(vloss) or vloss < st["best_val"]
+            )
             if improved:
                 st["best_val"] = vloss if math.isfinite(vloss) else None
                 st["best_epoch"] = epoch
