@@ -141,6 +141,29 @@ def _append_clean_performance(cohorts: dict, records) -> None:
         info["clean_performance"] = perf
 
 
+def _report_if_changed(run_dir: Path, meta: dict) -> Path:
+    """Build the report unless one exists for exactly these records, config and analysis settings."""
+    import hashlib
+    import json
+
+    from reconaudit.engine.store import atomic_write_text
+    from reconaudit.report import build_report
+
+    h = hashlib.sha256((run_dir / "records.parquet").read_bytes())
+    h.update(json.dumps([meta["config"], meta["analysis"], meta["versions"].get("reconaudit"),
+                         {k: v.get("data_card") for k, v in meta["cohorts"].items()}],
+                        sort_keys=True, default=str).encode())
+    fingerprint = h.hexdigest()
+    stamp = run_dir / "report" / ".fingerprint"
+    html = run_dir / "report" / "report.html"
+    if html.exists() and stamp.exists() and stamp.read_text() == fingerprint:
+        log.info("report is up to date with the records: %s", html)
+        return html
+    path = build_report(run_dir)
+    atomic_write_text(stamp, fingerprint)
+    return path
+
+
 def run_audit(
     cfg: AuditConfig,
     run_dir: str | Path,
@@ -212,9 +235,7 @@ def run_audit(
             write_plain_summary(records, meta, run_dir)
         report_path = None
         if report and len(records):
-            from reconaudit.report import build_report
-
-            report_path = build_report(run_dir)
+            report_path = _report_if_changed(run_dir, meta)
         log.info("audit %s: %d computed, %d reused, %d failed, %d skipped", cfg.name, len(summary.computed),
                  len(summary.reused), len(summary.failed), len(summary.skipped))
         return AuditResult(run_dir, records_path, report_path, summary, plan)
