@@ -14,8 +14,8 @@ one with the mitigated cell).  Only the executor is timed: it computes every ste
 empty store; collecting the records afterwards is the same work for every executor.
 
 Settings: ``local:1`` runs steps one after another in one process with torch on every core (its
-default), ``local:1:1`` the same with torch on 1 thread; ``local:2`` runs independent steps in a pool of 2 processes with 1 torch thread
-each; ``ray:2`` starts a local Ray instance with ``num_cpus=2`` (its start-up is timed separately) and
+default), ``local:1:1`` the same with torch on 1 thread; ``local:2`` runs independent steps in a
+pool of 2 processes with 1 torch thread each; ``ray:2`` starts a local Ray instance with ``num_cpus=2`` (its start-up is timed separately) and
 runs each step as a 1-CPU task, torch pinned to 1 thread.  Wall times are the medians of
 ``--repeats`` runs.  Writes ``benchmarks/results/executors.json`` and prints a Markdown table.
 """
@@ -173,13 +173,19 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print("| executor | workers / CPUs | cells | steps | wall time (s) | Ray start-up (s) | "
-          "sum of step times (s) | speed-up |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in result["results"]:
+    print(markdown_table(result["results"]))
+
+
+def markdown_table(results: list[dict]) -> str:
+    """The Markdown table of ``results`` (rows of ``executors.json``)."""
+    lines = ["| executor | workers / Ray CPUs | torch threads per step | wall time (s) | Ray start-up (s) | "
+             "sum of step times (s) | relative to the first |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        threads = r.get("torch_threads") or ("1" if r["workers"] > 1 or r["executor"] == "ray" else "torch default")
         init = f"{r['ray_init_s']:.1f}" if r["executor"] == "ray" else "–"
-        print(f"| {r['executor']} | {r['workers']} | {r['cells']} | {r['steps']} | {r['wall_s']:.1f} | {init} | "
-              f"{r['step_s_sum']:.1f} | {r['speedup_vs_first']:.2f}× |")
+        lines.append(f"| {r['executor']} | {r['workers']} | {threads} | {r['wall_s']:.1f} | {init} | "
+                     f"{r['step_s_sum']:.1f} | {r['speedup_vs_first']:.2f}× |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

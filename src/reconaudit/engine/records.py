@@ -95,7 +95,7 @@ def plain_summary(records: pd.DataFrame, meta: dict) -> pd.DataFrame:
         row["n_studies"] = len(g)
         row["psnr"] = float(g["psnr"].mean()) if g["psnr"].notna().any() else np.nan
         row["input_psnr"] = float(g["input_psnr"].mean())
-        labels = cinfo["labels"]
+        labels = [lb for lb in cinfo["labels"] if f"score:{lb}" in g and g[f"score:{lb}"].notna().any()]
         if labels:
             au, au_clean, eodd = [], [], []
             attr = cinfo["group_attributes"][0] if cinfo["group_attributes"] else None

@@ -78,7 +78,7 @@ def cohort_meta(plan: Plan, store: ArtifactStore, cfg: AuditConfig) -> dict:
         out[step.spec["name"]] = {
             "modality": info["modality"],
             "tasks": tasks,
-            "labels": info["labels"],
+            "labels": info["labels"] if "classification" in tasks else [],
             "group_attributes": info["group_attributes"],
             "level_name": level_names[0] if len(level_names) == 1 else "level",
             "data_card": (d / "data_card.md").read_text(),
@@ -105,7 +105,7 @@ def clean_performance(records, cohort: str) -> dict[str, float]:
         first = g[g["cell_id"] == g["cell_id"].iloc[0]]
         vals = {}
         for col in first.columns:
-            if col.startswith("target:"):
+            if col.startswith("target:") and f"clean_score:{col.split(':', 1)[1]}" in first:
                 lb = col.split(":", 1)[1]
                 y = first[col].to_numpy()
                 ok = ~np.isnan(y)

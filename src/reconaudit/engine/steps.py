@@ -329,8 +329,9 @@ def _base_rows(cohort: Cohort, spec: dict) -> tuple[pd.DataFrame, np.ndarray]:
     )
     for g in cohort.group_attributes:
         df[f"group:{g}"] = sub[g].astype(str).to_numpy()
-    for j, label in enumerate(cohort.labels):
-        df[f"target:{label}"] = cohort.targets()[te, j].astype(np.float64)
+    if "classification" in str(spec["task"]).split("+"):
+        for j, label in enumerate(cohort.labels):
+            df[f"target:{label}"] = cohort.targets()[te, j].astype(np.float64)
     return df, te
 
 
