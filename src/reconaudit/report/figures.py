@@ -310,7 +310,8 @@ def _fig_mitigation(a: Analysis, out_dir: Path) -> list[Figure]:
                            yerr=np.nan_to_num(np.abs(np.vstack([lo, hi]))), capsize=2,
                            error_kw=dict(lw=0.8, ecolor="#333333"))
                 legend.setdefault(bar, h)
-            ax.set_xticks(range(len(labels)), [_t(x) if x else "all studies" for x in labels])
+            ax.set_xticks(range(len(labels)), [_t(x) if x else "all studies" for x in labels],
+                          rotation=30, ha="right", rotation_mode="anchor")
             ax.set_title(_t(f"{cohort}: {attr}"), loc="left")
             ax.set_ylabel(METRIC_NAMES[metric] if k == 0 else "")
             ax.grid(axis="y", color="#e5e5e5", lw=0.6)
@@ -540,7 +541,7 @@ def _fig_roc(a: Analysis, records: pd.DataFrame, out_dir: Path) -> list[Figure]:
         labels, attrs = info["labels"][:4], info["group_attributes"][:3]
         n_groups = max(records[f"group:{at}"].nunique() for at in attrs)
         fig, axes = plt.subplots(len(labels), len(attrs),
-                                 figsize=(3.4 * len(attrs) + 0.4, (3.1 + 0.16 * n_groups) * len(labels)),
+                                 figsize=(3.4 * len(attrs) + 0.4, (3.4 + 0.2 * n_groups) * len(labels)),
                                  squeeze=False)
         for i, lab in enumerate(labels):
             keep = rows[f"target:{lab}"].notna()
@@ -573,6 +574,8 @@ def _fig_roc(a: Analysis, records: pd.DataFrame, out_dir: Path) -> list[Figure]:
         fig.suptitle(_t(f"{cohort}: {best['reconstructor']} at {level_text(level, info['level_name'])}"),
                      x=0.01, ha="left", fontsize=10)
         fig.tight_layout(rect=(0, 0.02, 1, 0.98))
+        # the per-panel legends sit below the axes, outside what tight_layout accounts for
+        fig.subplots_adjust(hspace=0.62 + 0.1 * n_groups)
         png, pdf = _save(fig, out_dir, f"fig5_roc_{_slug(cohort, ci)}")
         figs.append(Figure(
             f"roc_{ci}", png, pdf, f"ROC curves per group: {cohort}",
