@@ -111,7 +111,7 @@ def clean_performance(records, cohort: str) -> dict[str, float]:
                 ok = ~np.isnan(y)
                 if ok.sum() and len(np.unique(y[ok])) == 2:
                     vals[f"AUROC {lb}"] = float(auroc(y[ok], first[f"clean_score:{lb}"].to_numpy()[ok]))
-        if "clean_dice" in first:
+        if "clean_dice" in first and first["clean_dice"].notna().any():
             vals["Dice"] = float(first["clean_dice"].mean())
         per_seed.append(vals)
     for k in per_seed[0]:

@@ -715,7 +715,9 @@ def _headlines(a: Analysis) -> pd.DataFrame:
                 kind = "the largest significant increase" if not gaps.empty else "the largest increase (not significant)"
                 text += (f"; {kind} was the {what} across {top['attribute']}{lab} with {top['reconstructor']}"
                          f"{mit} at {level_text(top['level'], unit)}: {_fmt(top['clean'])} on clean images, "
-                         f"{_fmt(top['recon'])} after reconstruction ({_ci_text(top)})")
+                         f"{_fmt(top['recon'])} "
+                         f"{'on the degraded input' if top['arm'] == 'direct' else 'after reconstruction'} "
+                         f"({_ci_text(top)})")
             sentences.append(text + ".")
         mit = fair[(fair["cohort"] == cohort) & (fair["mitigation"] != "none")]
         if not mit.empty:

@@ -541,7 +541,7 @@ def _fig_roc(a: Analysis, records: pd.DataFrame, out_dir: Path) -> list[Figure]:
         labels, attrs = info["labels"][:4], info["group_attributes"][:3]
         n_groups = max(records[f"group:{at}"].nunique() for at in attrs)
         fig, axes = plt.subplots(len(labels), len(attrs),
-                                 figsize=(3.4 * len(attrs) + 0.4, (3.4 + 0.2 * n_groups) * len(labels)),
+                                 figsize=(3.4 * len(attrs) + 0.4, (3.0 + 0.2 * n_groups) * len(labels)),
                                  squeeze=False)
         for i, lab in enumerate(labels):
             keep = rows[f"target:{lab}"].notna()
@@ -575,7 +575,7 @@ def _fig_roc(a: Analysis, records: pd.DataFrame, out_dir: Path) -> list[Figure]:
                      x=0.01, ha="left", fontsize=10)
         fig.tight_layout(rect=(0, 0.02, 1, 0.98))
         # the per-panel legends sit below the axes, outside what tight_layout accounts for
-        fig.subplots_adjust(hspace=0.62 + 0.1 * n_groups)
+        fig.subplots_adjust(hspace=0.5 + 0.05 * n_groups)
         png, pdf = _save(fig, out_dir, f"fig5_roc_{_slug(cohort, ci)}")
         figs.append(Figure(
             f"roc_{ci}", png, pdf, f"ROC curves per group: {cohort}",
