@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -70,7 +71,7 @@ def _load(config: str):
         path = resolve_config_source(config)
         return load_config(path), path.read_text()
     except ConfigError as e:
-        console.print(f"[red]{e}[/red]")
+        console.print(f"[red]{escape(str(e))}[/red]")
         raise typer.Exit(2) from None
 
 
@@ -104,6 +105,9 @@ def run(
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: finished steps are kept; run the same command again to resume[/yellow]")
         raise typer.Exit(130) from None
+    except ConnectionError as e:
+        console.print(f"[red]{escape(str(e))}[/red]")
+        raise typer.Exit(2) from None
     s = result.summary
     console.print(
         f"[bold]{cfg.name}[/bold]: {len(result.plan.cells)} cells; steps computed {len(s.computed)}, "
@@ -132,7 +136,7 @@ def plan(
     p, done = plan_status(cfg, run_dir)
     table = Table(title=f"{cfg.name}: {len(p.cells)} cells, {len(p.steps)} steps ({sum(done.values())} done)")
     for col in ("cell", "cohort", "degradation", "level", "reconstructor", "mitigation", "seed", "status"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("cell", "cohort", "status"))
     for c in p.cells:
         need = p.needed_for([c.final_step])
         n_done = sum(done[s] for s in need)
@@ -161,7 +165,7 @@ def cohorts() -> None:
 
     table = Table(title="cohorts")
     for col in ("name", "kind", "modality", "tasks", "group attributes", "description"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("name", "kind", "modality"))
     for e in COHORTS.values():
         table.add_row(e.name, e.kind, e.modality, ", ".join(e.tasks), e.group_attributes, e.description)
     Console().print(table)
