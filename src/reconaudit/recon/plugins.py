@@ -13,7 +13,6 @@ either a ``torch.nn.Module`` mapping (N, 1, H, W) -> (N, 1, H, W), or a plain ca
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -24,6 +23,7 @@ from pydantic import Field
 from torch import nn
 
 from reconaudit.physics.base import Degraded
+from reconaudit.plugins import import_target, load_state_dict_file
 from reconaudit.recon.base import PairSet, Reconstructor, TrainingHooks
 from reconaudit.recon.training import (
     ParamsMixin,
@@ -36,34 +36,13 @@ from reconaudit.recon.unet import ImageToImageReconstructor
 
 
 def load_target(target: str) -> Callable:
-    """Import ``"package.module:attribute"`` and return the attribute."""
-    if ":" not in target:
-        raise ValueError(f"plugin target={target!r} must look like 'package.module:factory'")
-    mod_name, _, attr = target.partition(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise ValueError(f"plugin target={target!r}: cannot import module {mod_name!r} ({exc})") from exc
-    obj = mod
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"plugin target={target!r}: module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"plugin target={target!r} is not callable")
-    return obj
+    """Import ``"package.module:attribute"`` and return the attribute (see :func:`reconaudit.plugins.import_target`)."""
+    return import_target(target, ValueError)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or from a ``torch.save`` file read with ``weights_only=True``."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"plugin weights={str(path)!r}: file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+    """A state dict from ``.safetensors`` or a ``weights_only`` torch file (see :mod:`reconaudit.plugins`)."""
+    return load_state_dict_file(path)
 
 
 class _CallableModule(nn.Module):

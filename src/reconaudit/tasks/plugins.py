@@ -15,7 +15,6 @@ one (pooled if it returns maps); else the logits themselves (pooled to (N, 1) fo
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +23,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from reconaudit.plugins import import_target, load_state_dict_file
 from reconaudit.tasks.classification import Classifier, ClassifierParams
 from reconaudit.tasks.segmentation import Segmenter, SegmenterParams
 from reconaudit.tasks.training import TaskConfigError, TrainParams, evaluate_loss, hooked_output, pooled
@@ -63,43 +63,13 @@ class PluginSegmenterParams(PluginFields, SegmenterParams):
 
 
 def load_factory(target: str):
-    """Import ``"package.module:attr[.attr]"`` and return the callable it names."""
-    if ":" not in target:
-        raise TaskConfigError(f"plugin target must look like 'package.module:factory', got {target!r}")
-    mod_name, attr = target.split(":", 1)
-    try:
-        obj: Any = importlib.import_module(mod_name)
-    except ImportError as err:
-        raise TaskConfigError(
-            f"plugin target {target!r}: cannot import module {mod_name!r} ({err}); is it installed or on PYTHONPATH?"
-        ) from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise TaskConfigError(f"plugin target {target!r}: {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise TaskConfigError(f"plugin target {target!r} is not callable")
-    return obj
+    """Import ``"package.module:attr[.attr]"`` and return the callable it names (errors: TaskConfigError)."""
+    return import_target(target, TaskConfigError)
 
 
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a :func:`torch.save` file (``weights_only=True``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"plugin weights file {str(p)!r} does not exist")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(p))
-    state = torch.load(str(p), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict):
-        raise ValueError(f"plugin weights file {str(p)!r} does not hold a state dict (got {type(state).__name__})")
-    return state
+    return load_state_dict_file(path)
 
 
 class _PluginMixin:
