@@ -45,7 +45,15 @@ def _chromium() -> str:
     if found:
         return found
     if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, timeout=600)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        try:
+            subprocess.run(install, capture_output=True, timeout=600, env=env)
+            if not Path(CHROMIUM).exists():  # package lists missing or stale on a new machine
+                subprocess.run(["apt-get", "update"], capture_output=True, timeout=300, env=env)
+                subprocess.run(install, capture_output=True, timeout=600, env=env)
+        except subprocess.TimeoutExpired:
+            pass
         if Path(CHROMIUM).exists():
             return CHROMIUM
     pytest.skip("headless Chromium not available (/usr/bin/chromium missing; install it with "
