@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -49,15 +49,38 @@ def grad2d_adjoint(p: torch.Tensor) -> torch.Tensor:
     return d
 
 
-def tv_denoise_chambolle(image: torch.Tensor, weight: float = 0.1, iterations: int = 100) -> torch.Tensor:
+def estimate_noise_sigma(images: torch.Tensor) -> torch.Tensor:
+    """Per-study noise standard deviation by Donoho's wavelet estimator, batched.
+
+    sigma_hat = median(|HH|) / 0.6745 over the finest diagonal Haar detail coefficients
+    HH = (x[2i, 2j] - x[2i, 2j+1] - x[2i+1, 2j] + x[2i+1, 2j+1]) / 2, which are N(0, sigma^2) for white
+    Gaussian noise and nearly zero on smooth image content.  Returns shape (N,) for (N, 1, H, W) input.
+    """
+    x = images.to(torch.float32)
+    h, w = (x.shape[-2] // 2) * 2, (x.shape[-1] // 2) * 2
+    x = x[..., :h, :w]
+    hh = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2
+    return hh.abs().flatten(1).median(dim=1).values / 0.6745
+
+
+def tv_denoise_chambolle(
+    image: torch.Tensor, weight: float | torch.Tensor = 0.1, iterations: int = 100
+) -> torch.Tensor:
     """Batched Chambolle TV denoising of (..., H, W) images.
 
     Iterates ``u = f + grad^T p``; ``p <- (p - tau grad u) / (1 + (tau / w) |grad u|)`` with ``tau = 1/4``
     (the dual projection algorithm; identical updates to ``skimage.restoration.denoise_tv_chambolle``
-    with ``eps = 0`` and ``max_num_iter = iterations``).
+    with ``eps = 0`` and ``max_num_iter = iterations``).  ``weight`` is a number or a tensor
+    broadcastable to the images (one weight per study, e.g. shape (N, 1, 1, 1)).
     """
-    if weight <= 0:
-        return image.clone()
+    if not isinstance(weight, torch.Tensor):
+        if weight <= 0:
+            return image.clone()
+    else:
+        weight = weight.to(image.device, torch.float32).clamp_min(1e-8)
+        while weight.ndim < image.ndim:
+            weight = weight.unsqueeze(-1)
+        weight = weight.unsqueeze(-3)  # the gradient-component axis of the dual variable
     f = image.to(torch.float32)
     p = torch.zeros(*f.shape[:-2], 2, *f.shape[-2:], dtype=f.dtype, device=f.device)
     tau = 0.25
@@ -110,7 +133,12 @@ class ClassicalReconstructor(ParamsMixin, Reconstructor):
     Parameters (``Params``)
     -----------------------
     weight:
-        TV weight for denoising (X-ray / noise), default 0.1 (skimage's default).
+        TV weight for denoising (X-ray / noise): a number (0.1 is skimage's default), or ``"auto"``
+        (default): ``weight_scale`` times each study's noise level estimated by
+        :func:`estimate_noise_sigma`, so the smoothing follows the dose instead of over-smoothing
+        high-dose and under-smoothing low-dose studies.
+    weight_scale:
+        Multiplier of the estimated noise level for ``weight="auto"``.
     weight_dc:
         TV weight for MRI and inpainting, default 0.01 (measurements are nearly noise-free, so the
         data term dominates).
@@ -125,7 +153,8 @@ class ClassicalReconstructor(ParamsMixin, Reconstructor):
     class Params(ReconParams):
         """Hyperparameters of :class:`ClassicalReconstructor`."""
 
-        weight: float = Field(0.1, ge=0)
+        weight: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
+        weight_scale: float = Field(1.0, gt=0)
         weight_dc: float = Field(0.01, gt=0)
         iterations: int = Field(100, ge=1)
         batch_size: int = Field(64, ge=1)
@@ -137,7 +166,12 @@ class ClassicalReconstructor(ParamsMixin, Reconstructor):
         hp = self.hp
         img = d.image.to(self.device, torch.float32)
         if d.mask is None:
-            return tv_denoise_chambolle(img, hp.weight, hp.iterations)
+            weight = (
+                hp.weight_scale * estimate_noise_sigma(img).view(-1, *([1] * (img.ndim - 1)))
+                if hp.weight == "auto"
+                else hp.weight
+            )
+            return tv_denoise_chambolle(img, weight, hp.iterations)
         m = d.mask.to(self.device, torch.float32)
         if d.kspace is not None:
             y = d.kspace.to(self.device, torch.complex64)
