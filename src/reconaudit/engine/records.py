@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +109,6 @@ def plain_summary(records: pd.DataFrame, meta: dict) -> pd.DataFrame:
                 au_clean.append(auroc(y[ok], g[f"clean_score:{lb}"].to_numpy()[ok]))
                 if attr is not None:
                     pred = (g[f"score:{lb}"].to_numpy()[ok] >= g[f"threshold:{lb}"].to_numpy()[ok]).astype(int)
-                    import warnings
-
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         eodd.append(

@@ -191,7 +191,7 @@ def run_audit(
         log.setLevel(logging.INFO)
     try:
         store = store_for(cfg, run_dir)
-        removed = store.clean_tmp(older_than_s=0 if "://" in store.url else 0)
+        removed = store.clean_tmp()
         if removed:
             log.info("removed %d temporary directories left by an interrupted run", removed)
         plan = build_plan(cfg)

@@ -337,9 +337,13 @@ def _base_rows(cohort: Cohort, spec: dict) -> tuple[pd.DataFrame, np.ndarray]:
 
 def _score_common(
     spec: dict, ctx: StepContext, out: Path, cohort: Cohort, te: np.ndarray, df: pd.DataFrame,
-    inputs: torch.Tensor, models: dict, recon: dict | None, deg_test: Degraded,
+    inputs: torch.Tensor, models: dict, recon: dict | None, deg_test: Degraded, clean_models: dict,
 ) -> pd.DataFrame:
-    """Apply diagnostic ``models`` to ``inputs``; add scores, Dice, image quality; write examples."""
+    """Apply diagnostic ``models`` to ``inputs``; add scores, Dice, image quality; write examples.
+
+    ``clean_models`` are the frozen models trained on clean images (the same as ``models`` for the
+    reconstruct arm); the example figure shows their saliency and segmentation on the clean image.
+    """
     from reconaudit.tasks import choose_threshold
 
     ev = spec["evaluation"]
@@ -372,7 +376,7 @@ def _score_common(
             if n_ex:
                 pick = np.nan_to_num(df[[f"target:{lb}" for lb in cohort.labels]].to_numpy()[ex_idx], nan=0.0)
                 label_idx = np.where(pick.any(1), pick.argmax(1), prob[ex_idx].argmax(1))
-                clean_model = models.get("_clean_classifier", model)
+                clean_model = clean_models["classification"]
                 examples["saliency_clean"] = _saliency(clean_model, clean_imgs[ex_idx], label_idx)
                 if inputs.shape[1] == 1:  # saliency of k-space channels is not an image
                     examples["saliency_recon"] = _saliency(model, inputs[ex_idx], label_idx)
@@ -406,7 +410,7 @@ def _score_common(
         if cohort.masks is not None and seg_pred_ex is not None:
             examples["seg_true"] = cohort.masks[torch.as_tensor(te)][ex_idx, 0].numpy()
             examples["seg_recon"] = seg_pred_ex
-            clean_model = models.get("_clean_segmenter")
+            clean_model = clean_models.get("segmentation")
             if clean_model is not None:
                 cp = _predict_batched(clean_model, clean_imgs[ex_idx])
                 examples["seg_clean"] = (cp >= float(clean_model.thresholds[0])).astype(np.uint8)[:, 0]
@@ -421,22 +425,8 @@ def step_score(spec: dict, ctx: StepContext, out: Path) -> None:
     df, te = _base_rows(cohort, spec)
     recon = load_file(str(ctx.store.path("reconstruct", spec["reconstruct"]) / "recon.safetensors"))
     models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec["task_models"].items()}
-    df = _score_common(spec, ctx, out, cohort, te, df, recon["mean"], _only_tasks(models), recon, deg.subset(te))
+    df = _score_common(spec, ctx, out, cohort, te, df, recon["mean"], models, recon, deg.subset(te), models)
     df.to_parquet(out / "records.parquet", index=False)
-
-
-def _only_tasks(models: dict) -> dict:
-    out = {k: v for k, v in models.items() if not k.startswith("_")}
-    if "segmentation" in models:
-        out["_clean_segmenter"] = models["segmentation"]
-    return _Tasks(out)
-
-
-class _Tasks(dict):
-    """Task models, iterating over real tasks only (the clean segmenter rides along for examples)."""
-
-    def items(self):  # type: ignore[override]
-        return [(k, v) for k, v in super().items() if not k.startswith("_")]
 
 
 def step_direct_model(spec: dict, ctx: StepContext, out: Path) -> None:
@@ -471,12 +461,8 @@ def step_direct_score(spec: dict, ctx: StepContext, out: Path) -> None:
     test = deg.subset(te)
     x = direct_inputs(test.image, test.kspace, spec["input"])
     models = {t: load_task_model(ctx, "direct_model", k)[0] for t, k in spec["direct_models"].items()}
-    out_models = _Tasks(models)
-    if "segmentation" in spec["task_models"]:
-        out_models["_clean_segmenter"] = load_task_model(ctx, "task_model", spec["task_models"]["segmentation"])[0]
-    if "classification" in spec["task_models"]:
-        out_models["_clean_classifier"] = load_task_model(ctx, "task_model", spec["task_models"]["classification"])[0]
-    df = _score_common(spec, ctx, out, cohort, te, df, x, out_models, None, test)
+    clean_models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec["task_models"].items()}
+    df = _score_common(spec, ctx, out, cohort, te, df, x, models, None, test, clean_models)
     df.to_parquet(out / "records.parquet", index=False)
 
 
