@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,12 +66,15 @@ class TrainingHooks:
     on_batch_end: Callable[[torch.Tensor], None] | None = None
 
 
-class Reconstructor:
+class Reconstructor(ABC):
     """Base class for every reconstructor.
 
-    Subclasses set ``name`` (config name), ``trainable`` and ``stochastic`` and implement
-    :meth:`reconstruct`; trainable ones implement :meth:`fit`, :meth:`state_dict` and
-    :meth:`load_state_dict`.
+    The engine builds one as ``cls(device=..., **params)`` and calls, in this order, :meth:`fit`
+    (``fit_recon`` step), :meth:`save`, then in the ``reconstruct`` step :meth:`load` and
+    :meth:`reconstruct` on batches of test studies.  Subclasses set ``name`` (config name),
+    ``trainable`` and ``stochastic`` and implement :meth:`reconstruct` (the one abstract method);
+    trainable ones override :meth:`fit`, :meth:`state_dict` and :meth:`load_state_dict`, and for
+    the fine-tuning mitigations ``finetune(train, val, *, epochs, lr, seed, hooks, checkpoint_dir)``.
     """
 
     name: ClassVar[str] = "base"
@@ -99,15 +103,22 @@ class Reconstructor:
         return {}
 
     # ------------------------------------------------------------------ inference
+    @abstractmethod
     def reconstruct(
-        self, degraded: Degraded, *, seeds: Sequence[int] | None = None, samples: int = 1
+        self,
+        degraded: Degraded,
+        *,
+        seeds: Sequence[int] | None = None,
+        samples: int = 1,
+        study_ids: Sequence[str] | None = None,
     ) -> torch.Tensor:
-        """Reconstruct a batch.
+        """Reconstruct a batch; the engine passes all three keywords.
 
-        Returns float32 (N, 1, H, W) when ``samples == 1``, else (N, samples, 1, H, W) with sample k of
-        study i drawn from a generator seeded by ``seeds[i]`` and ``k`` (stochastic reconstructors).
+        ``seeds`` holds one integer per study (a stochastic reconstructor draws sample k of study
+        i from a generator seeded by ``seeds[i]`` and ``k``), ``study_ids`` one id per study (a
+        reconstructor that looks results up, such as ``folder``, needs it; others ignore it).
+        Returns float32 (N, 1, H, W) when ``samples == 1``, else (N, samples, 1, H, W).
         """
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from reconaudit import progress
@@ -250,18 +250,9 @@ def validate_params(model: type[BaseModel], params: dict, where: str) -> BaseMod
     Unknown keys are reported with the list of allowed ones; bad values with pydantic's reason
     (which lists the allowed values of a choice) and the value received.
     """
-    try:
-        return model(**params)
-    except ValidationError as err:
-        allowed = sorted(model.model_fields)
-        lines = []
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "(parameters)"
-            if e["type"] == "extra_forbidden":
-                lines.append(f"unknown parameter {key!r}; allowed parameters: {', '.join(allowed)}")
-            else:
-                lines.append(f"parameter {key!r}: {e['msg']} (got {e.get('input')!r})")
-        raise TaskConfigError(f"{where}: " + "; ".join(lines)) from None
+    from reconaudit.validation import validate_params as _validate
+
+    return _validate(model, params, where=where, error=TaskConfigError)
 
 
 # ---------------------------------------------------------------------------------------------
