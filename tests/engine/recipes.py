@@ -57,24 +57,19 @@ class BrightSpotCohort(CohortBuilder):
 
 
 # ---------------------------------------------------------------------------------- degradation
-class DimmedNoise(Degradation):
-    """``x = gain * y + sigma * n`` with standard normal noise n drawn from each study's seed."""
+class DimmedNoise(Degradation):                 # x = gain * y + sigma * n, n ~ N(0, 1) per study seed
+    name, modality, level_name = "dimmed-noise", "any", "gain"
 
-    name = "dimmed-noise"
-    modality = "any"
-    level_name = "gain"
-
-    def __init__(self, gain: float, sigma: float = 0.02) -> None:
+    def __init__(self, gain: float, sigma: float = 0.02):
         self.gain, self.sigma = float(gain), float(sigma)
 
     @property
-    def level(self) -> float:
+    def level(self):
         return self.gain
 
-    def __call__(self, images, seeds) -> Degraded:
-        noise = torch.stack([torch.randn(images.shape[1:], generator=torch_generator(int(s)))
-                             for s in seeds]).to(images.device)
-        return Degraded(self.gain * images + self.sigma * noise)
+    def __call__(self, images, seeds):
+        noise = torch.stack([torch.randn(images.shape[1:], generator=torch_generator(int(s))) for s in seeds])
+        return Degraded(self.gain * images + self.sigma * noise.to(images.device))
 
 
 # ---------------------------------------------------------------------------------- reconstructor
@@ -158,3 +153,12 @@ class UpweightGroup(MitigationStrategy):
         p = self.params
         w = 1.0 + strength * (train.groups[p.attribute].to_numpy() == p.value)
         return TrainingHooks(sample_weights=w.astype(np.float64)), None
+
+
+# ---------------------------------------------------------------------------------- metric
+def false_negative_rate_difference(y_true, y_pred, *, sensitive_features, min_group_size: int = 1) -> float:
+    r"""False-negative-rate gap: :math:`\max_g FNR_g - \min_g FNR_g`, :math:`FNR_g = FN_g / (TP_g + FN_g)`."""
+    from reconaudit.metrics import confusion_counts, group_rates
+
+    fnr = 1.0 - group_rates(confusion_counts(y_true, y_pred, sensitive_features), min_group_size)["tpr"]
+    return float(fnr.max() - fnr.min())
