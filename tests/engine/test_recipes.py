@@ -146,3 +146,18 @@ def test_mitigation_recipe_weights_the_fit_as_declared(audit):
     assert a == pytest.approx(float((w * (x * y).sum(1)).sum() / (w * (x * x).sum(1)).sum()), rel=1e-6)
     info = json.loads((result.run_dir / "store" / "fit_recon" / fits[0].key / "info.json").read_text())
     assert info["history"]["mitigation"] == {"name": "upweight-group", "strength": 3.0}
+
+
+def test_a_reconstructor_without_the_engines_keywords_is_refused_when_defined():
+    from reconaudit.recon.base import Reconstructor
+
+    with pytest.raises(TypeError, match=r"Old\.reconstruct must accept .*study_ids=\.\.\."):
+        class Old(Reconstructor):  # the signature documented before study_ids
+            def reconstruct(self, degraded, *, seeds=None, samples=1):
+                return degraded.image
+
+    with pytest.raises(TypeError, match="abstract"):
+        class NoReconstruct(Reconstructor):
+            pass
+
+        NoReconstruct()

@@ -81,6 +81,21 @@ class Reconstructor(ABC):
     trainable: ClassVar[bool] = False
     stochastic: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Refuse, when the class is defined, a ``reconstruct`` the engine could not call."""
+        super().__init_subclass__(**kwargs)
+        import inspect
+
+        params = inspect.signature(cls.reconstruct).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        missing = [k for k in ("seeds", "samples", "study_ids") if k not in params and not takes_any]
+        if missing:
+            raise TypeError(
+                f"{cls.__name__}.reconstruct must accept the keywords the engine passes: add "
+                f"{', '.join(f'{k}=...' for k in missing)} (signature: reconstruct(degraded, *, seeds=None, "
+                f"samples=1, study_ids=None))"
+            )
+
     def __init__(self, device: str | torch.device = "cpu", **params: object) -> None:
         self.device = torch.device(device)
         self.params = dict(params)
