@@ -99,9 +99,8 @@ def one_run(config_path: str, executor: str, workers: int, out_dir: str, threads
         init_s = time.perf_counter() - t0
     plan = build_plan(cfg)
     store = open_store(Path(out_dir) / "store")
-    ex = make_executor(executor, workers)
-    if hasattr(ex, "resources"):
-        ex.resources = {k: v.model_dump() for k, v in cfg.execution.resources.items()}
+    ex = make_executor(executor, workers,
+                       resources={k: v.model_dump() for k, v in cfg.execution.resources.items()})
     t0 = time.perf_counter()
     s = ex.run(plan.ordered(), ContextSpec(store.url, cfg.device, cfg.execution.mixed_precision),
                cfg.execution.retries)

@@ -167,7 +167,7 @@ def cohorts() -> None:
     for col in ("name", "kind", "modality", "tasks", "group attributes", "description"):
         table.add_column(col, no_wrap=col in ("name", "kind", "modality"))
     for e in COHORTS.values():
-        table.add_row(e.name, e.kind, e.modality, ", ".join(e.tasks), e.group_attributes, e.description)
+        table.add_row(e.name, e.kind, e.modality, ", ".join(e.tasks), e.groups, e.description)
     Console().print(table)
 
 

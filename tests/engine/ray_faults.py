@@ -7,6 +7,8 @@ the directory named by ``RECONAUDIT_TEST_FAULT_DIR``.  :func:`install` wraps som
 
 - ``crash-once-<tag>``: the next attempt removes the file and kills its worker (``os._exit(1)``),
 - ``break-<tag>``: every attempt raises ``ValueError("injected failure in <tag>")``,
+- ``fail-once-<tag>``: the next attempt removes the file and raises ``RuntimeError`` (transient),
+- ``fatal-<tag>``: every attempt raises :class:`NotRetryable` (``retryable = False``),
 
 where ``<tag>`` is ``<kind>-<reconstructor>`` for real steps (``reconstruct-unet``) and
 ``<kind>-<spec["n"]>`` for fake ones.  Each attempt appends a line to ``attempts-<tag>``.
@@ -22,6 +24,12 @@ from pathlib import Path
 ENV = "RECONAUDIT_TEST_FAULT_DIR"
 WRAPPED = ("reconstruct", "score")
 FAKE = ("t_ok", "t_slow")
+
+
+class NotRetryable(ValueError):
+    """An error no retry can fix: the scheduler gives it one attempt."""
+
+    retryable = False
 
 
 def _tag(kind: str, spec: dict) -> str:
@@ -58,6 +66,12 @@ def _wrap(kind: str, fn, d: Path):
             os._exit(1)
         if (d / f"break-{tag}").exists():
             raise ValueError(f"injected failure in {tag}")
+        if (d / f"fatal-{tag}").exists():
+            raise NotRetryable(f"injected data error in {tag}")
+        once = d / f"fail-once-{tag}"
+        if once.exists():
+            once.unlink()
+            raise RuntimeError(f"injected transient failure in {tag}")
         return fn(spec, ctx, out)
 
     return wrapped
@@ -75,5 +89,10 @@ def install() -> None:
     steps._faults_installed = True
     for kind in WRAPPED:
         steps.STEP_FUNCS[kind] = _wrap(kind, steps.STEP_FUNCS[kind], Path(d))
-    steps.STEP_FUNCS["t_ok"] = _wrap("t_ok", _fake_ok, Path(d))
-    steps.STEP_FUNCS["t_slow"] = _wrap("t_slow", _fake_slow, Path(d))
+    for kind, fn in fake_steps(Path(d)).items():
+        steps.STEP_FUNCS[kind] = fn
+
+
+def fake_steps(d: Path) -> dict:
+    """The fake step kinds, armed by the fault files in ``d``."""
+    return {"t_ok": _wrap("t_ok", _fake_ok, d), "t_slow": _wrap("t_slow", _fake_slow, d)}

@@ -1,7 +1,8 @@
 """The Ray executor: same records as the local executor, shared steps, retries, resume, races.
 
-The Ray tests start one local Ray instance for the module (2 CPUs, ~80 MB object store) whose
-workers install the fault injection of ``tests/engine/ray_faults.py`` through a setup hook.
+The Ray tests share one local Ray instance (``ray_session`` in ``tests/engine/conftest.py``: 2 CPUs,
+~80 MB object store) whose workers install the fault injection of ``tests/engine/ray_faults.py``
+through a setup hook.
 """
 
 from __future__ import annotations
@@ -42,30 +43,6 @@ def ray_tiny_config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def ray_session(tmp_path_factory):
-    if not HAVE_RAY:
-        pytest.skip("ray is not installed: pip install 'reconaudit[ray]'")
-    import ray
-
-    faults = tmp_path_factory.mktemp("faults")
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
-        num_cpus=2,
-        object_store_memory=80 * 1024 * 1024,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={
-            "env_vars": {"PYTHONPATH": pythonpath, ray_faults.ENV: str(faults), "OMP_NUM_THREADS": "1"},
-            "worker_process_setup_hook": "tests.engine.ray_faults.install",
-        },
-    )
-    try:
-        yield faults
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     """The reference: the tiny audit with the local executor, in this process, on one torch thread."""
     threads = torch.get_num_threads()
@@ -86,12 +63,12 @@ def ray_run(ray_session, tmp_path_factory):
 def test_resources_per_kind_and_thread_pinning():
     ex = RayExecutor(resources={"fit_recon": {"cpus": 2, "gpus": 1, "memory_gb": 1.5},
                                 "default": {"cpus": 0.5, "gpus": 0, "memory_gb": None}})
-    opts = ex._options("fit_recon", retries=3)
-    assert opts == {"num_cpus": 2.0, "num_gpus": 1.0, "max_retries": 3, "retry_exceptions": False,
+    opts = ex._options("fit_recon")  # Ray never retries by itself: the scheduler does
+    assert opts == {"num_cpus": 2.0, "num_gpus": 1.0, "max_retries": 0, "retry_exceptions": False,
                     "memory": int(1.5 * 1024**3)}
-    assert ex._options("score", retries=0) == {"num_cpus": 0.5, "num_gpus": 0.0, "max_retries": 0,
-                                               "retry_exceptions": False}
-    assert RayExecutor()._options("score", 1)["num_cpus"] == 1.0  # nothing configured: 1 CPU
+    assert ex._options("score") == {"num_cpus": 0.5, "num_gpus": 0.0, "max_retries": 0,
+                                    "retry_exceptions": False}
+    assert RayExecutor()._options("score")["num_cpus"] == 1.0  # nothing configured: 1 CPU
     assert [step_threads(c) for c in (0.25, 1, 1.9, 2, 7.5)] == [1, 1, 1, 2, 7]
     with pytest.raises(ValueError, match=r"execution\.resources\.fit_recn: unknown step kind"):
         RayExecutor(resources={"fit_recn": {"cpus": 1}})._check_resources()
@@ -101,10 +78,10 @@ def test_task_body_pins_threads_and_keeps_gpu_less_steps_on_cpu(tmp_path, monkey
     monkeypatch.setitem(steps_mod.STEP_FUNCS, "t_ok", ray_faults._fake_ok)
     threads = torch.get_num_threads()
     try:
-        res = _ray_step(Step("t_ok", "k", {"n": 1}), ContextSpec(str(tmp_path), "auto"), 0, 2.0, 0.0)
+        res = _ray_step(Step("t_ok", "k", {"n": 1}), ContextSpec(str(tmp_path), "auto"), 2.0, 0.0)
     finally:
         torch.set_num_threads(threads)
-    assert res["status"] == "computed" and res["failure"] is None
+    assert res["outcome"].computed and res["outcome"].error is None
     info = json.loads((tmp_path / "t_ok" / "k" / "v.json").read_text())
     assert info["threads"] == 2 and info["device"] == "cpu"
     assert ("reconaudit.test", logging.INFO, "fake step 1 ran") in res["log"]
@@ -180,10 +157,9 @@ def test_two_workers_racing_on_one_step_leave_one_artifact(ray_session, tmp_path
 
     step = Step("t_slow", "race", {"n": "race", "sleep": 1.0})
     remote = ray.remote(_ray_step)
-    refs = [remote.options(num_cpus=1).remote(step, ContextSpec(str(tmp_path)), 0, 1.0, 0.0) for _ in range(2)]
+    refs = [remote.options(num_cpus=1).remote(step, ContextSpec(str(tmp_path)), 1.0, 0.0) for _ in range(2)]
     results = ray.get(refs)
-    assert all(r["failure"] is None for r in results)
-    assert {r["status"] for r in results} <= {"computed", "reused"}
+    assert all(r["outcome"].error is None for r in results)
     art = tmp_path / "t_slow" / "race"
     assert sorted(os.listdir(art)) == ["_COMMITTED", "v.json"]
     pids = {int(p) for p in (ray_session / "attempts-t_slow-race").read_text().split()}

@@ -75,7 +75,7 @@ def test_reweighting_hooks_use_the_cohort_columns_and_validate() -> None:
         make_hooks(None, "reweighting", 1.0, {"attributes": ["race"]}, pairs, task_models={})
     with pytest.raises(ValueError, match="floor"):
         validate_mitigation_params("reweighting", {"floor": 0})
-    with pytest.raises(ValueError, match="allowed keys"):
+    with pytest.raises(ValueError, match="allowed parameters: attributes, epochs"):
         validate_mitigation_params("eodd", {"lambda": 1})
     with pytest.raises(ValueError, match="alpha"):
         group_weights(df, None, alpha=-1)

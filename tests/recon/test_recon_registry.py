@@ -20,7 +20,7 @@ def test_registry_names_and_errors() -> None:
     assert set(RECONSTRUCTORS) == {"identity", "classical", "unet", "pix2pix", "irsde", "plugin", "folder"}
     with pytest.raises(ValueError, match=r"unknown reconstructor 'unett'.*did you mean 'unet'.*allowed"):
         make_reconstructor("unett")
-    with pytest.raises(ValueError, match=r"unknown parameter 'epoch'.*did you mean 'epochs'.*Allowed parameters"):
+    with pytest.raises(ValueError, match=r"unknown parameter 'epoch'.*did you mean 'epochs'.*allowed parameters: .*epochs"):
         make_reconstructor("unet", epoch=3)
     with pytest.raises(ValueError, match=r"loss"):
         make_reconstructor("unet", loss="huber")

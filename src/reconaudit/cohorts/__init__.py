@@ -3,105 +3,55 @@
 >>> from reconaudit.cohorts import make_cohort
 >>> cohort = make_cohort("chest-xray", n_studies=40, size=32)   # doctest: +SKIP
 
-Every cohort is a :class:`~reconaudit.cohorts.base.Cohort`; ``COHORTS`` lists what is known, with
-the module that builds it, its parameter model and a one-line description.
+Every cohort is a :class:`~reconaudit.cohorts.base.Cohort`; :data:`COHORTS` maps config names to
+:class:`~reconaudit.cohorts.base.CohortBuilder` classes, each declaring its modality, tasks,
+group attributes, description and parameter model.  To add a cohort: one module with a
+``CohortBuilder`` subclass, one line here.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
+from reconaudit.cohorts.base import SPLITS, Cohort, CohortBuilder, CohortError, assign_splits_by_patient
+from reconaudit.cohorts.brain_glioma import BrainGliomaCohort
+from reconaudit.cohorts.chest_xray import ChestXrayCohort
+from reconaudit.cohorts.chexpert import ChexpertCohort
+from reconaudit.cohorts.fastmri import FastmriCohort
+from reconaudit.cohorts.manifest import ManifestCohort
+from reconaudit.cohorts.ucsf_pdgm import UcsfPdgmCohort
+from reconaudit.validation import validate_params
 
-from pydantic import BaseModel, ValidationError
-
-from reconaudit.cohorts.base import SPLITS, Cohort, CohortError, assign_splits_by_patient
-
-
-@dataclass(frozen=True)
-class CohortEntry:
-    """A known cohort: where its builder lives and what it offers."""
-
-    name: str
-    module: str
-    builder: str
-    params_model: str
-    kind: str  # "synthetic" or "loader"
-    modality: str
-    tasks: tuple[str, ...]
-    group_attributes: str
-    description: str
-
-    def load_builder(self):
-        mod = importlib.import_module(self.module)
-        return getattr(mod, self.builder), getattr(mod, self.params_model)
-
-
-COHORTS: dict[str, CohortEntry] = {
-    e.name: e
-    for e in [
-        CohortEntry(
-            "chest-xray", "reconaudit.cohorts.chest_xray", "generate_chest_xray", "ChestXrayParams",
-            "synthetic", "xray", ("classification",), "sex, age_band, site",
-            "synthetic chest radiographs (attenuation maps) with 5 findings and bias knobs",
-        ),
-        CohortEntry(
-            "brain-glioma", "reconaudit.cohorts.brain_glioma", "generate_brain_glioma", "BrainGliomaParams",
-            "synthetic", "mri", ("segmentation", "classification"), "sex, age_band",
-            "MNI152 brain slices with gliomas grown by a Fisher-Kolmogorov model; masks, grade, type",
-        ),
-        CohortEntry(
-            "chexpert", "reconaudit.cohorts.chexpert", "load_chexpert", "ChexpertParams",
-            "loader", "xray", ("classification",), "sex, age_band (+ race)",
-            "CheXpert CSV layout (14 findings, uncertain-label policy, optional demographics)",
-        ),
-        CohortEntry(
-            "ucsf-pdgm", "reconaudit.cohorts.ucsf_pdgm", "load_ucsf_pdgm", "UcsfPdgmParams",
-            "loader", "mri", ("segmentation", "classification"), "sex, age_band",
-            "UCSF-PDGM NIfTI folders + metadata CSV (FLAIR, tumour segmentation, WHO grade)",
-        ),
-        CohortEntry(
-            "fastmri", "reconaudit.cohorts.fastmri", "load_fastmri", "FastmriParams",
-            "loader", "mri", ("classification",), "from an optional metadata CSV",
-            "fastMRI single-coil HDF5 (measured k-space), optional labels and metadata CSVs",
-        ),
-        CohortEntry(
-            "manifest", "reconaudit.cohorts.manifest", "load_manifest", "ManifestParams",
-            "loader", "xray|mri", ("classification", "segmentation"), "any columns you name",
-            "generic CSV/Parquet manifest: image path, patient id, split, targets, group columns",
-        ),
-    ]
+COHORTS: dict[str, type[CohortBuilder]] = {
+    ChestXrayCohort.name: ChestXrayCohort,
+    BrainGliomaCohort.name: BrainGliomaCohort,
+    ChexpertCohort.name: ChexpertCohort,
+    UcsfPdgmCohort.name: UcsfPdgmCohort,
+    FastmriCohort.name: FastmriCohort,
+    ManifestCohort.name: ManifestCohort,
 }
+"""Registry: config name -> :class:`CohortBuilder` (one line per cohort)."""
 
 
-def _entry(name: str) -> CohortEntry:
+def _builder(name: str) -> type[CohortBuilder]:
     if name not in COHORTS:
         raise ValueError(f"unknown cohort {name!r}; known cohorts: {', '.join(COHORTS)}")
     return COHORTS[name]
 
 
-def validate_cohort_params(name: str, params: dict) -> BaseModel:
+def validate_cohort_params(name: str, params: dict):
     """Validate ``params`` for cohort ``name``; raise ValueError naming the bad key."""
-    _, model = _entry(name).load_builder()
-    try:
-        return model.model_validate(params)
-    except ValidationError as e:
-        bad = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-        allowed = ", ".join(model.model_fields)
-        raise ValueError(f"cohort {name!r} params: {bad} (allowed keys: {allowed})") from None
+    return validate_params(_builder(name).Params, params, where=f"cohort {name!r} params")
 
 
 def make_cohort(name: str, **params: object) -> Cohort:
     """Build or load the cohort ``name`` with ``params`` (validated by its parameter model)."""
-    builder, _ = _entry(name).load_builder()
-    validated = validate_cohort_params(name, dict(params))
-    return builder(validated)
+    return _builder(name).build(validate_cohort_params(name, dict(params)))
 
 
 __all__ = [
     "COHORTS",
     "SPLITS",
     "Cohort",
-    "CohortEntry",
+    "CohortBuilder",
     "CohortError",
     "assign_splits_by_patient",
     "make_cohort",

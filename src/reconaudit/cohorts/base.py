@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 
 SPLITS = ("train", "val", "test")
@@ -234,3 +236,44 @@ def assign_splits_by_patient(
     split_of[order[n_train + n_val :]] = "test"
     lookup = dict(zip(uniq, split_of, strict=True))
     return np.array([lookup[p] for p in pids], dtype=object)
+
+
+class CohortBuilder(ABC):
+    """A cohort the engine can build (synthetic) or load (a real layout), declared at class level.
+
+    The engine validates the config's ``params`` with ``Params`` and calls :meth:`build` (the
+    ``cohort`` step); ``tasks`` bounds the tasks a synthetic cohort's config may ask for and is the
+    default task list of any cohort; ``modality``, ``groups`` and ``description`` are shown by
+    ``reconaudit cohorts``.  Register a subclass with one line in :data:`reconaudit.cohorts.COHORTS`.
+
+    Attributes
+    ----------
+    name:
+        The config name (``cohorts[i].name``).
+    kind:
+        ``"synthetic"`` (generated) or ``"loader"`` (reads a dataset layout).
+    modality:
+        ``"xray"``, ``"mri"`` (or ``"xray|mri"`` for a loader of either).
+    tasks:
+        The tasks it supports, e.g. ``("classification",)``.
+    groups:
+        Its group attributes, in words (``"sex, age_band, site"``).
+    description:
+        One line for ``reconaudit cohorts``.
+    Params:
+        The pydantic model of its ``params`` (``extra="forbid"``).  A ``seed`` field, when present,
+        is filled from the config's ``data_seed``.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "synthetic"
+    modality: ClassVar[str]
+    tasks: ClassVar[tuple[str, ...]]
+    groups: ClassVar[str]
+    description: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]]
+
+    @classmethod
+    @abstractmethod
+    def build(cls, params: BaseModel) -> Cohort:
+        """Build or load the cohort from validated ``params`` (an instance of ``Params``)."""

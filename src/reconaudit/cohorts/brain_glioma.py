@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from reconaudit.cohorts.base import Cohort, assign_splits_by_patient
+from reconaudit.cohorts.base import Cohort, CohortBuilder, assign_splits_by_patient
 from reconaudit.cohorts.tumor_growth import grow_tumor
 from reconaudit.progress import task
 from reconaudit.seeding import derive_seed, torch_generator
@@ -735,3 +735,21 @@ def _data_card(p: BrainGliomaParams, tab: pd.DataFrame) -> str:
         f"(ventricle expansion {p.ventricle_expansion}, grey-matter loss {p.gm_loss})",
     ]
     return "\n".join(lines) + "\n"
+
+
+class BrainGliomaCohort(CohortBuilder):
+    """The ``brain-glioma`` cohort (:func:`generate_brain_glioma`)."""
+
+    name = "brain-glioma"
+    kind = "synthetic"
+    modality = "mri"
+    tasks = ("segmentation", "classification")
+    groups = "sex, age_band"
+    description = "MNI152 brain slices with gliomas grown by a Fisher-Kolmogorov model; masks, grade, type"
+    Params = BrainGliomaParams
+
+    @classmethod
+    def build(cls, params: BrainGliomaParams) -> Cohort:
+        """:func:`generate_brain_glioma` with validated ``params``."""
+        return generate_brain_glioma(params)
+

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..progress import track
 from . import _io
-from .base import Cohort, CohortError
+from .base import Cohort, CohortBuilder, CohortError
 
 logger = logging.getLogger(__name__)
 
@@ -316,3 +316,21 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
     }
     return Cohort(name=p.name, modality="xray", images=images, table=table, labels=names,
                   group_attributes=groups, data_card=card, meta=meta)
+
+
+class ChexpertCohort(CohortBuilder):
+    """The ``chexpert`` cohort (:func:`load_chexpert`)."""
+
+    name = "chexpert"
+    kind = "loader"
+    modality = "xray"
+    tasks = ("classification",)
+    groups = "sex, age_band (+ race)"
+    description = "CheXpert CSV layout (14 findings, uncertain-label policy, optional demographics)"
+    Params = ChexpertParams
+
+    @classmethod
+    def build(cls, params: ChexpertParams) -> Cohort:
+        """:func:`load_chexpert` with validated ``params``."""
+        return load_chexpert(params)
+

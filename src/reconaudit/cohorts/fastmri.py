@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..progress import track
 from . import _io
-from .base import Cohort, CohortError
+from .base import Cohort, CohortBuilder, CohortError
 from .chexpert import snake_case
 
 logger = logging.getLogger(__name__)
@@ -282,3 +282,21 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
             "fairness_auditable": bool(groups), "dropped": drops.as_meta()}
     return Cohort(name=p.name, modality="mri", images=images, table=table, labels=labels, group_attributes=groups,
                   kspace=kspace, data_card=card, meta=meta)
+
+
+class FastmriCohort(CohortBuilder):
+    """The ``fastmri`` cohort (:func:`load_fastmri`)."""
+
+    name = "fastmri"
+    kind = "loader"
+    modality = "mri"
+    tasks = ("classification",)
+    groups = "from an optional metadata CSV"
+    description = "fastMRI single-coil HDF5 (measured k-space), optional labels and metadata CSVs"
+    Params = FastmriParams
+
+    @classmethod
+    def build(cls, params: FastmriParams) -> Cohort:
+        """:func:`load_fastmri` with validated ``params``."""
+        return load_fastmri(params)
+

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..progress import track
 from . import _io
-from .base import Cohort, CohortError
+from .base import Cohort, CohortBuilder, CohortError
 
 logger = logging.getLogger(__name__)
 WHAT = "manifest"
@@ -160,3 +160,21 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
     return Cohort(name=p.name, modality=p.modality, images=images, table=table, labels=list(p.target_columns),
                   group_attributes=list(p.group_columns), masks=masks if masks is None else masks.to(torch.uint8),
                   data_card=card, meta=meta)
+
+
+class ManifestCohort(CohortBuilder):
+    """The ``manifest`` cohort (:func:`load_manifest`)."""
+
+    name = "manifest"
+    kind = "loader"
+    modality = "xray|mri"
+    tasks = ("classification", "segmentation")
+    groups = "any columns you name"
+    description = "generic CSV/Parquet manifest: image path, patient id, split, targets, group columns"
+    Params = ManifestParams
+
+    @classmethod
+    def build(cls, params: ManifestParams) -> Cohort:
+        """:func:`load_manifest` with validated ``params``."""
+        return load_manifest(params)
+

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..progress import track
 from . import _io
-from .base import Cohort, CohortError
+from .base import Cohort, CohortBuilder, CohortError
 
 logger = logging.getLogger(__name__)
 WHAT = "ucsf-pdgm"
@@ -284,3 +284,21 @@ def load_ucsf_pdgm(params: UcsfPdgmParams | None = None, **overrides) -> Cohort:
             "dropped": drops.as_meta()}
     return Cohort(name=p.name, modality="mri", images=images, table=table, labels=labels, group_attributes=groups,
                   masks=masks, roi_masks=roi, data_card=card, meta=meta)
+
+
+class UcsfPdgmCohort(CohortBuilder):
+    """The ``ucsf-pdgm`` cohort (:func:`load_ucsf_pdgm`)."""
+
+    name = "ucsf-pdgm"
+    kind = "loader"
+    modality = "mri"
+    tasks = ("segmentation", "classification")
+    groups = "sex, age_band"
+    description = "UCSF-PDGM NIfTI folders + metadata CSV (FLAIR, tumour segmentation, WHO grade)"
+    Params = UcsfPdgmParams
+
+    @classmethod
+    def build(cls, params: UcsfPdgmParams) -> Cohort:
+        """:func:`load_ucsf_pdgm` with validated ``params``."""
+        return load_ucsf_pdgm(params)
+

@@ -67,7 +67,7 @@ class ReconstructorConfig(_Strict):
 class MitigationConfig(_Strict):
     """A bias-mitigation strategy applied while fitting some reconstructors."""
 
-    name: Literal["reweighting", "eodd", "adversarial"]
+    name: str = Field(description="a strategy of reconaudit.mitigation.MITIGATIONS (checked by validate_components)")
     strengths: list[float] = Field(default_factory=lambda: [1.0], description="lambda values to sweep")
     params: dict[str, Any] = Field(default_factory=dict)
     reconstructors: list[str] | None = Field(default=None, description="reconstructor labels (default: all trainable)")
@@ -162,16 +162,11 @@ class AuditConfig(_Strict):
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see README 'Config format')"
-        elif e["type"] == "literal_error":
-            msg = f"{msg}; got {e.get('input')!r}"
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+    from reconaudit.validation import error_lines
+
+    lines = error_lines(err, noun="key", allowed=list(AuditConfig.model_fields),
+                        unknown_hint="check the spelling; see README 'Config format'")
+    return "\n".join([f"invalid config {source}:", *(f"  {line}" for line in lines)])
 
 
 def bundled_config_path(name: str) -> Path:

@@ -152,6 +152,7 @@ def cohort_tasks(cohort_cfg, supported: tuple[str, ...]) -> dict[str, dict]:
 def build_plan(cfg: AuditConfig) -> Plan:
     """Expand ``cfg`` into cells and steps (no work is done)."""
     from reconaudit.cohorts import COHORTS
+    from reconaudit.mitigation import MITIGATIONS
 
     b = _Builder()
     cells: list[Cell] = []
@@ -234,7 +235,7 @@ def build_plan(cfg: AuditConfig) -> Plan:
                             if not _applies(mc, cc.name, level, rc):
                                 continue
                             for strength in mc.strengths:
-                                fine_tune = mc.name in ("eodd", "adversarial")
+                                fine_tune = MITIGATIONS[mc.name].fine_tunes
                                 fit_deps = [cohort_id, deg_id, *task_ids.values()]
                                 if fine_tune:
                                     fit_deps.append(base_fit)

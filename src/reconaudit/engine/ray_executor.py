@@ -17,10 +17,13 @@ in a task that asked for a GPU, ``device: auto`` resolves on the worker to the G
 autocast.  The worker's ``reconaudit`` log messages (GPU utilisation,
 failed attempts) are sent back with the result and written to the run log of the driver.
 
-Failures: a Python exception in a step is retried ``retries`` times inside the task and then
-reported with its traceback; a worker that dies (killed, out of memory, ``os._exit``) is restarted
-by Ray up to ``retries`` times (``max_retries``).  A step whose dependency failed is skipped without
-being scheduled, the other cells go on, and a re-run computes only what is missing.
+Scheduling, retries and skipping are the engine's one scheduler
+(:func:`reconaudit.engine.scheduler.run_ready`); this module supplies only the Ray task of one
+attempt, its submission with the step kind's resources, and the decoding of its result.  A Python
+exception in a step, and a worker that dies (killed, out of memory, ``os._exit``), both fail the
+attempt; the scheduler submits it again, as a new task, up to ``retries`` times, then reports it
+with its traceback.  A step whose dependency failed is skipped without being scheduled, the other
+cells go on, and a re-run computes only what is missing.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ import os
 import socket
 import time
 
-from reconaudit.engine.executors import ContextSpec, RunSummary, StepFailure, _attempt
+from reconaudit.engine.executors import ContextSpec
 from reconaudit.engine.plan import STEP_KINDS, Step
+from reconaudit.engine.scheduler import Outcome, RunSummary, failed_outcome, run_once, run_ready
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +63,8 @@ class _Capture(logging.Handler):
             self.handleError(record)
 
 
-def _ray_step(step: Step, ctx: ContextSpec, retries: int, num_cpus: float, num_gpus: float) -> dict:
-    """Body of one Ray task: run ``step`` with in-task retries; return its status and its log."""
+def _ray_step(step: Step, ctx: ContextSpec, num_cpus: float, num_gpus: float) -> dict:
+    """Body of one Ray task: one attempt of ``step``; return its :class:`Outcome` and its log."""
     import torch
 
     torch.set_num_threads(step_threads(num_cpus))
@@ -73,13 +77,11 @@ def _ray_step(step: Step, ctx: ContextSpec, retries: int, num_cpus: float, num_g
         root.setLevel(logging.INFO)
     root.addHandler(cap)
     try:
-        computed, secs, fail = _attempt(step, ctx, retries)
+        outcome = run_once(step, ctx)
     finally:
         root.removeHandler(cap)
         root.setLevel(old_level)
-    status = "failed" if fail is not None else ("computed" if computed else "reused")
-    return {"status": status, "seconds": secs, "failure": fail, "log": cap.records,
-            "where": f"{socket.gethostname()}:{os.getpid()}"}
+    return {"outcome": outcome, "log": cap.records, "where": f"{socket.gethostname()}:{os.getpid()}"}
 
 
 class RayExecutor:
@@ -138,10 +140,11 @@ class RayExecutor:
                 if v < 0:
                     raise ValueError(f"execution.resources.{kind}.{k} must be >= 0, got {v}")
 
-    def _options(self, kind: str, retries: int) -> dict:
+    def _options(self, kind: str) -> dict:
+        """``ray.remote`` options of one attempt; Ray itself never retries (the scheduler does)."""
         r = self.request(kind)
         opts = {"num_cpus": float(r["cpus"]), "num_gpus": float(r["gpus"]),
-                "max_retries": int(retries), "retry_exceptions": False}
+                "max_retries": 0, "retry_exceptions": False}
         if r.get("memory_gb"):
             opts["memory"] = int(float(r["memory_gb"]) * 1024**3)
         return opts
@@ -194,76 +197,52 @@ class RayExecutor:
         """Run ``steps`` (in dependency order) as Ray tasks; see the module docstring."""
         import ray
 
-        from reconaudit import progress
-
         self._check_resources()
         started = self._init()
-        summary = RunSummary()
         try:
-            if steps:
-                self._check_feasible(steps)
-                self._run(steps, ctx, retries, summary, progress)
+            if not steps:
+                return RunSummary()
+            self._check_feasible(steps)
+            return self._run(steps, ctx, retries)
         finally:
             if started:
                 ray.shutdown()
-        return summary
 
-    def _run(self, steps: list[Step], ctx: ContextSpec, retries: int, summary: RunSummary, progress) -> None:
+    def _run(self, steps: list[Step], ctx: ContextSpec, retries: int) -> RunSummary:
         import ray
 
         remote = ray.remote(_ray_step)
-        ids = {s.id for s in steps}
-        pending = {s.id: s for s in steps}
-        done: set[str] = set()
-        bad: set[str] = set()
-        running: dict = {}
         t0 = time.perf_counter()
-        with progress.task("audit steps (ray)", len(steps)) as bar:
-            while pending or running:
-                for sid, step in list(pending.items()):
-                    deps = [d for d in step.deps if d in ids]
-                    if any(d in bad for d in deps):
-                        bad.add(sid)
-                        summary.skipped.append(sid)
-                        del pending[sid]
-                        log.warning("step %s skipped: a step it depends on failed", sid)
-                        bar.advance(1)
-                    elif all(d in done for d in deps):
-                        opts = self._options(step.kind, retries)
-                        ref = remote.options(**opts).remote(step, ctx, retries, opts["num_cpus"], opts["num_gpus"])
-                        running[ref] = step
-                        del pending[sid]
-                if not running:
-                    continue
-                finished, _ = ray.wait(list(running), num_returns=1)
-                for ref in finished:
-                    step = running.pop(ref)
-                    ok = self._collect(ref, step, retries, summary)
-                    (done if ok else bad).add(step.id)
-                    bar.update(description=f"{step.kind} {step.key[:8]}")
-                    bar.advance(1)
+
+        def submit(step: Step):
+            opts = self._options(step.kind)
+            ref = remote.options(**opts).remote(step, ctx, opts["num_cpus"], opts["num_gpus"])
+            refs[ref] = step
+            return ref
+
+        def wait_any(running: list) -> list[tuple[object, Outcome]]:
+            finished, _ = ray.wait(running, num_returns=1)
+            return [(ref, self._decode(ref, refs.pop(ref))) for ref in finished]
+
+        refs: dict = {}
+        summary = run_ready(steps, submit, wait_any, retries=retries, label="audit steps (ray)")
         log.info("ray executor: %d steps in %.1f s", len(steps), time.perf_counter() - t0)
+        return summary
 
     @staticmethod
-    def _collect(ref, step: Step, retries: int, summary: RunSummary) -> bool:
-        """Record the outcome of one finished task; False when the step failed."""
+    def _decode(ref, step: Step) -> Outcome:
+        """The :class:`Outcome` of one finished task; replays the worker's log on the driver."""
         import ray
 
         try:
             res = ray.get(ref)
-        except Exception as e:  # noqa: BLE001 - the worker died on every attempt, or Ray failed the task
+        except Exception as e:  # noqa: BLE001 - the worker died, or Ray failed the task
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            summary.failed.append(StepFailure(step.id, retries + 1, f"{type(e).__name__}: {first}", str(e)))
-            return False
+            return Outcome(error=f"{type(e).__name__}: {first}", traceback=str(e),
+                           retryable=failed_outcome(e).retryable)
         for name, level, msg in res["log"]:
             logging.getLogger(name).log(level, "%s [worker %s]", msg, res["where"])
-        if res["status"] == "computed":
-            summary.computed.append(step.id)
-            summary.seconds[step.id] = res["seconds"]
-            log.info("step %s computed in %.1f s on %s", step.id, res["seconds"], res["where"])
-        elif res["status"] == "reused":
-            summary.reused.append(step.id)
-        else:
-            summary.failed.append(res["failure"])
-            return False
-        return True
+        out: Outcome = res["outcome"]
+        if out.error is None and out.computed:
+            log.info("step %s computed in %.1f s on %s", step.id, out.seconds, res["where"])
+        return out

@@ -14,20 +14,17 @@ import pandas as pd
 
 from reconaudit.engine.plan import Plan
 from reconaudit.engine.store import ArtifactStore, atomic_write_bytes, atomic_write_text
+from reconaudit.schema import COLUMN_PREFIXES, RECORD_KEYS
 
 log = logging.getLogger(__name__)
 
-KEY_COLUMNS = [
-    "cell_id", "cohort", "task", "degradation", "level", "reconstructor", "arm", "mitigation",
-    "mitigation_strength", "seed", "study_id", "patient_id", "study_index",
-]
+KEY_COLUMNS = list(RECORD_KEYS)
 
 
 def _order_columns(df: pd.DataFrame) -> pd.DataFrame:
     first = [c for c in KEY_COLUMNS if c in df.columns]
-    prefixes = ("group:", "target:", "clean_score:", "score:", "threshold:", "sample_score:")
     rest = [c for c in df.columns if c not in first]
-    by_prefix = [c for p in prefixes for c in rest if c.startswith(p)]
+    by_prefix = [c for p in COLUMN_PREFIXES for c in rest if c.startswith(p)]
     other = [c for c in rest if c not in by_prefix]
     return df[first + by_prefix + other]
 

@@ -202,9 +202,8 @@ def run_audit(
         device = f"{cfg.device} (resolved on each Ray worker)" if on_ray else str(resolve_device(cfg.device))
         ctx_device = cfg.device if on_ray else device
         ex = make_executor(executor or cfg.execution.executor, workers or cfg.execution.workers,
-                           address or cfg.execution.address)
-        if hasattr(ex, "resources"):
-            ex.resources = {k: v.model_dump() for k, v in cfg.execution.resources.items()}
+                           address or cfg.execution.address,
+                           resources={k: v.model_dump() for k, v in cfg.execution.resources.items()})
         summary = ex.run(todo, ContextSpec(store.url, ctx_device, cfg.execution.mixed_precision),
                          cfg.execution.retries)
         summary.reused.extend(s.id for s in plan.ordered() if s not in todo)

@@ -142,7 +142,7 @@ def step_cohort(spec: dict, ctx: StepContext, out: Path) -> None:
     from reconaudit.cohorts import COHORTS, make_cohort
 
     params = dict(spec["params"])
-    _, model = COHORTS[spec["name"]].load_builder()
+    model = COHORTS[spec["name"]].Params
     if "seed" in model.model_fields and "seed" not in params:
         params["seed"] = spec["data_seed"]
     cohort = make_cohort(spec["name"], **params)

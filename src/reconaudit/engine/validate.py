@@ -88,11 +88,11 @@ def validate_components(cfg: AuditConfig, where: str = "<config>") -> None:
         for name in mc.cohorts or []:
             if name not in {c.name for c in cfg.cohorts}:
                 errors.append(f"  {p}.cohorts: {name!r} is not a cohort of this config")
-        try:
-            from reconaudit.mitigation import validate_mitigation_params
+        from reconaudit.mitigation import MITIGATIONS, validate_mitigation_params
 
-            _check(errors, f"{p}.params", validate_mitigation_params, mc.name, mc.params)
-        except ImportError:
-            pass
+        if mc.name not in MITIGATIONS:
+            errors.append(f"  {p}.name: unknown mitigation {mc.name!r}; allowed: {', '.join(MITIGATIONS)}")
+            continue
+        _check(errors, f"{p}.params", validate_mitigation_params, mc.name, mc.params)
     if errors:
         raise ConfigError(f"invalid config {where}:\n" + "\n".join(errors))

@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from .. import progress
+from ..schema import COUNT_METRICS  # the records schema's metric family
 from ._auroc import SortedScores, jackknife_auroc, placement_counts
 from ._utils import as_1d, as_binary, check_same_length, group_codes
 from .fairness import confusion_cells, confusion_counts, fairness_from_counts
@@ -56,13 +57,6 @@ __all__ = [
 ]
 
 _POOLED = "__pooled__"
-
-COUNT_METRICS = (
-    "equalized_odds_difference",
-    "equal_opportunity_difference",
-    "demographic_parity_difference",
-    "skewed_error_ratio",
-)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Three strategies wrap a reconstructor's fitting through :class:`~reconaudit.reco
 - ``adversarial`` (:class:`AdversarialPenalty`): an adversary predicts the group from the
   classifier's features of the reconstruction; the reconstructor is trained to defeat it.
 
-:func:`apply_mitigation` is what the engine calls for a mitigated cell.
+:func:`apply_mitigation` is what the engine calls for a mitigated cell; each strategy is a
+:class:`MitigationStrategy` registered by one line in :data:`MITIGATIONS`.
 :mod:`reconaudit.mitigation.experiment` holds a small controlled experiment (a cohort where
 reconstruction amplifies a subgroup bias) used by ``benchmarks/mitigation_effect.py``.
 See docs/mitigation.md for the formulas and measured effects.
@@ -27,25 +28,35 @@ from reconaudit.mitigation.penalties import (
 )
 from reconaudit.mitigation.strategies import (
     MITIGATIONS,
+    AdversarialFineTune,
     AdversarialParams,
     EoddParams,
+    EqualizedOddsFineTune,
+    MitigationStrategy,
+    Reweighting,
     ReweightingParams,
     apply_mitigation,
     group_weights,
+    make_mitigation,
     validate_mitigation_params,
 )
 
 __all__ = [
     "MITIGATIONS",
+    "AdversarialFineTune",
     "AdversarialParams",
     "AdversarialPenalty",
     "DiceGapPenalty",
     "EoddParams",
+    "EqualizedOddsFineTune",
     "EqualizedOddsPenalty",
+    "MitigationStrategy",
+    "Reweighting",
     "ReweightingParams",
     "RunningMean",
     "apply_mitigation",
     "group_weights",
+    "make_mitigation",
     "soft_dice",
     "soft_dice_gap",
     "soft_equalized_odds",

@@ -180,6 +180,15 @@ class FindingDetector(DiagnosticModel):
                                             self.predict(val_images), "sens_eq_spec")
         return {}
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The fitted offset ``c`` and scale ``s``."""
+        return {"offset": torch.tensor(self.offset, dtype=torch.float64),
+                "scale": torch.tensor(self.scale, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.offset, self.scale = float(state["offset"]), float(state["scale"])
+
 
 @dataclass
 class ExperimentConfig:

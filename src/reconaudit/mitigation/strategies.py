@@ -1,20 +1,26 @@
-"""The three strategies behind one function, :func:`apply_mitigation`, and their parameters."""
+"""Mitigation strategies: one :class:`MitigationStrategy` subclass each, their parameters, and
+:func:`apply_mitigation`, what the engine calls for a mitigated cell.
+
+To add a strategy, subclass :class:`MitigationStrategy` (``name``, ``Params``, ``fine_tunes`` and
+:meth:`~MitigationStrategy.hooks`) in one file and add one line to :data:`MITIGATIONS`; config
+validation and the plan read everything else from the class.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from abc import ABC, abstractmethod
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from reconaudit.mitigation.penalties import AdversarialPenalty, DiceGapPenalty, EqualizedOddsPenalty
 from reconaudit.recon.base import PairSet, TrainingHooks
+from reconaudit.validation import validate_params
 
 log = logging.getLogger(__name__)
-
-MITIGATIONS = ("reweighting", "eodd", "adversarial")
 
 
 class _P(BaseModel):
@@ -103,21 +109,6 @@ class AdversarialParams(_FineTune):
     objective: Literal["confusion", "reversal"] = "confusion"
 
 
-_PARAMS = {"reweighting": ReweightingParams, "eodd": EoddParams, "adversarial": AdversarialParams}
-
-
-def validate_mitigation_params(name: str, params: dict) -> BaseModel:
-    """Validate the params of strategy ``name``; ValueError names the bad key and the allowed ones."""
-    if name not in _PARAMS:
-        raise ValueError(f"unknown mitigation {name!r}; allowed: {', '.join(MITIGATIONS)}")
-    model = _PARAMS[name]
-    try:
-        return model.model_validate(params)
-    except ValidationError as e:
-        bad = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise ValueError(f"{name}: {bad} (allowed keys: {', '.join(model.model_fields)})") from None
-
-
 def group_weights(groups: pd.DataFrame, attributes: list[str] | None = None, alpha: float = 1.0,
                   floor: float = 0.05) -> np.ndarray:
     r"""Per-study sampling weights that equalise the joint groups of ``attributes``.
@@ -177,27 +168,74 @@ def _attributes(p, train: PairSet) -> dict[str, np.ndarray]:
     return {a: train.groups[a].astype(str).to_numpy() for a in attrs}
 
 
-def make_hooks(rec, name: str, strength: float, params: dict, train: PairSet, *, task_models: dict,
-               seed: int = 0) -> tuple[TrainingHooks, object | None]:
-    """The :class:`TrainingHooks` of strategy ``name`` at ``strength``, and its penalty object (or None).
+class MitigationStrategy(ABC):
+    """A training-time strategy that changes how a reconstructor is fitted.
 
-    ``reweighting`` gives ``sample_weights`` (:func:`group_weights` with alpha = strength);
-    ``eodd`` a ``loss_hook`` (:class:`EqualizedOddsPenalty`, or :class:`DiceGapPenalty` for a
-    segmentation task); ``adversarial`` a ``loss_hook`` and an ``on_batch_end`` adversary step
-    (:class:`AdversarialPenalty`).  ``task_models`` maps task kind to its frozen diagnostic model.
+    Built as ``cls(params)`` (the config's ``mitigations[i].params``, validated by ``Params``);
+    the engine's :func:`apply_mitigation` calls :meth:`hooks` and then :meth:`fit`.  A strategy
+    with ``fine_tunes = True`` continues from the standard (unmitigated) reconstructor of the same
+    cell, whose weights the engine loads first (the plan adds that fit as a dependency);
+    otherwise it trains from scratch.
     """
-    p = validate_mitigation_params(name, params)
-    if name == "reweighting":
-        w = group_weights(train.groups, p.attributes, alpha=strength, floor=p.floor)
-        return TrainingHooks(sample_weights=w), None
-    groups = _attributes(p, train)
+
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+    fine_tunes: ClassVar[bool] = False
+
+    def __init__(self, params: dict | None = None) -> None:
+        self.params = validate_params(self.Params, dict(params or {}), where=self.name)
+
+    @abstractmethod
+    def hooks(self, train: PairSet, strength: float, *, task_models: dict,
+              seed: int = 0) -> tuple[TrainingHooks, object | None]:
+        """The :class:`TrainingHooks` at ``strength`` and the penalty object (or None) whose
+        ``penalties`` / ``calls`` / ``last_penalty`` the history reports."""
+
+    def fit(self, rec, train: PairSet, val: PairSet, hooks: TrainingHooks, *, seed: int = 0,
+            checkpoint_dir=None) -> dict:
+        """Fit ``rec`` with ``hooks``: ``rec.fit`` from scratch, or ``rec.finetune`` for
+        ``epochs`` at ``lr`` of the params when the strategy fine-tunes."""
+        if self.fine_tunes:
+            return rec.finetune(train, val, epochs=self.params.epochs, lr=self.params.lr, seed=seed, hooks=hooks,
+                                checkpoint_dir=checkpoint_dir)
+        return rec.fit(train, val, seed=seed, hooks=hooks, checkpoint_dir=checkpoint_dir)
+
+
+class Reweighting(MitigationStrategy):
+    """``sample_weights`` from :func:`group_weights` with alpha = strength; trains from scratch."""
+
+    name = "reweighting"
+    Params = ReweightingParams
+
+    def hooks(self, train, strength, *, task_models, seed=0):
+        """Weighted sampling; no penalty."""
+        p = self.params
+        return TrainingHooks(sample_weights=group_weights(train.groups, p.attributes, alpha=strength,
+                                                          floor=p.floor)), None
+
+
+def _task_model(p, name: str, task_models: dict):
     task = p.task
     if task == "auto":
         task = "segmentation" if "segmentation" in task_models else "classification"
     if task not in task_models:
         raise ValueError(f"mitigation {name!r} needs a {task} model; the cohort has {list(task_models)}")
-    model = task_models[task]
-    if name == "eodd":
+    return task, task_models[task]
+
+
+class EqualizedOddsFineTune(MitigationStrategy):
+    """A ``loss_hook``: :class:`EqualizedOddsPenalty`, or :class:`DiceGapPenalty` for a
+    segmentation task; fine-tunes the standard reconstructor."""
+
+    name = "eodd"
+    Params = EoddParams
+    fine_tunes = True
+
+    def hooks(self, train, strength, *, task_models, seed=0):
+        """The equalized-odds (or Dice-gap) penalty as a loss hook."""
+        p = self.params
+        groups = _attributes(p, train)
+        task, model = _task_model(p, self.name, task_models)
         if task == "classification":
             if train.targets is None:
                 raise ValueError("eodd on a classification task needs targets in the training pairs")
@@ -209,19 +247,69 @@ def make_hooks(rec, name: str, strength: float, params: dict, train: PairSet, *,
             pen = DiceGapPenalty(model, train.masks.float(), groups, strength, temperature=p.temperature,
                                  momentum=p.momentum, penalty_floor=p.penalty_floor)
         return TrainingHooks(loss_hook=pen), pen
-    # adversarial
-    import torch
 
-    with torch.no_grad():
-        n_feat = int(model.features(train.clean[:2].to(model.device)).shape[1])
-    pen = AdversarialPenalty(model, groups, strength, n_feat, hidden=p.hidden, adv_lr=p.adv_lr,
-                             objective=p.objective, seed=seed, momentum=p.momentum, adv_steps=p.adv_steps,
-                             penalty_floor=p.penalty_floor,
-                             device=model.device)
-    if p.warmup_epochs:
-        loss = pen.warm_up(train.clean, epochs=p.warmup_epochs, seed=seed)
-        log.info("adversary warm-up on clean features: loss %s after %d epochs", loss, p.warmup_epochs)
-    return TrainingHooks(loss_hook=pen, on_batch_end=pen.adversary_step), pen
+
+class AdversarialFineTune(MitigationStrategy):
+    """A ``loss_hook`` and an ``on_batch_end`` adversary step (:class:`AdversarialPenalty`);
+    fine-tunes the standard reconstructor."""
+
+    name = "adversarial"
+    Params = AdversarialParams
+    fine_tunes = True
+
+    def hooks(self, train, strength, *, task_models, seed=0):
+        """The adversary's penalty, after ``warmup_epochs`` of adversary-only training."""
+        import torch
+
+        p = self.params
+        groups = _attributes(p, train)
+        _, model = _task_model(p, self.name, task_models)
+        with torch.no_grad():
+            n_feat = int(model.features(train.clean[:2].to(model.device)).shape[1])
+        pen = AdversarialPenalty(model, groups, strength, n_feat, hidden=p.hidden, adv_lr=p.adv_lr,
+                                 objective=p.objective, seed=seed, momentum=p.momentum, adv_steps=p.adv_steps,
+                                 penalty_floor=p.penalty_floor,
+                                 device=model.device)
+        if p.warmup_epochs:
+            loss = pen.warm_up(train.clean, epochs=p.warmup_epochs, seed=seed)
+            log.info("adversary warm-up on clean features: loss %s after %d epochs", loss, p.warmup_epochs)
+        return TrainingHooks(loss_hook=pen, on_batch_end=pen.adversary_step), pen
+
+
+MITIGATIONS: dict[str, type[MitigationStrategy]] = {
+    Reweighting.name: Reweighting,
+    EqualizedOddsFineTune.name: EqualizedOddsFineTune,
+    AdversarialFineTune.name: AdversarialFineTune,
+}
+"""Registry: config name -> strategy class (one line per strategy)."""
+
+
+def make_mitigation(name: str, params: dict | None = None) -> MitigationStrategy:
+    """The strategy registered as ``name`` with validated ``params``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``name`` (the message lists the registered ones) or invalid params (the
+        message names the key and the allowed keys).
+    """
+    if name not in MITIGATIONS:
+        raise ValueError(f"unknown mitigation {name!r}; allowed: {', '.join(MITIGATIONS)}")
+    return MITIGATIONS[name](params)
+
+
+def validate_mitigation_params(name: str, params: dict) -> BaseModel:
+    """Validate the params of strategy ``name``; ValueError names the bad key and the allowed ones."""
+    return make_mitigation(name, params).params
+
+
+def make_hooks(rec, name: str, strength: float, params: dict, train: PairSet, *, task_models: dict,
+               seed: int = 0) -> tuple[TrainingHooks, object | None]:
+    """The :class:`TrainingHooks` of strategy ``name`` at ``strength``, and its penalty object (or None).
+
+    ``task_models`` maps task kind to its frozen diagnostic model; see each strategy's ``hooks``.
+    """
+    return make_mitigation(name, params).hooks(train, strength, task_models=task_models, seed=seed)
 
 
 def apply_mitigation(rec, name: str, strength: float, params: dict, train: PairSet, val: PairSet, *,
@@ -258,17 +346,12 @@ def apply_mitigation(rec, name: str, strength: float, params: dict, train: PairS
     """
     if not getattr(rec, "trainable", False):
         raise ValueError(f"mitigation {name!r} needs a trainable reconstructor; {rec.name!r} is not")
-    if name != "reweighting" and not getattr(rec, "fitted", True):
+    strategy = make_mitigation(name, params)
+    if strategy.fine_tunes and not getattr(rec, "fitted", True):
         log.warning("mitigation %r fine-tunes %r, which has not been fitted: it starts from random weights",
                     name, rec.name)
-    hooks, pen = make_hooks(rec, name, strength, params, train, task_models=task_models, seed=seed)
-    if name == "reweighting":
-        history = rec.fit(train, val, seed=seed, hooks=hooks, checkpoint_dir=checkpoint_dir)
-    else:
-        p = validate_mitigation_params(name, params)
-        history = rec.finetune(train, val, epochs=p.epochs, lr=p.lr, seed=seed, hooks=hooks,
-                               checkpoint_dir=checkpoint_dir)
-    history = dict(history)
+    hooks, pen = strategy.hooks(train, strength, task_models=task_models, seed=seed)
+    history = dict(strategy.fit(rec, train, val, hooks, seed=seed, checkpoint_dir=checkpoint_dir))
     history["mitigation"] = {"name": name, "strength": strength}
     if pen is not None:
         vals = np.asarray(pen.penalties, dtype=np.float64)

@@ -8,8 +8,10 @@ gets the same noise whatever batch it is in.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -97,21 +99,27 @@ class Degraded:
         return cls(t["image"], k, t.get("mask"), dict(info or {}))
 
 
-class Degradation:
+class Degradation(ABC):
     """Base class: a simulated acquisition at one severity ``level``.
 
-    Subclasses set ``name`` (the config name), ``modality`` (``"xray"``, ``"mri"`` or ``"any"``)
-    and implement :meth:`__call__`.
+    The engine builds one as ``cls(**{cls.level_name: level}, **params)`` (see
+    :func:`~reconaudit.physics.make_degradation`) and calls it as ``op(images, seeds)`` on batches
+    of clean images, adding ``kspace=`` (the cohort's measured k-space batch) when the class sets
+    ``accepts_kspace``.  Subclasses set ``name`` (the config name), ``modality`` (``"xray"``,
+    ``"mri"`` or ``"any"``), ``level_name`` (the config's word for the level: ``photons``,
+    ``acceleration``, ``ratio``) and implement :attr:`level` and :meth:`__call__`.
     """
 
-    name: str = "degradation"
-    modality: str = "any"
+    name: ClassVar[str] = "degradation"
+    modality: ClassVar[str] = "any"
+    level_name: ClassVar[str] = "level"
+    accepts_kspace: ClassVar[bool] = False
 
     @property
+    @abstractmethod
     def level(self) -> float:
         """The severity level as the config names it (photons, acceleration, ratio)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def __call__(self, images: torch.Tensor, seeds: Sequence[int] | torch.Tensor) -> Degraded:
         """Degrade ``images`` (N, 1, H, W) with one integer seed per study."""
-        raise NotImplementedError

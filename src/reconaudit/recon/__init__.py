@@ -21,14 +21,15 @@ from reconaudit.recon.training import LearnedReconstructor
 from reconaudit.recon.unet import UNetReconstructor
 
 RECONSTRUCTORS: dict[str, type[Reconstructor]] = {
-    "identity": IdentityReconstructor,
-    "classical": ClassicalReconstructor,
-    "unet": UNetReconstructor,
-    "pix2pix": Pix2PixReconstructor,
-    "irsde": IRSDEReconstructor,
-    "plugin": PluginReconstructor,
-    "folder": FolderReconstructor,
+    IdentityReconstructor.name: IdentityReconstructor,
+    ClassicalReconstructor.name: ClassicalReconstructor,
+    UNetReconstructor.name: UNetReconstructor,
+    Pix2PixReconstructor.name: Pix2PixReconstructor,
+    IRSDEReconstructor.name: IRSDEReconstructor,
+    PluginReconstructor.name: PluginReconstructor,
+    FolderReconstructor.name: FolderReconstructor,
 }
+"""Registry: config name -> reconstructor class (one line per reconstructor, as in ``physics``)."""
 
 
 def make_reconstructor(name: str, device: str | torch.device = "cpu", **params: object) -> Reconstructor:

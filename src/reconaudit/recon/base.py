@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,17 +66,35 @@ class TrainingHooks:
     on_batch_end: Callable[[torch.Tensor], None] | None = None
 
 
-class Reconstructor:
+class Reconstructor(ABC):
     """Base class for every reconstructor.
 
-    Subclasses set ``name`` (config name), ``trainable`` and ``stochastic`` and implement
-    :meth:`reconstruct`; trainable ones implement :meth:`fit`, :meth:`state_dict` and
-    :meth:`load_state_dict`.
+    The engine builds one as ``cls(device=..., **params)`` and calls, in this order, :meth:`fit`
+    (``fit_recon`` step), :meth:`save`, then in the ``reconstruct`` step :meth:`load` and
+    :meth:`reconstruct` on batches of test studies.  Subclasses set ``name`` (config name),
+    ``trainable`` and ``stochastic`` and implement :meth:`reconstruct` (the one abstract method);
+    trainable ones override :meth:`fit`, :meth:`state_dict` and :meth:`load_state_dict`, and for
+    the fine-tuning mitigations ``finetune(train, val, *, epochs, lr, seed, hooks, checkpoint_dir)``.
     """
 
     name: ClassVar[str] = "base"
     trainable: ClassVar[bool] = False
     stochastic: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Refuse, when the class is defined, a ``reconstruct`` the engine could not call."""
+        super().__init_subclass__(**kwargs)
+        import inspect
+
+        params = inspect.signature(cls.reconstruct).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        missing = [k for k in ("seeds", "samples", "study_ids") if k not in params and not takes_any]
+        if missing:
+            raise TypeError(
+                f"{cls.__name__}.reconstruct must accept the keywords the engine passes: add "
+                f"{', '.join(f'{k}=...' for k in missing)} (signature: reconstruct(degraded, *, seeds=None, "
+                f"samples=1, study_ids=None))"
+            )
 
     def __init__(self, device: str | torch.device = "cpu", **params: object) -> None:
         self.device = torch.device(device)
@@ -99,15 +118,22 @@ class Reconstructor:
         return {}
 
     # ------------------------------------------------------------------ inference
+    @abstractmethod
     def reconstruct(
-        self, degraded: Degraded, *, seeds: Sequence[int] | None = None, samples: int = 1
+        self,
+        degraded: Degraded,
+        *,
+        seeds: Sequence[int] | None = None,
+        samples: int = 1,
+        study_ids: Sequence[str] | None = None,
     ) -> torch.Tensor:
-        """Reconstruct a batch.
+        """Reconstruct a batch; the engine passes all three keywords.
 
-        Returns float32 (N, 1, H, W) when ``samples == 1``, else (N, samples, 1, H, W) with sample k of
-        study i drawn from a generator seeded by ``seeds[i]`` and ``k`` (stochastic reconstructors).
+        ``seeds`` holds one integer per study (a stochastic reconstructor draws sample k of study
+        i from a generator seeded by ``seeds[i]`` and ``k``), ``study_ids`` one id per study (a
+        reconstructor that looks results up, such as ``folder``, needs it; others ignore it).
+        Returns float32 (N, 1, H, W) when ``samples == 1``, else (N, samples, 1, H, W).
         """
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, torch.Tensor]:

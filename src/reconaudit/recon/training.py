@@ -17,7 +17,6 @@ file's metadata.  Nothing is ever unpickled.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
@@ -28,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from reconaudit.physics.base import Degraded
@@ -80,24 +79,9 @@ class TrainParams(ReconParams):
 
 def validate_params(cls: type[Reconstructor], params: dict[str, Any]) -> ReconParams:
     """Validate ``params`` against ``cls.Params``; raise ``ValueError`` naming the allowed ones."""
-    model: type[ReconParams] = cls.Params  # type: ignore[attr-defined]
-    allowed = sorted(model.model_fields)
-    try:
-        return model(**params)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            hint = ""
-            if err["type"] == "extra_forbidden":
-                close = difflib.get_close_matches(str(err["loc"][0]), allowed, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                problems.append(f"unknown parameter {loc!r}{hint}")
-            else:
-                problems.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-        raise ValueError(
-            f"reconstructor {cls.name!r}: " + "; ".join(problems) + f". Allowed parameters: {allowed}"
-        ) from None
+    from reconaudit.validation import validate_params as _validate
+
+    return _validate(cls.Params, params, where=f"reconstructor {cls.name!r}")  # type: ignore[attr-defined,return-value]
 
 
 class ParamsMixin:

@@ -26,6 +26,16 @@ from scipy import stats as sps
 
 from .. import metrics as M
 from .. import progress
+from ..schema import (  # noqa: F401 - the records schema, re-exported
+    CELL_KEYS,
+    CLASSIFICATION_FAIRNESS,
+    CONFIG_KEYS,
+    COUNT_METRICS,
+    FAIRNESS_METRICS,
+    GAP_METRICS,
+    QUALITY_METRICS,
+    SEGMENTATION_FAIRNESS,
+)
 from ..seeding import derive_seed
 
 logger = logging.getLogger(__name__)
@@ -43,24 +53,10 @@ __all__ = [
     "primary_task_metric",
 ]
 
-KEY_COLUMNS = (
-    "cell_id", "cohort", "task", "degradation", "level", "reconstructor", "arm", "mitigation",
-    "mitigation_strength", "seed",
-)
-#: A cell's settings without the training seed: the configurations that seeds repeat.
-CONFIG_COLUMNS = tuple(c for c in KEY_COLUMNS if c not in ("cell_id", "seed"))
+#: The records schema (key columns, metric families) lives in reconaudit.schema.
+KEY_COLUMNS, CONFIG_COLUMNS, QUALITY, _COUNT_METRICS = CELL_KEYS, CONFIG_KEYS, QUALITY_METRICS, COUNT_METRICS
 #: ``label`` of the rows averaging AUROC over a cohort's labels.
 MEAN_LABEL = "(mean)"
-QUALITY = ("psnr", "ssim", "nmse")
-
-CLASSIFICATION_FAIRNESS = (
-    "equalized_odds_difference", "equal_opportunity_difference", "demographic_parity_difference",
-    "skewed_error_ratio", "auroc_gap", "worst_group_auroc",
-)
-SEGMENTATION_FAIRNESS = ("dice_gap", "worst_group_dice")
-FAIRNESS_METRICS = CLASSIFICATION_FAIRNESS + SEGMENTATION_FAIRNESS
-#: Fairness metrics where a larger value means more disparity (the others: worst-group performance).
-GAP_METRICS = frozenset(FAIRNESS_METRICS) - {"worst_group_auroc", "worst_group_dice"}
 
 METRIC_NAMES = {
     "psnr": "PSNR (dB)", "ssim": "SSIM", "nmse": "NMSE",
@@ -74,10 +70,6 @@ METRIC_NAMES = {
     "dice_gap": "Dice gap", "worst_group_dice": "worst-group Dice",
 }
 
-_COUNT_METRICS = (
-    "equalized_odds_difference", "equal_opportunity_difference", "demographic_parity_difference",
-    "skewed_error_ratio",
-)
 _STAT_COLUMNS = (
     "clean", "clean_ci_low", "clean_ci_high", "recon", "recon_ci_low", "recon_ci_high",
     "change", "change_ci_low", "change_ci_high", "change_rel_pct",

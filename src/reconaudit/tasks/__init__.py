@@ -16,6 +16,7 @@ import torch
 from reconaudit.tasks.base import DiagnosticModel
 from reconaudit.tasks.classification import Classifier, SmallCNN, masked_bce_with_logits
 from reconaudit.tasks.direct import DIRECT_IN_CHANNELS, direct_inputs, kspace_channels, make_direct_model
+from reconaudit.tasks.params import TaskConfigError
 from reconaudit.tasks.plugins import PluginClassifier, PluginSegmenter
 from reconaudit.tasks.segmentation import Segmenter
 from reconaudit.tasks.thresholds import (
@@ -24,7 +25,6 @@ from reconaudit.tasks.thresholds import (
     choose_threshold,
     choose_thresholds,
 )
-from reconaudit.tasks.training import TaskConfigError
 
 TASK_MODELS: dict[str, dict[str, type[DiagnosticModel]]] = {
     "classification": {"small-cnn": Classifier, "densenet": Classifier, "plugin": PluginClassifier},

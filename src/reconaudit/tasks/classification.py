@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from reconaudit.tasks.loop import LossFn
+from reconaudit.tasks.network import NetworkDiagnosticModel, as_float_tensor, pooled
+from reconaudit.tasks.params import TrainParams
 from reconaudit.tasks.thresholds import choose_thresholds
-from reconaudit.tasks.training import LossFn, NetworkDiagnosticModel, TrainParams, as_float_tensor, pooled
 
 # ---------------------------------------------------------------------------------------------
 # loss

@@ -25,8 +25,10 @@ from torch import nn
 
 from reconaudit.plugins import import_target, load_state_dict_file
 from reconaudit.tasks.classification import Classifier, ClassifierParams
+from reconaudit.tasks.loop import evaluate_loss
+from reconaudit.tasks.network import hooked_output, pooled
+from reconaudit.tasks.params import TaskConfigError, TrainParams
 from reconaudit.tasks.segmentation import Segmenter, SegmenterParams
-from reconaudit.tasks.training import TaskConfigError, TrainParams, evaluate_loss, hooked_output, pooled
 
 
 class PluginFields(TrainParams):
@@ -137,7 +139,7 @@ class _PluginMixin:
         """Fine-tune when ``trainable``; otherwise only choose thresholds on the validation data.
 
         Returns the training history, or for a frozen plug-in ``{"train_loss": [], "val_loss":
-        [loss on the validation data], "best_epoch": -1, "epochs_run": 0, "trained": False}``.
+        [loss on the validation data], "best_epoch": 0, "epochs_run": 0, "trained": False}``.
         """
         if self.config.trainable:
             history = super().fit(images, targets, val_images, val_targets, seed=seed)  # type: ignore[misc]
@@ -156,7 +158,7 @@ class _PluginMixin:
             device=self.device,  # type: ignore[attr-defined]
         )
         self._after_fit(vx, val_targets)  # type: ignore[attr-defined]
-        return {"train_loss": [], "val_loss": [val_loss], "best_epoch": -1, "epochs_run": 0, "trained": False}
+        return {"train_loss": [], "val_loss": [val_loss], "best_epoch": 0, "epochs_run": 0, "trained": False}
 
 
 class PluginClassifier(_PluginMixin, Classifier):

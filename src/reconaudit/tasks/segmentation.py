@@ -12,14 +12,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from reconaudit.tasks.training import (
-    LossFn,
-    NetworkDiagnosticModel,
-    TrainParams,
-    as_float_tensor,
-    hooked_output,
-    pooled,
-)
+from reconaudit.tasks.loop import LossFn
+from reconaudit.tasks.network import NetworkDiagnosticModel, as_float_tensor, hooked_output, pooled
+from reconaudit.tasks.params import TrainParams
 
 
 def dice_l1_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
