@@ -192,7 +192,7 @@ def resolve_config_source(source: str | Path) -> Path:
     raise ConfigError(f"config {str(source)!r} is neither a file nor a bundled config (bundled: {', '.join(BUNDLED)})")
 
 
-def load_config(source: str | Path | dict) -> AuditConfig:
+def load_config(source: str | Path | dict, *, build_plugins: bool = True) -> AuditConfig:
     """Load and validate a config from a YAML file, a bundled name, or a dict.
 
     Validation goes two levels deep: the schema here, then every named component (cohort,
@@ -216,7 +216,7 @@ def load_config(source: str | Path | dict) -> AuditConfig:
         raise ConfigError(_format_validation_error(e, where)) from None
     from reconaudit.engine.validate import validate_components
 
-    validate_components(cfg, where)
+    validate_components(cfg, where, build_plugins=build_plugins)
     return cfg
 
 

@@ -13,6 +13,7 @@ import yaml
 
 from reconaudit.engine.config import AuditConfig, config_to_dict
 from reconaudit.engine.executors import ContextSpec, RunSummary, make_executor
+from reconaudit.engine.inputs import InputDigests
 from reconaudit.engine.plan import Plan, build_plan
 from reconaudit.engine.records import collect_records, write_plain_summary, write_records, write_run_meta
 from reconaudit.engine.store import ArtifactStore, open_store
@@ -48,10 +49,42 @@ def store_for(cfg: AuditConfig, run_dir: Path) -> ArtifactStore:
     return open_store(cfg.execution.store or (run_dir / "store"))
 
 
-def plan_status(cfg: AuditConfig, run_dir: Path) -> tuple[Plan, dict[str, bool]]:
-    """The plan and, for every step, whether its artifact already exists."""
-    plan = build_plan(cfg)
+def input_digests(cfg: AuditConfig, run_dir: Path) -> InputDigests:
+    """The external-file digests of a run, cached in a local store (else in the run directory)."""
     run_dir = Path(run_dir)
+    store_loc = cfg.execution.store or (run_dir / "store")
+    remote = "://" in str(store_loc) and not str(store_loc).startswith("file://")
+    local = Path(str(store_loc).removeprefix("file://"))
+    cache = run_dir / ".input-digests.json" if remote else local / ".inputs" / "digests.json"
+    return InputDigests(cache, exclude=[run_dir] if remote else [run_dir, local])
+
+
+def stale_reasons(plan: Plan, done: dict[str, bool]) -> dict[str, str]:
+    """Why each step that is not done has to be computed.
+
+    ``input changed: FILE (changed|added|removed)`` for a step whose external inputs differ from
+    the digests last seen (the file is named), ``after STEP`` for a step waiting on another step
+    that is not done, ``not computed yet`` otherwise.
+    """
+    out: dict[str, str] = {}
+    for step in plan.ordered():
+        if done.get(step.id):
+            continue
+        changes = plan.digests.changes_under(step.spec.get("inputs", {})) if plan.digests is not None else []
+        if changes:
+            shown = ", ".join(f"{f} ({what})" for f, what in changes[:3])
+            more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+            out[step.id] = f"input changed: {shown}{more}"
+            continue
+        dep = next((d for d in step.deps if not done.get(d)), None)
+        out[step.id] = f"after {dep}" if dep else "not computed yet"
+    return out
+
+
+def plan_status(cfg: AuditConfig, run_dir: Path) -> tuple[Plan, dict[str, bool]]:
+    """The plan and, for every step, whether its artifact already exists (nothing is written)."""
+    run_dir = Path(run_dir)
+    plan = build_plan(cfg, input_digests(cfg, run_dir))
     store_loc = cfg.execution.store or (run_dir / "store")
     if "://" not in str(store_loc) and not Path(store_loc).exists():
         return plan, {sid: False for sid in plan.steps}
@@ -194,7 +227,10 @@ def run_audit(
         removed = store.clean_tmp()
         if removed:
             log.info("removed %d temporary directories left by an interrupted run", removed)
-        plan = build_plan(cfg)
+        plan = build_plan(cfg, input_digests(cfg, run_dir))
+        for f, what in sorted(plan.digests.changes.items()):
+            log.info("input %s: %s; the steps reading it are recomputed", what, f)
+        plan.digests.save()
         todo = [s for s in plan.ordered() if not store.exists(s.kind, s.key)]
         log.info("plan: %d cells, %d steps, %d to compute", len(plan.cells), len(plan.steps), len(todo))
         on_ray = (executor or cfg.execution.executor) == "ray"

@@ -13,8 +13,21 @@ def _check(errors: list[str], path: str, fn, *args, **kwargs) -> object:
         return None
 
 
-def validate_reconstructor_params(name: str, params: dict) -> None:
-    """Check a reconstructor's parameters (by its pydantic ``Params`` model, or by building it)."""
+def _check_plugin_unbuilt(params: dict) -> None:
+    """A plug-in's target importable and its weights file readable, without calling the factory."""
+    from reconaudit.plugins import import_target, load_state_dict_file
+
+    import_target(params.get("target"))
+    if params.get("weights") is not None:
+        load_state_dict_file(params["weights"], key="weights")
+
+
+def validate_reconstructor_params(name: str, params: dict, build_plugins: bool = True) -> None:
+    """Check a reconstructor's parameters (by its pydantic ``Params`` model, or by building it).
+
+    A ``plugin`` is built (its factory called, its weights loaded into the module) only with
+    ``build_plugins=True``; otherwise its parameters, target and weights file are checked.
+    """
     from reconaudit.recon import RECONSTRUCTORS, make_reconstructor
 
     cls = RECONSTRUCTORS[name]
@@ -22,19 +35,30 @@ def validate_reconstructor_params(name: str, params: dict) -> None:
         from reconaudit.recon.training import validate_params
 
         validate_params(cls, params)
+    elif name == "plugin" and not build_plugins:
+        from reconaudit.recon.training import validate_params
+
+        validate_params(cls, params)
+        _check_plugin_unbuilt(params)
     else:
         make_reconstructor(name, device="cpu", **params)
 
 
-def validate_task_params(kind: str, arch: str, params: dict) -> None:
-    """Check a diagnostic model's kind, arch and parameters by building it (cheap, untrained)."""
+def validate_task_params(kind: str, arch: str, params: dict, build_plugins: bool = True) -> None:
+    """Check a diagnostic model's kind, arch and parameters by building it (cheap, untrained).
+
+    A ``plugin`` model is only checked (target importable, weights readable) with ``build_plugins=False``.
+    """
     from reconaudit.tasks import make_task_model
 
+    if arch == "plugin" and not build_plugins:
+        _check_plugin_unbuilt(params)
+        return
     n = None if kind == "classification" else 1
     make_task_model(kind, arch=arch, device="cpu", in_channels=1, n_outputs=n or 2, **params)
 
 
-def validate_components(cfg: AuditConfig, where: str = "<config>") -> None:
+def validate_components(cfg: AuditConfig, where: str = "<config>", build_plugins: bool = True) -> None:
     """Check cohort, degradation, reconstructor, task and mitigation names and parameters.
 
     Raises :class:`ConfigError` listing every problem with its key path and the allowed values.
@@ -55,7 +79,7 @@ def validate_components(cfg: AuditConfig, where: str = "<config>") -> None:
             if entry.kind == "synthetic" and t not in entry.tasks:
                 errors.append(f"  {p}.tasks.{t}: cohort {cc.name!r} supports only {', '.join(entry.tasks)}")
         for t, tc in cc.tasks.items():
-            _check(errors, f"{p}.tasks.{t}", validate_task_params, t, tc.arch, tc.params)
+            _check(errors, f"{p}.tasks.{t}", validate_task_params, t, tc.arch, tc.params, build_plugins)
         for j, dc in enumerate(cc.degradations):
             dp = f"{p}.degradations.{j}"
             if dc.name not in DEGRADATIONS:
@@ -76,7 +100,7 @@ def validate_components(cfg: AuditConfig, where: str = "<config>") -> None:
         if rc.name not in RECONSTRUCTORS:
             errors.append(f"  {p}.name: unknown reconstructor {rc.name!r}; allowed: {', '.join(RECONSTRUCTORS)}")
             continue
-        _check(errors, f"{p}.params", validate_reconstructor_params, rc.name, rc.params)
+        _check(errors, f"{p}.params", validate_reconstructor_params, rc.name, rc.params, build_plugins)
         if rc.samples > 1 and not RECONSTRUCTORS[rc.name].stochastic:
             errors.append(f"  {p}.samples: {rc.name!r} is deterministic; samples > 1 needs a stochastic model (irsde)")
     for i, mc in enumerate(cfg.mitigations):
