@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from reconaudit.engine.plan import Plan
-from reconaudit.engine.store import ArtifactStore, atomic_write_bytes, atomic_write_text
+from reconaudit.engine.store import ArtifactStore, atomic_write_bytes, atomic_write_text, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def collect_records(plan: Plan, store: ArtifactStore, run_dir: Path) -> tuple[pd
     """Concatenate the records of every finished cell; copy example studies into ``run_dir/examples``.
 
     Returns the records table and the cell list (with ``examples`` paths) for ``run.json``.
+    An example file in ``run_dir`` that differs from the store's checksum is copied again.
     Cells whose final step did not finish are listed with ``status = "missing"``.
     """
     parts = []
@@ -53,7 +54,9 @@ def collect_records(plan: Plan, store: ArtifactStore, run_dir: Path) -> tuple[pd
         parts.append(pd.read_parquet(d / "records.parquet"))
         if (d / "examples.npz").exists():
             dest = ex_dir / f"{cell.cell_id}.npz"
-            if not dest.exists():
+            if not dest.exists() or file_digest(dest) != store.checksum(kind, key, "examples.npz"):
+                if dest.exists():
+                    log.warning("%s differs from the store's copy (damaged or edited): copied again", dest)
                 tmp = dest.with_suffix(".npz.tmp")
                 shutil.copyfile(d / "examples.npz", tmp)
                 tmp.replace(dest)

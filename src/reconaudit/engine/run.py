@@ -14,7 +14,7 @@ import yaml
 from reconaudit.engine.config import AuditConfig, config_to_dict
 from reconaudit.engine.executors import ContextSpec, RunSummary, make_executor
 from reconaudit.engine.inputs import InputDigests
-from reconaudit.engine.plan import Plan, build_plan
+from reconaudit.engine.plan import Plan, Step, build_plan
 from reconaudit.engine.records import collect_records, write_plain_summary, write_records, write_run_meta
 from reconaudit.engine.store import ArtifactStore, open_store
 
@@ -90,6 +90,15 @@ def plan_status(cfg: AuditConfig, run_dir: Path) -> tuple[Plan, dict[str, bool]]
         return plan, {sid: False for sid in plan.steps}
     store = store_for(cfg, run_dir)
     return plan, {sid: store.exists(s.kind, s.key) for sid, s in plan.steps.items()}
+
+
+def steps_to_compute(plan: Plan, store: ArtifactStore) -> list[Step]:
+    """The steps whose artifact is missing or fails verification, in dependency order.
+
+    Every committed artifact of the plan is verified against the checksums of its commit marker
+    (a full hash, once per process); a damaged one is quarantined by the store and recomputed.
+    """
+    return [s for s in plan.ordered() if not store.verified(s.kind, s.key)]
 
 
 def cohort_meta(plan: Plan, store: ArtifactStore, cfg: AuditConfig) -> dict:
@@ -231,7 +240,7 @@ def run_audit(
         for f, what in sorted(plan.digests.changes.items()):
             log.info("input %s: %s; the steps reading it are recomputed", what, f)
         plan.digests.save()
-        todo = [s for s in plan.ordered() if not store.exists(s.kind, s.key)]
+        todo = steps_to_compute(plan, store)
         log.info("plan: %d cells, %d steps, %d to compute", len(plan.cells), len(plan.steps), len(todo))
         on_ray = (executor or cfg.execution.executor) == "ray"
         # on Ray the device resolves on each worker (the driver may have no GPU at all)
