@@ -98,7 +98,7 @@ def _committed(tmp_path):
 
 @pytest.mark.parametrize("damage", ["zero-range", "truncate", "delete", "marker"])
 def test_a_damaged_artifact_is_quarantined_and_never_read(tmp_path, damage, caplog):
-    store = _committed(tmp_path)
+    _committed(tmp_path)
     f = tmp_path / "s" / "x" / "k" / "t.bin"
     if damage == "zero-range":
         data = bytearray(f.read_bytes())
