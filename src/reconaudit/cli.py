@@ -95,7 +95,7 @@ def run(
         except ImportError:
             console.print("[red]--executor ray needs Ray: pip install 'reconaudit\\[ray]'[/red]")
             raise typer.Exit(2) from None
-    from reconaudit.engine.run import run_audit
+    from reconaudit.engine.run import RunLockedError, run_audit
 
     prog = _install_progress()
     try:
@@ -105,7 +105,7 @@ def run(
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: finished steps are kept; run the same command again to resume[/yellow]")
         raise typer.Exit(130) from None
-    except ConnectionError as e:
+    except (ConnectionError, RunLockedError) as e:
         console.print(f"[red]{escape(str(e))}[/red]")
         raise typer.Exit(2) from None
     s = result.summary
@@ -162,9 +162,14 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run directory holding
     if not (run_dir / "records.parquet").exists():
         console.print(f"[red]{run_dir} has no records.parquet: run an audit there first[/red]")
         raise typer.Exit(2)
-    from reconaudit.report import build_report
+    from reconaudit.engine.run import RunLockedError, run_lock, write_report
 
-    path = build_report(run_dir)
+    try:
+        with run_lock(run_dir):
+            path = write_report(run_dir, force=True)
+    except RunLockedError as e:
+        console.print(f"[red]{escape(str(e))}[/red]")
+        raise typer.Exit(2) from None
     console.print(f"report: {path}")
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +32,65 @@ class AuditResult:
     report_path: Path | None
     summary: RunSummary
     plan: Plan
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run directory; the message says who (pid, host, start time)."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock (``fcntl.flock`` on ``RUN_DIR/.lock``) for the whole run.
+
+    A second run on the same directory is refused at once with :class:`RunLockedError` naming the
+    holder, which the lock file records (pid, host, start time, command line).  The lock dies with
+    its process, so a killed run never leaves the directory locked.
+    """
+    import fcntl
+    import json
+    import os
+    import sys
+
+    path = Path(run_dir) / ".lock"
+    fh = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            try:
+                who = json.loads(fh.read() or "{}")
+            except ValueError:
+                who = {}
+            raise RunLockedError(
+                f"run directory {run_dir} is in use by another run (pid {who.get('pid', '?')} on host "
+                f"{who.get('host', '?')}, started {who.get('started', '?')}: {who.get('command', '?')}); wait for "
+                "it to finish, stop it, or give this run another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": platform.node(), "command": " ".join(sys.argv),
+                             "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}))
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the lock
+
+
+def clean_stale_temporaries(run_dir: Path) -> int:
+    """Remove temporary files of atomic writes a killed run left in ``run_dir`` (``.NAME.*.tmp``,
+    ``examples/*.npz.tmp``, ``.report-*``); call only while holding :func:`run_lock`."""
+    import shutil
+
+    n = 0
+    for pattern in (".*.tmp", "cohorts/*/.*.tmp", "examples/*.tmp", ".report-*"):
+        for f in Path(run_dir).glob(pattern):
+            if f.is_dir():
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def software_versions() -> dict[str, str]:
@@ -183,27 +244,72 @@ def _append_clean_performance(cohorts: dict, records) -> None:
         info["clean_performance"] = perf
 
 
-def _report_if_changed(run_dir: Path, meta: dict) -> Path:
-    """Build the report unless one exists for exactly these records, config and analysis settings."""
+def report_fingerprint(run_dir: Path, meta: dict) -> str:
+    """sha256 of the records file, the config, the analysis settings, the version and the data cards."""
     import hashlib
     import json
 
-    from reconaudit.engine.store import atomic_write_text
+    h = hashlib.sha256((Path(run_dir) / "records.parquet").read_bytes())
+    h.update(json.dumps([meta.get("config"), meta.get("analysis"), (meta.get("versions") or {}).get("reconaudit"),
+                         {k: v.get("data_card") for k, v in (meta.get("cohorts") or {}).items()}],
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _report_current(report_dir: Path, fingerprint: str) -> bool:
+    import json
+
+    from reconaudit.engine.store import verify_manifest
+
+    try:
+        stamp = json.loads((report_dir / ".fingerprint").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(stamp, dict) or stamp.get("fingerprint") != fingerprint or "report.html" not in stamp.get(
+            "files", {}):
+        return False
+    problem = verify_manifest(report_dir, stamp["files"])
+    if problem is not None:
+        log.warning("the report in %s is damaged (%s): it is built again", report_dir, problem)
+    return problem is None
+
+
+def write_report(run_dir: Path, meta: dict | None = None, *, force: bool = False) -> Path:
+    """Build the report of a run atomically; skip it when one exists for exactly these inputs.
+
+    The report is built in a temporary directory ``RUN_DIR/.report-*``; its ``.fingerprint`` (the
+    :func:`report_fingerprint` and the checksum of every report file) is written last, then the
+    directory is renamed to ``RUN_DIR/report``.  A kill leaves the previous report whole (or none),
+    never a truncated one, and a report whose files no longer match their checksums is rebuilt.
+    """
+    import json
+    import os
+    import shutil
+    import uuid
+
+    from reconaudit.engine.store import manifest_of
     from reconaudit.report import build_report
 
-    h = hashlib.sha256((run_dir / "records.parquet").read_bytes())
-    h.update(json.dumps([meta["config"], meta["analysis"], meta["versions"].get("reconaudit"),
-                         {k: v.get("data_card") for k, v in meta["cohorts"].items()}],
-                        sort_keys=True, default=str).encode())
-    fingerprint = h.hexdigest()
-    stamp = run_dir / "report" / ".fingerprint"
-    html = run_dir / "report" / "report.html"
-    if html.exists() and stamp.exists() and stamp.read_text() == fingerprint:
-        log.info("report is up to date with the records: %s", html)
-        return html
-    path = build_report(run_dir)
-    atomic_write_text(stamp, fingerprint)
-    return path
+    run_dir = Path(run_dir)
+    if meta is None:
+        meta = json.loads((run_dir / "run.json").read_text())
+    fingerprint = report_fingerprint(run_dir, meta)
+    final = run_dir / "report"
+    if not force and _report_current(final, fingerprint):
+        log.info("report is up to date with the records: %s", final / "report.html")
+        return final / "report.html"
+    tmp = run_dir / f".report-{uuid.uuid4().hex[:8]}"
+    try:
+        build_report(run_dir, out_dir=tmp)
+        (tmp / ".fingerprint").write_text(json.dumps({"fingerprint": fingerprint, "files": manifest_of(tmp)}))
+        old = run_dir / f".report-old-{uuid.uuid4().hex[:8]}"
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final / "report.html"
 
 
 def run_audit(
@@ -221,11 +327,21 @@ def run_audit(
     Outputs in ``run_dir``: ``records.parquet``, ``run.json``, ``summary.csv``/``summary.md``,
     ``examples/``, ``run.log`` and (with ``report=True``) the report (``report.html``, ``tables/``,
     ``figures/``).  Finished steps are reused, so running again after an interruption resumes.
+    The run holds :func:`run_lock` on ``run_dir`` throughout: a concurrent second run is refused
+    with :class:`RunLockedError`.
     """
-    from reconaudit.devices import resolve_device
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _run_locked(cfg, run_dir, workers=workers, executor=executor, address=address, report=report,
+                           config_text=config_text)
+
+
+def _run_locked(cfg: AuditConfig, run_dir: Path, *, workers: int | None, executor: str | None,
+                address: str | None, report: bool, config_text: str | None) -> AuditResult:
+    from reconaudit.devices import resolve_device
+
     handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     log.addHandler(handler)
@@ -233,9 +349,9 @@ def run_audit(
         log.setLevel(logging.INFO)
     try:
         store = store_for(cfg, run_dir)
-        removed = store.clean_tmp()
+        removed = store.clean_tmp() + clean_stale_temporaries(run_dir)
         if removed:
-            log.info("removed %d temporary directories left by an interrupted run", removed)
+            log.info("removed %d temporary files and directories left by an interrupted run", removed)
         plan = build_plan(cfg, input_digests(cfg, run_dir))
         for f, what in sorted(plan.digests.changes.items()):
             log.info("input %s: %s; the steps reading it are recomputed", what, f)
@@ -280,7 +396,7 @@ def run_audit(
             write_plain_summary(records, meta, run_dir)
         report_path = None
         if report and len(records):
-            report_path = _report_if_changed(run_dir, meta)
+            report_path = write_report(run_dir, meta)
         log.info("audit %s: %d computed, %d reused, %d failed, %d skipped", cfg.name, len(summary.computed),
                  len(summary.reused), len(summary.failed), len(summary.skipped))
         return AuditResult(run_dir, records_path, report_path, summary, plan)

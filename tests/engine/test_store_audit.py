@@ -1,10 +1,20 @@
-"""Damaged artifacts and run-directory copies are detected, set aside and recomputed, never read."""
+"""The store's guarantees through whole audits: damaged artifacts and run-directory copies are
+detected, set aside and recomputed, never read; a second run is refused; the report is atomic."""
 
+import json
+import os
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+
+import reconaudit
 
 from reconaudit.engine.config import load_config
 from reconaudit.engine.records import KEY_COLUMNS
@@ -98,3 +108,63 @@ def test_damage_is_detected_recomputed_and_the_records_equal_a_lone_run(tmp_path
     for f in (run / "examples").glob("*.npz"):
         with np.load(f) as z:  # every example file is whole again
             assert "clean" in z.files
+
+
+# ------------------------------------------------------------------------- the run lock
+def test_a_second_run_on_the_directory_is_refused_and_the_first_finishes_as_a_lone_run(tmp_path, lone_run):
+    _, want, _ = lone_run
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(_raw()))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(reconaudit.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "reconaudit.cli", "run", str(cfg), "--out", str(run), "--no-report"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and first.poll() is None:
+        if (run / ".lock").exists() and str(first.pid) in (run / ".lock").read_text():
+            break
+        time.sleep(0.05)
+    assert first.poll() is None, "the first run ended before the second started"
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    out = " ".join((second.stdout + second.stderr).split())
+    assert second.returncode == 2, out
+    assert f"in use by another run (pid {first.pid}" in out and "started" in out
+    assert "Traceback" not in out
+    assert first.wait(timeout=300) == 0, first.stdout.read()
+    got = _sorted(pd.read_parquet(run / "records.parquet"))
+    pd.testing.assert_frame_equal(got[want.columns], want)
+    log = (run / "run.log").read_text()
+    assert log.count("plan: 2 cells") == 1  # the refused run wrote nothing into the run's log
+
+
+# ------------------------------------------------------------------------- the atomic report
+def test_a_kill_during_the_report_leaves_no_truncated_report_and_a_rerun_completes_it(tmp_path, lone_run,
+                                                                                       monkeypatch):
+    import reconaudit.report.html as html
+
+    src, _, _ = lone_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    real = html.render_html
+
+    def killed(analysis, meta, figures, out_path):
+        Path(out_path).write_text("<!doctype html><html><body>half")
+        raise KeyboardInterrupt  # the process is stopped mid-write
+
+    monkeypatch.setattr(html, "render_html", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(load_config(_raw()), run, report=True)
+    assert not (run / "report").exists()  # no half report: none at all
+    assert not list(run.glob(".report-*"))
+    monkeypatch.setattr(html, "render_html", real)
+    res = run_audit(load_config(_raw()), run, report=True)
+    text = res.report_path.read_text()
+    assert text.rstrip().endswith("</html>") and "half" not in text
+    stamp = json.loads((run / "report" / ".fingerprint").read_text())
+    assert set(stamp["files"]) >= {"report.html", "tables/summary.md"}
+    # a damaged report file is rebuilt, not declared up to date
+    res.report_path.write_text(text[: len(text) // 2])
+    res = run_audit(load_config(_raw()), run, report=True)
+    again = res.report_path.read_text()
+    assert again.rstrip().endswith("</html>") and abs(len(again) - len(text)) < 100
