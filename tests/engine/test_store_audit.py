@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 import reconaudit
-
 from reconaudit.engine.config import load_config
 from reconaudit.engine.records import KEY_COLUMNS
 from reconaudit.engine.run import run_audit
