@@ -13,6 +13,66 @@ def _check(errors: list[str], path: str, fn, *args, **kwargs) -> object:
         return None
 
 
+def _split_counts(n_patients: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Patients per split as :func:`reconaudit.cohorts.assign_splits_by_patient` cuts them."""
+    n_train = int(round(fractions[0] * n_patients))
+    n_val = int(round(fractions[1] * n_patients))
+    return n_train, n_val, n_patients - n_train - n_val
+
+
+def check_split_sizes(params: object) -> None:
+    """Refuse a synthetic cohort too small to give every split (train, val, test) a patient.
+
+    The patients of ``n_studies`` studies with ``studies_per_patient = (lo, hi)`` number between
+    ``ceil(n / hi)`` and ``ceil(n / lo)`` (``n_subjects`` patients for a cohort that counts them);
+    splits are cut at ``round(f_train P)`` and ``round(f_val P)`` patients, the rest is test.  Every
+    count in that range must leave each split non-empty; the message names the smallest size that does.
+    """
+    import math
+
+    fractions = getattr(params, "split_fractions", None)
+    if fractions is None:
+        return
+    if hasattr(params, "n_subjects"):
+        key, n, lo, hi = "n_subjects", int(params.n_subjects), 1, 1
+    elif hasattr(params, "n_studies"):
+        lo, hi = getattr(params, "studies_per_patient", (1, 1))
+        key, n = "n_studies", int(params.n_studies)
+    else:
+        return
+
+    def ok(size: int) -> bool:
+        return all(min(_split_counts(pp, fractions)) >= 1
+                   for pp in range(math.ceil(size / hi), math.ceil(size / lo) + 1))
+
+    if not ok(n):
+        need = next((m for m in range(n + 1, 100_000) if ok(m)), None)
+        hint = f"use at least {need}" if need else "check split_fractions"
+        raise ValueError(f"{key}={n} is too small to give each of train/val/test a patient with split_fractions "
+                         f"{tuple(fractions)}; {hint}")
+
+
+def _check_degradation(errors: list[str], dp: str, dc) -> None:
+    """Build the degradation at every level; an error about the level goes under ``levels.K``, one
+    about the other parameters once under ``params``."""
+    from reconaudit.physics import DEGRADATIONS, make_degradation
+
+    level_name = getattr(DEGRADATIONS[dc.name], "level_name", "level")
+    param_errors: list[str] = []
+    for k, level in enumerate(dc.levels):
+        try:
+            make_degradation(dc.name, level, **dc.params)
+        except (ValueError, TypeError, KeyError) as e:
+            msg = str(e)
+            about_level = level_name in msg.replace(f"{level_name!r} is the level", "") or "level" in msg.split(";")[0]
+            if "unknown parameter" in msg or "not among the parameters" in msg or not about_level:
+                if msg not in param_errors:
+                    param_errors.append(msg)
+            else:
+                errors.append(f"  {dp}.levels.{k}: {msg}")
+    errors.extend(f"  {dp}.params: {m}" for m in param_errors)
+
+
 def _check_plugin_unbuilt(params: dict) -> None:
     """A plug-in's target importable and its weights file readable, without calling the factory."""
     from reconaudit.plugins import import_target, load_state_dict_file
@@ -64,7 +124,7 @@ def validate_components(cfg: AuditConfig, where: str = "<config>", build_plugins
     Raises :class:`ConfigError` listing every problem with its key path and the allowed values.
     """
     from reconaudit.cohorts import COHORTS, validate_cohort_params
-    from reconaudit.physics import DEGRADATIONS, make_degradation
+    from reconaudit.physics import DEGRADATIONS
     from reconaudit.recon import RECONSTRUCTORS
 
     errors: list[str] = []
@@ -74,7 +134,9 @@ def validate_components(cfg: AuditConfig, where: str = "<config>", build_plugins
             errors.append(f"  {p}.name: unknown cohort {cc.name!r}; allowed: {', '.join(COHORTS)}")
             continue
         entry = COHORTS[cc.name]
-        _check(errors, f"{p}.params", validate_cohort_params, cc.name, cc.params)
+        validated = _check(errors, f"{p}.params", validate_cohort_params, cc.name, cc.params)
+        if validated is not None:
+            _check(errors, f"{p}.params", check_split_sizes, validated)
         for t in cc.tasks:
             if entry.kind == "synthetic" and t not in entry.tasks:
                 errors.append(f"  {p}.tasks.{t}: cohort {cc.name!r} supports only {', '.join(entry.tasks)}")
@@ -91,8 +153,7 @@ def validate_components(cfg: AuditConfig, where: str = "<config>", build_plugins
                     f"  {dp}.name: {dc.name!r} simulates {mod} acquisitions but cohort {cc.name!r} is "
                     f"{entry.modality}; choose a degradation for {entry.modality} or 'masking'"
                 )
-            for k, level in enumerate(dc.levels):
-                _check(errors, f"{dp}.levels.{k}", make_degradation, dc.name, level, **dc.params)
+            _check_degradation(errors, dp, dc)
     labels = set()
     for i, rc in enumerate(cfg.reconstructors):
         p = f"reconstructors.{i}"
