@@ -7,6 +7,7 @@ from ``.safetensors`` or from a ``torch.save`` file with ``weights_only=True`` (
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,9 @@ def load_state_dict_file(path: str | Path, key: str = "weights") -> dict[str, to
             raise WeightsError(f"{where}: not a readable safetensors file ({type(err).__name__}); it may be "
                                f"damaged, truncated or another format under this name; {_SAVE_ADVICE}") from None
     try:
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
+            warnings.simplefilter("ignore")
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
         raise WeightsError(
             f"{where}: cannot be read as a plain state dict of tensors ({type(err).__name__}): the file holds "
