@@ -150,6 +150,14 @@ def plan(
         mit = c.mitigation if c.mitigation == "none" else f"{c.mitigation} λ={c.mitigation_strength:g}"
         table.add_row(c.cell_id, c.cohort, c.degradation, f"{c.level:g}", c.reconstructor, mit, str(c.seed), status)
     Console().print(table)
+    if any(done.values()):
+        from reconaudit.engine.run import store_for, thread_counts
+
+        threads = thread_counts(p, store_for(cfg, run_dir))
+        if len(threads) > 1:
+            Console().print("note: the finished steps were computed with different torch thread counts ("
+                            + ", ".join(f"{k} threads: {v} steps" for k, v in threads.items())
+                            + "); CPU results may differ in the last digits", soft_wrap=True)
     changed = {s: r for s, r in why.items() if r.startswith("input changed")}
     for sid, reason in changed.items():
         n_after = sum(1 for s in p.steps if s != sid and sid in p.needed_for([s]) and not done[s])

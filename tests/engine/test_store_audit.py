@@ -167,3 +167,31 @@ def test_a_kill_during_the_report_leaves_no_truncated_report_and_a_rerun_complet
     res = run_audit(load_config(_raw()), run, report=True)
     again = res.report_path.read_text()
     assert again.rstrip().endswith("</html>") and abs(len(again) - len(text)) < 100
+
+
+# ------------------------------------------------------------------------- thread counts
+def test_resuming_with_another_thread_count_says_that_the_store_mixes(tmp_path, lone_run, caplog):
+    import torch
+    from typer.testing import CliRunner
+
+    from reconaudit.cli import app
+
+    src, want, plan = lone_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    before = torch.get_num_threads()
+    shutil.rmtree(_artifact(run, plan, "score", "identity"))
+    torch.set_num_threads(before + 1)
+    try:
+        with caplog.at_level("WARNING"):
+            res = run_audit(load_config(_raw()), run, report=False)
+    finally:
+        torch.set_num_threads(before)
+    assert [s.split("/")[0] for s in res.summary.computed] == ["score"]
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["torch_threads"] == {str(before): len(plan.steps) - 1, str(before + 1): 1}
+    assert "different torch thread counts" in caplog.text
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(_raw()))
+    out = CliRunner().invoke(app, ["plan", str(cfg), "--out", str(run)], terminal_width=250)
+    assert out.exit_code == 0 and "different torch thread counts" in " ".join(out.output.split())

@@ -162,6 +162,20 @@ def steps_to_compute(plan: Plan, store: ArtifactStore) -> list[Step]:
     return [s for s in plan.ordered() if not store.verified(s.kind, s.key)]
 
 
+def thread_counts(plan: Plan, store: ArtifactStore) -> dict[str, int]:
+    """How many of the plan's committed artifacts were computed with each torch thread count.
+
+    CPU reductions are ordered by threads, so results can differ in the last digits (about 1e-7)
+    between thread counts; more than one count means the store mixes them.
+    """
+    out: dict[str, int] = {}
+    for s in plan.steps.values():
+        if store.exists(s.kind, s.key):
+            n = str((store.marker(s.kind, s.key).get("env") or {}).get("torch_threads", "unknown"))
+            out[n] = out.get(n, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def cohort_meta(plan: Plan, store: ArtifactStore, cfg: AuditConfig) -> dict:
     """Per cohort: modality, tasks, labels, group attributes, level unit, data card."""
     import json
@@ -372,6 +386,12 @@ def _run_locked(cfg: AuditConfig, run_dir: Path, *, workers: int | None, executo
         for f in summary.failed:
             log.error("step %s failed after %d attempts: %s\n%s", f.step, f.attempts, f.error, f.traceback)
         records, cells = collect_records(plan, store, run_dir)
+        threads = thread_counts(plan, store)
+        if len(threads) > 1:
+            log.warning("the artifacts of this run were computed with different torch thread counts (%s: count -> "
+                        "steps); CPU results can differ in the last digits between thread counts. Resume with the "
+                        "same --workers on the same machine, or start a fresh store, for bit-identical numbers",
+                        ", ".join(f"{k} -> {v}" for k, v in threads.items()))
         meta = {
             "name": cfg.name,
             "config": config_to_dict(cfg),
@@ -379,6 +399,7 @@ def _run_locked(cfg: AuditConfig, run_dir: Path, *, workers: int | None, executo
             "versions": software_versions(),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "device": device,
+            "torch_threads": threads,
             "cohorts": cohort_meta(plan, store, cfg),
             "cells": cells,
             "analysis": cfg.analysis.model_dump(),

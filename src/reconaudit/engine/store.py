@@ -189,6 +189,17 @@ class ArtifactStore:
             self._verified_cache().add((kind, key))
         return local
 
+    def marker(self, kind: str, key: str) -> dict:
+        """The commit marker of an artifact (kind, key, time, files, env), read without verifying the
+        files; ``{}`` when absent or unreadable."""
+        try:
+            return json.loads(self._marker_bytes(kind, key))
+        except (OSError, ValueError):
+            return {}
+
+    def _marker_bytes(self, kind: str, key: str) -> bytes:
+        return (self._final(kind, key) / MARKER).read_bytes()
+
     def checksum(self, kind: str, key: str, rel: str) -> str | None:
         """The committed BLAKE2b digest of file ``rel`` of an artifact (``None`` if not listed)."""
         try:
@@ -321,6 +332,9 @@ class FsspecStore(ArtifactStore):
 
     def exists(self, kind: str, key: str) -> bool:
         return self.fs.exists(f"{self._remote(kind, key)}/{MARKER}")
+
+    def _marker_bytes(self, kind: str, key: str) -> bytes:
+        return self.fs.cat_file(f"{self._remote(kind, key)}/{MARKER}")
 
     def quarantine(self, kind: str, key: str, reason: str) -> Path:
         """Move a damaged artifact to ``.quarantine/`` of the object store and drop the local copy."""
