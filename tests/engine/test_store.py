@@ -155,3 +155,45 @@ def test_fsspec_store_commits_marker_last(tmp_path):
         (d / "sub" / "a.txt").write_text("hello")
     assert store.exists("x", "k")
     assert (store.path("x", "k") / "sub" / "a.txt").read_text() == "hello"
+
+
+def test_two_workers_never_compute_one_step_twice(tmp_path, monkeypatch):
+    import time
+
+    from reconaudit.engine import steps
+    from reconaudit.engine.plan import Step
+
+    calls = []
+
+    def slow_step(spec, ctx, out):
+        calls.append(1)
+        time.sleep(0.3)
+        (out / "records.parquet").write_bytes(b"x")
+
+    monkeypatch.setitem(steps.STEP_FUNCS, "cohort", slow_step)
+    step = Step("cohort", "k" * 20, {})
+    results = []
+
+    def worker():
+        ctx = steps.StepContext(ArtifactStore(tmp_path))  # each worker its own store handle
+        results.append(steps.run_step(step, ctx))
+
+    ts = [threading.Thread(target=worker) for _ in range(3)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert calls == [1] and sorted(results) == [False, False, True]
+
+
+def test_fsspec_store_quarantines_a_damaged_artifact(tmp_path):
+    import uuid
+
+    url = f"memory://reconaudit-damage-{uuid.uuid4().hex[:6]}"
+    store = open_store(url)
+    with store.writer("x", "k") as d:
+        (d / "a.bin").write_bytes(b"0123456789")
+    store.fs.pipe_file(f"{store._remote('x', 'k')}/a.bin", b"01234XXXXX")
+    fresh = FsspecStore(url, cache_dir=tmp_path / "cache")
+    with pytest.raises(CorruptArtifactError, match="differs from its committed checksum"):
+        fresh.path("x", "k")
+    assert not fresh.exists("x", "k")
+    assert store.fs.find(f"{store._base}/.quarantine")

@@ -145,12 +145,14 @@ def _markdown(df: pd.DataFrame) -> str:
         return "(no finished cells)\n"
     cols = [c for c in df.columns if c != "cell_id"]
 
+    from reconaudit.report.markdown import markdown_text
+
     def fmt(v: object) -> str:
         if isinstance(v, float | np.floating):
             return "n/a" if np.isnan(v) else f"{v:.4g}"
-        return str(v)
+        return markdown_text(v)
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(markdown_text(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
         lines.append("| " + " | ".join(fmt(r[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
