@@ -276,6 +276,7 @@ class ArtifactStore:
             final.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(tmp, final)
+                self._verified_cache().add((kind, key))  # this process just wrote and checksummed it
             except OSError:
                 # Another worker committed first (the target exists and is not empty), or a stale
                 # uncommitted directory sits there: keep a committed one, replace a stale one.
