@@ -195,3 +195,25 @@ def test_resuming_with_another_thread_count_says_that_the_store_mixes(tmp_path, 
     cfg.write_text(yaml.safe_dump(_raw()))
     out = CliRunner().invoke(app, ["plan", str(cfg), "--out", str(run)], terminal_width=250)
     assert out.exit_code == 0 and "different torch thread counts" in " ".join(out.output.split())
+
+
+def test_report_command_restores_or_sets_aside_a_damaged_example(tmp_path, lone_run):
+    from typer.testing import CliRunner
+
+    from reconaudit.cli import app
+
+    src, _, _ = lone_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    exs = sorted((run / "examples").glob("*.npz"))
+    good = exs[0].read_bytes()
+    _truncate(exs[0])
+    res = CliRunner().invoke(app, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    assert exs[0].read_bytes() == good  # copied again from the store
+    shutil.rmtree(run / "store")
+    _truncate(exs[0])
+    res = CliRunner().invoke(app, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    assert not exs[0].exists() and exs[0].with_suffix(".npz.damaged").exists()
+    assert (run / "report" / "report.html").read_text().rstrip().endswith("</html>")

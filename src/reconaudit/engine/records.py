@@ -61,9 +61,37 @@ def collect_records(plan: Plan, store: ArtifactStore, run_dir: Path) -> tuple[pd
                 shutil.copyfile(d / "examples.npz", tmp)
                 tmp.replace(dest)
             entry["examples"] = f"examples/{cell.cell_id}.npz"
+            entry["examples_blake2b"] = store.checksum(kind, key, "examples.npz")
         cells.append(entry)
     records = pd.concat(parts, ignore_index=True, sort=False) if parts else pd.DataFrame(columns=KEY_COLUMNS)
     return _order_columns(records), cells
+
+
+def check_examples(run_dir: Path, meta: dict, store: ArtifactStore | None = None) -> int:
+    """Check every example file of ``run.json`` against its checksum before a report reads it.
+
+    A file that differs is copied again from ``store`` when the cell's artifact is there, otherwise
+    moved aside to ``*.npz.damaged`` (the report then leaves that cell's examples out, with a
+    warning); returns how many files differed.
+    """
+    n = 0
+    for c in meta.get("cells", []):
+        rel, want = c.get("examples"), c.get("examples_blake2b")
+        f = Path(run_dir) / rel if rel else None
+        if f is None or want is None or not f.is_file() or file_digest(f) == want:
+            continue
+        n += 1
+        kind, key = str(c.get("final_step", "/")).split("/", 1)
+        if store is not None and store.verified(kind, key) and store.checksum(kind, key, "examples.npz") == want:
+            shutil.copyfile(store.path(kind, key) / "examples.npz", f.with_suffix(".npz.tmp"))
+            f.with_suffix(".npz.tmp").replace(f)
+            log.warning("%s differs from its checksum in run.json: copied again from the store", f)
+        else:
+            f.replace(f.with_suffix(".npz.damaged"))
+            log.warning("%s differs from its checksum in run.json and the store has no copy: moved to %s; "
+                        "the report leaves its examples out (run the audit again to restore them)", f,
+                        f.with_suffix(".npz.damaged"))
+    return n
 
 
 def write_records(records: pd.DataFrame, run_dir: Path) -> Path:

@@ -17,7 +17,13 @@ from reconaudit.engine.config import AuditConfig, config_to_dict
 from reconaudit.engine.executors import ContextSpec, RunSummary, make_executor
 from reconaudit.engine.inputs import InputDigests
 from reconaudit.engine.plan import Plan, Step, build_plan
-from reconaudit.engine.records import collect_records, write_plain_summary, write_records, write_run_meta
+from reconaudit.engine.records import (
+    check_examples,
+    collect_records,
+    write_plain_summary,
+    write_records,
+    write_run_meta,
+)
 from reconaudit.engine.store import ArtifactStore, open_store
 
 log = logging.getLogger("reconaudit")
@@ -288,6 +294,17 @@ def _report_current(report_dir: Path, fingerprint: str) -> bool:
     return problem is None
 
 
+def _store_of_run(run_dir: Path, meta: dict) -> ArtifactStore | None:
+    """The store a run wrote (``execution.store`` of its config, else ``RUN_DIR/store``), if present."""
+    loc = ((meta.get("config") or {}).get("execution") or {}).get("store") or (Path(run_dir) / "store")
+    if "://" not in str(loc) and not Path(loc).is_dir():
+        return None
+    try:
+        return open_store(loc)
+    except Exception:  # noqa: BLE001 - an unreachable store only means no copy to restore from
+        return None
+
+
 def write_report(run_dir: Path, meta: dict | None = None, *, force: bool = False) -> Path:
     """Build the report of a run atomically; skip it when one exists for exactly these inputs.
 
@@ -312,6 +329,7 @@ def write_report(run_dir: Path, meta: dict | None = None, *, force: bool = False
     if not force and _report_current(final, fingerprint):
         log.info("report is up to date with the records: %s", final / "report.html")
         return final / "report.html"
+    check_examples(run_dir, meta, _store_of_run(run_dir, meta))
     tmp = run_dir / f".report-{uuid.uuid4().hex[:8]}"
     try:
         build_report(run_dir, out_dir=tmp)
