@@ -169,3 +169,18 @@ def test_changed_manifest_label_recomputes_that_cohort_only_and_plan_names_the_f
 def test_keys_of_synthetic_audits_hold_no_file_digests():
     plan = build_plan(load_config(tiny_config()))
     assert all(s.spec.get("inputs", {}) == {} for s in plan.steps.values() if "inputs" in s.spec)
+
+
+def test_an_edited_plugin_source_changes_the_keys_of_its_steps_only(tmp_path, monkeypatch):
+    src = tmp_path / "my_recon_mod.py"
+    src.write_text("from tests.engine.plugin_recon import build\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = _config([{"name": "identity"}, {"name": "plugin", "label": "mine",
+                                           "params": {"target": "my_recon_mod:build", "trainable": False}}])
+    a = build_plan(load_config(raw, build_plugins=False))
+    src.write_text("from tests.engine.plugin_recon import build  # edited\n")
+    b = build_plan(load_config(raw, build_plugins=False))
+    changed = set(a.steps) ^ set(b.steps)
+    assert {sid.split("/")[0] for sid in changed} == {"fit_recon", "reconstruct", "score"}
+    assert all(s.spec.get("reconstructor") in ("plugin", "mine") for sid, s in {**a.steps, **b.steps}.items()
+               if sid in changed)
