@@ -133,6 +133,7 @@ class ArtifactStore:
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(exist_ok=True)
         self.url = str(self.root)
+        self._verified_set: set[tuple[str, str]] = set()  # artifacts this process has verified
 
     # ------------------------------------------------------------------ queries
     def _final(self, kind: str, key: str) -> Path:
@@ -143,8 +144,6 @@ class ArtifactStore:
         return (self._final(kind, key) / MARKER).exists()
 
     def _verified_cache(self) -> set[tuple[str, str]]:
-        if not hasattr(self, "_verified_set"):
-            self._verified_set: set[tuple[str, str]] = set()
         return self._verified_set
 
     def _problem(self, local: Path) -> str | None:
@@ -327,6 +326,7 @@ class FsspecStore(ArtifactStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(exist_ok=True)
+        self._verified_set: set[tuple[str, str]] = set()
 
     def _remote(self, kind: str, key: str) -> str:
         return f"{self._base}/{kind}/{key}"
