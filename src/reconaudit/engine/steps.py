@@ -480,7 +480,11 @@ STEP_FUNCS = {
 
 
 def run_step(step: Step, ctx: StepContext) -> bool:
-    """Run ``step`` unless its artifact exists; return True when it computed something."""
+    """Run ``step`` unless its artifact exists and verifies; return True when it computed something.
+
+    The step runs under the store's per-step lock (a second worker waits, then finds the artifact);
+    a failed attempt sets the step's checkpoints aside, so a retry starts afresh.
+    """
     if ctx.store.verified(step.kind, step.key):
         return False
     with ctx.store.step_lock(step.kind, step.key):  # a worker sharing the store may be computing it
