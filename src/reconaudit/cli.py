@@ -64,12 +64,12 @@ def _logging(verbose: bool) -> None:
     )
 
 
-def _load(config: str):
+def _load(config: str, build_plugins: bool = True):
     from reconaudit.engine.config import ConfigError, load_config, resolve_config_source
 
     try:
         path = resolve_config_source(config)
-        return load_config(path), path.read_text()
+        return load_config(path, build_plugins=build_plugins), path.read_text()
     except ConfigError as e:
         console.print(f"[red]{escape(str(e))}[/red]")
         raise typer.Exit(2) from None
@@ -95,7 +95,7 @@ def run(
         except ImportError:
             console.print("[red]--executor ray needs Ray: pip install 'reconaudit\\[ray]'[/red]")
             raise typer.Exit(2) from None
-    from reconaudit.engine.run import run_audit
+    from reconaudit.engine.run import RunLockedError, run_audit
 
     prog = _install_progress()
     try:
@@ -105,7 +105,7 @@ def run(
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: finished steps are kept; run the same command again to resume[/yellow]")
         raise typer.Exit(130) from None
-    except ConnectionError as e:
+    except (ConnectionError, RunLockedError) as e:
         console.print(f"[red]{escape(str(e))}[/red]")
         raise typer.Exit(2) from None
     s = result.summary
@@ -128,12 +128,16 @@ def plan(
     config: Annotated[str, typer.Argument(help="config YAML file or bundled name")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory to check for finished steps")] = None,
 ) -> None:
-    """Print the grid of cells and which are already done, without running anything."""
-    cfg, _ = _load(config)
-    from reconaudit.engine.run import plan_status
+    """Print the grid of cells, which are already done and why the others must be computed.
+
+    Nothing is run or written, and no user code is called (plug-in factories are not built).
+    """
+    cfg, _ = _load(config, build_plugins=False)
+    from reconaudit.engine.run import plan_status, stale_reasons
 
     run_dir = out or Path("runs") / cfg.name
     p, done = plan_status(cfg, run_dir)
+    why = stale_reasons(p, done)
     table = Table(title=f"{cfg.name}: {len(p.cells)} cells, {len(p.steps)} steps ({sum(done.values())} done)")
     for col in ("cell", "cohort", "degradation", "level", "reconstructor", "mitigation", "seed", "status"):
         table.add_column(col, no_wrap=col in ("cell", "cohort", "status"))
@@ -141,9 +145,23 @@ def plan(
         need = p.needed_for([c.final_step])
         n_done = sum(done[s] for s in need)
         status = "done" if done[c.final_step] else f"{n_done}/{len(need)} steps"
+        if any(why.get(s, "").startswith("input changed") for s in need):
+            status += ", inputs changed"
         mit = c.mitigation if c.mitigation == "none" else f"{c.mitigation} λ={c.mitigation_strength:g}"
         table.add_row(c.cell_id, c.cohort, c.degradation, f"{c.level:g}", c.reconstructor, mit, str(c.seed), status)
     Console().print(table)
+    if any(done.values()):
+        from reconaudit.engine.run import store_for, thread_counts
+
+        threads = thread_counts(p, store_for(cfg, run_dir))
+        if len(threads) > 1:
+            Console().print("note: the finished steps were computed with different torch thread counts ("
+                            + ", ".join(f"{k} threads: {v} steps" for k, v in threads.items())
+                            + "); CPU results may differ in the last digits", soft_wrap=True)
+    changed = {s: r for s, r in why.items() if r.startswith("input changed")}
+    for sid, reason in changed.items():
+        n_after = sum(1 for s in p.steps if s != sid and sid in p.needed_for([s]) and not done[s])
+        Console().print(f"stale: {escape(sid)}: {escape(reason)}; {n_after} downstream steps follow", soft_wrap=True)
 
 
 @app.command()
@@ -152,9 +170,14 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run directory holding
     if not (run_dir / "records.parquet").exists():
         console.print(f"[red]{run_dir} has no records.parquet: run an audit there first[/red]")
         raise typer.Exit(2)
-    from reconaudit.report import build_report
+    from reconaudit.engine.run import RunLockedError, run_lock, write_report
 
-    path = build_report(run_dir)
+    try:
+        with run_lock(run_dir):
+            path = write_report(run_dir, force=True)
+    except RunLockedError as e:
+        console.print(f"[red]{escape(str(e))}[/red]")
+        raise typer.Exit(2) from None
     console.print(f"report: {path}")
 
 

@@ -17,3 +17,25 @@ class Halve(nn.Module):
 
 def build(factor: float = 0.5) -> nn.Module:
     return Halve(factor)
+
+
+class Scale(nn.Module):
+    """Multiplies the input by a learnable factor (its weights file sets the factor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.factor = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def build_scale() -> nn.Module:
+    return Scale()
+
+
+def build_marking(marker: str) -> nn.Module:
+    """A factory that leaves a file behind when it is called (to show who calls it)."""
+    with open(marker, "w") as f:
+        f.write("called")
+    return Scale()

@@ -102,3 +102,63 @@ def test_yaml_file_and_bad_yaml(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="neither a file nor a bundled config"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("edit", "where", "what"),
+    [
+        (lambda r: r.update(seeds=[0, 0]), "seeds", "seed 0 is listed twice"),
+        (lambda r: r["cohorts"][0]["degradations"][0].update(levels=[1000, 1000.0]),
+         "cohorts.0.degradations.0.levels", "level 1000 is listed twice"),
+        (lambda r: r.update(mitigations=[{"name": "eodd", "strengths": [0.5, 0.5]}]), "mitigations.0.strengths",
+         "strength 0.5 is listed twice"),
+        (lambda r: r.update(mitigations=[{"name": "eodd", "strengths": []}]), "mitigations.0.strengths",
+         "at least 1 item"),
+        (lambda r: r["reconstructors"].append({"name": "identity"}), "", "label 'identity' is used twice"),
+    ],
+)
+def test_duplicate_and_empty_grid_entries_are_refused(edit, where, what):
+    raw = tiny_config()
+    edit(raw)
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    assert what in str(e.value) and where in str(e.value)
+
+
+@pytest.mark.parametrize(("params", "key", "need"), [
+    ({"n_studies": 3, "size": 32}, "n_studies=3", "use at least"),
+    ({"n_studies": 72, "size": 32, "split_fractions": (0.98, 0.01, 0.01)}, "n_studies=72", "use at least"),
+])
+def test_a_cohort_too_small_to_split_is_refused_at_load_time(params, key, need):
+    raw = tiny_config()
+    raw["cohorts"][0]["params"] = params
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    assert f"cohorts.0.params: {key} is too small" in str(e.value) and need in str(e.value)
+
+
+def test_the_smallest_size_named_is_enough():
+    from reconaudit.cohorts import make_cohort, validate_cohort_params
+    from reconaudit.engine.validate import check_split_sizes
+
+    with pytest.raises(ValueError, match="use at least") as e:
+        check_split_sizes(validate_cohort_params("chest-xray", {"n_studies": 4, "size": 32}))
+    need = int(str(e.value).rsplit(" ", 1)[-1])
+    c = make_cohort("chest-xray", n_studies=need, size=32)
+    assert all(len(c.indices(s)) >= 1 for s in ("train", "val", "test"))
+    check_split_sizes(validate_cohort_params("chest-xray", {"n_studies": need, "size": 32}))
+
+
+def test_degradation_parameter_errors_are_reported_under_params_once():
+    raw = tiny_config()
+    raw["cohorts"][0]["degradations"][0]["params"] = {"model": "bogus"}
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    msg = str(e.value)
+    assert "cohorts.0.degradations.0.params: LowDoseXray: model must be one of" in msg
+    assert "levels" not in msg and msg.count("model must be") == 1
+    raw = tiny_config()
+    raw["cohorts"][0]["degradations"][0]["levels"] = [1000, -5]
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    assert "cohorts.0.degradations.0.levels.1: LowDoseXray: photons must be" in str(e.value)

@@ -162,6 +162,24 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
                   data_card=card, meta=meta)
 
 
+def input_files(p: ManifestParams) -> list[Path]:
+    """Every file :func:`load_manifest` reads: the manifest, and the images and masks it lists.
+
+    The engine hashes them into the cohort step's key, so an edited label or a replaced image
+    rebuilds the cohort.  Blank cells are skipped (the loader reports them).
+    """
+    path = Path(p.path)
+    root = Path(p.root) if p.root is not None else path.parent
+    if not path.is_file():
+        return [path]
+    df = _io.read_table(path, what=WHAT)
+    out = [path]
+    for col in (p.image_column, p.mask_column):
+        if col is not None and col in df.columns:
+            out += [root / str(v).strip() for v in df[col].dropna() if str(v).strip()]
+    return out
+
+
 class ManifestCohort(CohortBuilder):
     """The ``manifest`` cohort (:func:`load_manifest`)."""
 

@@ -20,6 +20,20 @@ class ConfigError(ValueError):
     """The config is invalid; the message names the key path, what was wrong and the allowed values."""
 
 
+def _no_duplicates(values: list, what: str) -> list:
+    """``values`` unchanged, or a ValueError naming the repeated value (a repeated grid entry would
+    count every study twice in the tables)."""
+    seen: set = set()
+    for v in values:
+        key = float(v) if isinstance(v, int | float) else v
+        if key in seen:
+            shown = f"{v:g}" if isinstance(v, float) else repr(v)
+            raise ValueError(f"{what} {shown} is listed twice; each {what} may appear once (a repeat would count "
+                             "every study twice)")
+        seen.add(key)
+    return values
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -30,6 +44,11 @@ class DegradationConfig(_Strict):
     name: str = Field(description="degradation name: lowdose-xray, kspace, masking")
     levels: list[float] = Field(min_length=1, description="severity levels (photons, acceleration, ratio)")
     params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the operator")
+
+    @field_validator("levels")
+    @classmethod
+    def _unique_levels(cls, v: list[float]) -> list[float]:
+        return _no_duplicates(v, "level")
 
 
 class TaskConfig(_Strict):
@@ -68,11 +87,16 @@ class MitigationConfig(_Strict):
     """A bias-mitigation strategy applied while fitting some reconstructors."""
 
     name: str = Field(description="a strategy of reconaudit.mitigation.MITIGATIONS (checked by validate_components)")
-    strengths: list[float] = Field(default_factory=lambda: [1.0], description="lambda values to sweep")
+    strengths: list[float] = Field(default_factory=lambda: [1.0], min_length=1, description="lambda values to sweep")
     params: dict[str, Any] = Field(default_factory=dict)
     reconstructors: list[str] | None = Field(default=None, description="reconstructor labels (default: all trainable)")
     cohorts: list[str] | None = None
     levels: list[float] | None = None
+
+    @field_validator("strengths")
+    @classmethod
+    def _unique_strengths(cls, v: list[float]) -> list[float]:
+        return _no_duplicates(v, "strength")
 
 
 class DirectConfig(_Strict):
@@ -142,6 +166,11 @@ class AuditConfig(_Strict):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int]) -> list[int]:
+        return _no_duplicates(v, "seed")
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
@@ -187,7 +216,7 @@ def resolve_config_source(source: str | Path) -> Path:
     raise ConfigError(f"config {str(source)!r} is neither a file nor a bundled config (bundled: {', '.join(BUNDLED)})")
 
 
-def load_config(source: str | Path | dict) -> AuditConfig:
+def load_config(source: str | Path | dict, *, build_plugins: bool = True) -> AuditConfig:
     """Load and validate a config from a YAML file, a bundled name, or a dict.
 
     Validation goes two levels deep: the schema here, then every named component (cohort,
@@ -211,7 +240,7 @@ def load_config(source: str | Path | dict) -> AuditConfig:
         raise ConfigError(_format_validation_error(e, where)) from None
     from reconaudit.engine.validate import validate_components
 
-    validate_components(cfg, where)
+    validate_components(cfg, where, build_plugins=build_plugins)
     return cfg
 
 

@@ -13,19 +13,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reconaudit.engine.config import AuditConfig, ReconstructorConfig
+from reconaudit.engine.inputs import InputDigests, cohort_input_files
 from reconaudit.engine.store import content_key
 
 # Bump a version when a step's code changes what it writes: its artifacts are then recomputed.
+# Version 2: keys hash the contents of the external files a step reads (``spec["inputs"]``).
 STEP_VERSIONS = {
-    "cohort": 1,
-    "task_model": 1,
-    "predict_clean": 1,
-    "degrade": 1,
-    "fit_recon": 1,
-    "reconstruct": 1,
-    "score": 1,
-    "direct_model": 1,
-    "direct_score": 1,
+    "cohort": 2,
+    "task_model": 2,
+    "predict_clean": 2,
+    "degrade": 2,
+    "fit_recon": 2,
+    "reconstruct": 2,
+    "score": 2,
+    "direct_model": 2,
+    "direct_score": 2,
 }
 STEP_KINDS = tuple(STEP_VERSIONS)
 
@@ -83,6 +85,7 @@ class Plan:
 
     cells: list[Cell]
     steps: dict[str, Step]
+    digests: InputDigests | None = None  # the external-file digests the keys were built from
 
     def ordered(self) -> list[Step]:
         """Steps in an order where every step comes after its dependencies (stable)."""
@@ -149,11 +152,28 @@ def cohort_tasks(cohort_cfg, supported: tuple[str, ...]) -> dict[str, dict]:
     return {t: {"arch": "small-cnn" if t == "classification" else "unet", "params": {}} for t in supported}
 
 
-def build_plan(cfg: AuditConfig) -> Plan:
-    """Expand ``cfg`` into cells and steps (no work is done)."""
+def _recon_inputs(rc: ReconstructorConfig, digests: InputDigests) -> tuple[dict, dict]:
+    """External-file digests of a reconstructor for its ``fit_recon`` and ``reconstruct`` steps.
+
+    A ``folder`` reconstructor's files are read when reconstructing; every other reconstructor's
+    (weights, a plug-in's source) when it is built for fitting, and reach ``reconstruct`` through
+    the fit's key.
+    """
+    found = digests.of_params(rc.params)
+    return ({}, found) if rc.name == "folder" else (found, {})
+
+
+def build_plan(cfg: AuditConfig, digests: InputDigests | None = None) -> Plan:
+    """Expand ``cfg`` into cells and steps (no work is done; no user code is called).
+
+    ``digests`` supplies the content digests of the external files steps read (a fresh in-memory
+    :class:`~reconaudit.engine.inputs.InputDigests` when omitted: the keys are the same, only the
+    hashing is not cached).
+    """
     from reconaudit.cohorts import COHORTS
     from reconaudit.mitigation import MITIGATIONS
 
+    digests = digests if digests is not None else InputDigests()
     b = _Builder()
     cells: list[Cell] = []
     ev = cfg.evaluation
@@ -166,8 +186,10 @@ def build_plan(cfg: AuditConfig) -> Plan:
     }
     for cc in cfg.cohorts:
         entry = COHORTS[cc.name]
-        cohort_id = b.add("cohort", {"name": cc.name, "params": cc.params, "data_seed": cc.data_seed})
+        cohort_id = b.add("cohort", {"name": cc.name, "params": cc.params, "data_seed": cc.data_seed,
+                                     "inputs": digests.of_paths(cohort_input_files(cc.name, cc.params))})
         tasks = cohort_tasks(cc, entry.tasks)
+        task_inputs = {t: digests.of_params(tc["params"]) for t, tc in tasks.items()}
         task_label = "+".join(sorted(tasks))
         for seed in cfg.seeds:
             task_ids = {
@@ -181,6 +203,7 @@ def build_plan(cfg: AuditConfig) -> Plan:
                         "seed": seed,
                         "threshold_policy": ev.threshold_policy,
                         "target_sensitivity": ev.target_sensitivity,
+                        "inputs": task_inputs[t],
                     },
                     [cohort_id],
                 )
@@ -218,6 +241,7 @@ def build_plan(cfg: AuditConfig) -> Plan:
                     }
                     base_deps = [cohort_id, deg_id, clean_id, *task_ids.values()]
                     for rc in cfg.reconstructors:
+                        fit_inputs, rec_inputs = _recon_inputs(rc, digests)
                         base_fit = b.add(
                             "fit_recon",
                             {
@@ -227,6 +251,7 @@ def build_plan(cfg: AuditConfig) -> Plan:
                                 "params": rc.params,
                                 "seed": seed,
                                 "mitigation": None,
+                                "inputs": fit_inputs,
                             },
                             [cohort_id, deg_id],
                         )
@@ -254,6 +279,7 @@ def build_plan(cfg: AuditConfig) -> Plan:
                                             "base": _key(base_fit) if fine_tune else None,
                                             "task_models": {t: _key(s) for t, s in task_ids.items()},
                                         },
+                                        "inputs": fit_inputs,
                                     },
                                     fit_deps,
                                 )
@@ -269,6 +295,7 @@ def build_plan(cfg: AuditConfig) -> Plan:
                                     "params": rc.params,
                                     "samples": rc.samples,
                                     "seed": seed,
+                                    "inputs": rec_inputs,
                                 },
                                 [cohort_id, deg_id, fit_id],
                             )
@@ -300,6 +327,7 @@ def build_plan(cfg: AuditConfig) -> Plan:
                                     "input": cfg.direct.input,
                                     "threshold_policy": ev.threshold_policy,
                                     "target_sensitivity": ev.target_sensitivity,
+                                    "inputs": task_inputs[t],
                                 },
                                 [cohort_id, deg_id],
                             )
@@ -322,4 +350,4 @@ def build_plan(cfg: AuditConfig) -> Plan:
                             Cell(cell_id, cc.name, dc.name, float(level), "direct", "direct", "none",
                                  float("nan"), seed, score_id, task_label)
                         )
-    return Plan(cells=cells, steps=b.steps)
+    return Plan(cells=cells, steps=b.steps, digests=digests)

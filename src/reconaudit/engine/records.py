@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from reconaudit.engine.plan import Plan
-from reconaudit.engine.store import ArtifactStore, atomic_write_bytes, atomic_write_text
+from reconaudit.engine.store import ArtifactStore, atomic_write_bytes, atomic_write_text, file_digest
 from reconaudit.schema import COLUMN_PREFIXES, RECORD_KEYS
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def collect_records(plan: Plan, store: ArtifactStore, run_dir: Path) -> tuple[pd
     """Concatenate the records of every finished cell; copy example studies into ``run_dir/examples``.
 
     Returns the records table and the cell list (with ``examples`` paths) for ``run.json``.
+    An example file in ``run_dir`` that differs from the store's checksum is copied again.
     Cells whose final step did not finish are listed with ``status = "missing"``.
     """
     parts = []
@@ -50,14 +51,44 @@ def collect_records(plan: Plan, store: ArtifactStore, run_dir: Path) -> tuple[pd
         parts.append(pd.read_parquet(d / "records.parquet"))
         if (d / "examples.npz").exists():
             dest = ex_dir / f"{cell.cell_id}.npz"
-            if not dest.exists():
+            if not dest.exists() or file_digest(dest) != store.checksum(kind, key, "examples.npz"):
+                if dest.exists():
+                    log.warning("%s differs from the store's copy (damaged or edited): copied again", dest)
                 tmp = dest.with_suffix(".npz.tmp")
                 shutil.copyfile(d / "examples.npz", tmp)
                 tmp.replace(dest)
             entry["examples"] = f"examples/{cell.cell_id}.npz"
+            entry["examples_blake2b"] = store.checksum(kind, key, "examples.npz")
         cells.append(entry)
     records = pd.concat(parts, ignore_index=True, sort=False) if parts else pd.DataFrame(columns=KEY_COLUMNS)
     return _order_columns(records), cells
+
+
+def check_examples(run_dir: Path, meta: dict, store: ArtifactStore | None = None) -> int:
+    """Check every example file of ``run.json`` against its checksum before a report reads it.
+
+    A file that differs is copied again from ``store`` when the cell's artifact is there, otherwise
+    moved aside to ``*.npz.damaged`` (the report then leaves that cell's examples out, with a
+    warning); returns how many files differed.
+    """
+    n = 0
+    for c in meta.get("cells", []):
+        rel, want = c.get("examples"), c.get("examples_blake2b")
+        f = Path(run_dir) / rel if rel else None
+        if f is None or want is None or not f.is_file() or file_digest(f) == want:
+            continue
+        n += 1
+        kind, key = str(c.get("final_step", "/")).split("/", 1)
+        if store is not None and store.verified(kind, key) and store.checksum(kind, key, "examples.npz") == want:
+            shutil.copyfile(store.path(kind, key) / "examples.npz", f.with_suffix(".npz.tmp"))
+            f.with_suffix(".npz.tmp").replace(f)
+            log.warning("%s differs from its checksum in run.json: copied again from the store", f)
+        else:
+            f.replace(f.with_suffix(".npz.damaged"))
+            log.warning("%s differs from its checksum in run.json and the store has no copy: moved to %s; "
+                        "the report leaves its examples out (run the audit again to restore them)", f,
+                        f.with_suffix(".npz.damaged"))
+    return n
 
 
 def write_records(records: pd.DataFrame, run_dir: Path) -> Path:
@@ -139,12 +170,14 @@ def _markdown(df: pd.DataFrame) -> str:
         return "(no finished cells)\n"
     cols = [c for c in df.columns if c != "cell_id"]
 
+    from reconaudit.report.markdown import markdown_text
+
     def fmt(v: object) -> str:
         if isinstance(v, float | np.floating):
             return "n/a" if np.isnan(v) else f"{v:.4g}"
-        return str(v)
+        return markdown_text(v)
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(markdown_text(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
         lines.append("| " + " | ".join(fmt(r[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -13,8 +15,15 @@ import yaml
 
 from reconaudit.engine.config import AuditConfig, config_to_dict
 from reconaudit.engine.executors import ContextSpec, RunSummary, make_executor
-from reconaudit.engine.plan import Plan, build_plan
-from reconaudit.engine.records import collect_records, write_plain_summary, write_records, write_run_meta
+from reconaudit.engine.inputs import InputDigests
+from reconaudit.engine.plan import Plan, Step, build_plan
+from reconaudit.engine.records import (
+    check_examples,
+    collect_records,
+    write_plain_summary,
+    write_records,
+    write_run_meta,
+)
 from reconaudit.engine.store import ArtifactStore, open_store
 
 log = logging.getLogger("reconaudit")
@@ -29,6 +38,65 @@ class AuditResult:
     report_path: Path | None
     summary: RunSummary
     plan: Plan
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run directory; the message says who (pid, host, start time)."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock (``fcntl.flock`` on ``RUN_DIR/.lock``) for the whole run.
+
+    A second run on the same directory is refused at once with :class:`RunLockedError` naming the
+    holder, which the lock file records (pid, host, start time, command line).  The lock dies with
+    its process, so a killed run never leaves the directory locked.
+    """
+    import fcntl
+    import json
+    import os
+    import sys
+
+    path = Path(run_dir) / ".lock"
+    fh = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            try:
+                who = json.loads(fh.read() or "{}")
+            except ValueError:
+                who = {}
+            raise RunLockedError(
+                f"run directory {run_dir} is in use by another run (pid {who.get('pid', '?')} on host "
+                f"{who.get('host', '?')}, started {who.get('started', '?')}: {who.get('command', '?')}); wait for "
+                "it to finish, stop it, or give this run another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": platform.node(), "command": " ".join(sys.argv),
+                             "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}))
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the lock
+
+
+def clean_stale_temporaries(run_dir: Path) -> int:
+    """Remove temporary files of atomic writes a killed run left in ``run_dir`` (``.NAME.*.tmp``,
+    ``examples/*.npz.tmp``, ``.report-*``); call only while holding :func:`run_lock`."""
+    import shutil
+
+    n = 0
+    for pattern in (".*.tmp", "cohorts/*/.*.tmp", "examples/*.tmp", ".report-*"):
+        for f in Path(run_dir).glob(pattern):
+            if f.is_dir():
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def software_versions() -> dict[str, str]:
@@ -48,15 +116,70 @@ def store_for(cfg: AuditConfig, run_dir: Path) -> ArtifactStore:
     return open_store(cfg.execution.store or (run_dir / "store"))
 
 
-def plan_status(cfg: AuditConfig, run_dir: Path) -> tuple[Plan, dict[str, bool]]:
-    """The plan and, for every step, whether its artifact already exists."""
-    plan = build_plan(cfg)
+def input_digests(cfg: AuditConfig, run_dir: Path) -> InputDigests:
+    """The external-file digests of a run, cached in a local store (else in the run directory)."""
     run_dir = Path(run_dir)
+    store_loc = cfg.execution.store or (run_dir / "store")
+    remote = "://" in str(store_loc) and not str(store_loc).startswith("file://")
+    local = Path(str(store_loc).removeprefix("file://"))
+    cache = run_dir / ".input-digests.json" if remote else local / ".inputs" / "digests.json"
+    return InputDigests(cache, exclude=[run_dir] if remote else [run_dir, local])
+
+
+def stale_reasons(plan: Plan, done: dict[str, bool]) -> dict[str, str]:
+    """Why each step that is not done has to be computed.
+
+    ``input changed: FILE (changed|added|removed)`` for a step whose external inputs differ from
+    the digests last seen (the file is named), ``after STEP`` for a step waiting on another step
+    that is not done, ``not computed yet`` otherwise.
+    """
+    out: dict[str, str] = {}
+    for step in plan.ordered():
+        if done.get(step.id):
+            continue
+        changes = plan.digests.changes_under(step.spec.get("inputs", {})) if plan.digests is not None else []
+        if changes:
+            shown = ", ".join(f"{f} ({what})" for f, what in changes[:3])
+            more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+            out[step.id] = f"input changed: {shown}{more}"
+            continue
+        dep = next((d for d in step.deps if not done.get(d)), None)
+        out[step.id] = f"after {dep}" if dep else "not computed yet"
+    return out
+
+
+def plan_status(cfg: AuditConfig, run_dir: Path) -> tuple[Plan, dict[str, bool]]:
+    """The plan and, for every step, whether its artifact already exists (nothing is written)."""
+    run_dir = Path(run_dir)
+    plan = build_plan(cfg, input_digests(cfg, run_dir))
     store_loc = cfg.execution.store or (run_dir / "store")
     if "://" not in str(store_loc) and not Path(store_loc).exists():
         return plan, {sid: False for sid in plan.steps}
     store = store_for(cfg, run_dir)
     return plan, {sid: store.exists(s.kind, s.key) for sid, s in plan.steps.items()}
+
+
+def steps_to_compute(plan: Plan, store: ArtifactStore) -> list[Step]:
+    """The steps whose artifact is missing or fails verification, in dependency order.
+
+    Every committed artifact of the plan is verified against the checksums of its commit marker
+    (a full hash, once per process); a damaged one is quarantined by the store and recomputed.
+    """
+    return [s for s in plan.ordered() if not store.verified(s.kind, s.key)]
+
+
+def thread_counts(plan: Plan, store: ArtifactStore) -> dict[str, int]:
+    """How many of the plan's committed artifacts were computed with each torch thread count.
+
+    CPU reductions are ordered by threads, so results can differ in the last digits (about 1e-7)
+    between thread counts; more than one count means the store mixes them.
+    """
+    out: dict[str, int] = {}
+    for s in plan.steps.values():
+        if store.exists(s.kind, s.key):
+            n = str((store.marker(s.kind, s.key).get("env") or {}).get("torch_threads", "unknown"))
+            out[n] = out.get(n, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def cohort_meta(plan: Plan, store: ArtifactStore, cfg: AuditConfig) -> dict:
@@ -141,27 +264,84 @@ def _append_clean_performance(cohorts: dict, records) -> None:
         info["clean_performance"] = perf
 
 
-def _report_if_changed(run_dir: Path, meta: dict) -> Path:
-    """Build the report unless one exists for exactly these records, config and analysis settings."""
+def report_fingerprint(run_dir: Path, meta: dict) -> str:
+    """sha256 of the records file, the config, the analysis settings, the version and the data cards."""
     import hashlib
     import json
 
-    from reconaudit.engine.store import atomic_write_text
+    h = hashlib.sha256((Path(run_dir) / "records.parquet").read_bytes())
+    h.update(json.dumps([meta.get("config"), meta.get("analysis"), (meta.get("versions") or {}).get("reconaudit"),
+                         {k: v.get("data_card") for k, v in (meta.get("cohorts") or {}).items()}],
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _report_current(report_dir: Path, fingerprint: str) -> bool:
+    import json
+
+    from reconaudit.engine.store import verify_manifest
+
+    try:
+        stamp = json.loads((report_dir / ".fingerprint").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(stamp, dict) or stamp.get("fingerprint") != fingerprint or "report.html" not in stamp.get(
+            "files", {}):
+        return False
+    problem = verify_manifest(report_dir, stamp["files"])
+    if problem is not None:
+        log.warning("the report in %s is damaged (%s): it is built again", report_dir, problem)
+    return problem is None
+
+
+def _store_of_run(run_dir: Path, meta: dict) -> ArtifactStore | None:
+    """The store a run wrote (``execution.store`` of its config, else ``RUN_DIR/store``), if present."""
+    loc = ((meta.get("config") or {}).get("execution") or {}).get("store") or (Path(run_dir) / "store")
+    if "://" not in str(loc) and not Path(loc).is_dir():
+        return None
+    try:
+        return open_store(loc)
+    except Exception:  # noqa: BLE001 - an unreachable store only means no copy to restore from
+        return None
+
+
+def write_report(run_dir: Path, meta: dict | None = None, *, force: bool = False) -> Path:
+    """Build the report of a run atomically; skip it when one exists for exactly these inputs.
+
+    The report is built in a temporary directory ``RUN_DIR/.report-*``; its ``.fingerprint`` (the
+    :func:`report_fingerprint` and the checksum of every report file) is written last, then the
+    directory is renamed to ``RUN_DIR/report``.  A kill leaves the previous report whole (or none),
+    never a truncated one, and a report whose files no longer match their checksums is rebuilt.
+    """
+    import json
+    import os
+    import shutil
+    import uuid
+
+    from reconaudit.engine.store import manifest_of
     from reconaudit.report import build_report
 
-    h = hashlib.sha256((run_dir / "records.parquet").read_bytes())
-    h.update(json.dumps([meta["config"], meta["analysis"], meta["versions"].get("reconaudit"),
-                         {k: v.get("data_card") for k, v in meta["cohorts"].items()}],
-                        sort_keys=True, default=str).encode())
-    fingerprint = h.hexdigest()
-    stamp = run_dir / "report" / ".fingerprint"
-    html = run_dir / "report" / "report.html"
-    if html.exists() and stamp.exists() and stamp.read_text() == fingerprint:
-        log.info("report is up to date with the records: %s", html)
-        return html
-    path = build_report(run_dir)
-    atomic_write_text(stamp, fingerprint)
-    return path
+    run_dir = Path(run_dir)
+    if meta is None:
+        meta = json.loads((run_dir / "run.json").read_text())
+    fingerprint = report_fingerprint(run_dir, meta)
+    final = run_dir / "report"
+    if not force and _report_current(final, fingerprint):
+        log.info("report is up to date with the records: %s", final / "report.html")
+        return final / "report.html"
+    check_examples(run_dir, meta, _store_of_run(run_dir, meta))
+    tmp = run_dir / f".report-{uuid.uuid4().hex[:8]}"
+    try:
+        build_report(run_dir, out_dir=tmp)
+        (tmp / ".fingerprint").write_text(json.dumps({"fingerprint": fingerprint, "files": manifest_of(tmp)}))
+        old = run_dir / f".report-old-{uuid.uuid4().hex[:8]}"
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final / "report.html"
 
 
 def run_audit(
@@ -179,11 +359,21 @@ def run_audit(
     Outputs in ``run_dir``: ``records.parquet``, ``run.json``, ``summary.csv``/``summary.md``,
     ``examples/``, ``run.log`` and (with ``report=True``) the report (``report.html``, ``tables/``,
     ``figures/``).  Finished steps are reused, so running again after an interruption resumes.
+    The run holds :func:`run_lock` on ``run_dir`` throughout: a concurrent second run is refused
+    with :class:`RunLockedError`.
     """
-    from reconaudit.devices import resolve_device
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _run_locked(cfg, run_dir, workers=workers, executor=executor, address=address, report=report,
+                           config_text=config_text)
+
+
+def _run_locked(cfg: AuditConfig, run_dir: Path, *, workers: int | None, executor: str | None,
+                address: str | None, report: bool, config_text: str | None) -> AuditResult:
+    from reconaudit.devices import resolve_device
+
     handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     log.addHandler(handler)
@@ -191,11 +381,14 @@ def run_audit(
         log.setLevel(logging.INFO)
     try:
         store = store_for(cfg, run_dir)
-        removed = store.clean_tmp()
+        removed = store.clean_tmp() + clean_stale_temporaries(run_dir)
         if removed:
-            log.info("removed %d temporary directories left by an interrupted run", removed)
-        plan = build_plan(cfg)
-        todo = [s for s in plan.ordered() if not store.exists(s.kind, s.key)]
+            log.info("removed %d temporary files and directories left by an interrupted run", removed)
+        plan = build_plan(cfg, input_digests(cfg, run_dir))
+        for f, what in sorted(plan.digests.changes.items()):
+            log.info("input %s: %s; the steps reading it are recomputed", what, f)
+        plan.digests.save()
+        todo = steps_to_compute(plan, store)
         log.info("plan: %d cells, %d steps, %d to compute", len(plan.cells), len(plan.steps), len(todo))
         on_ray = (executor or cfg.execution.executor) == "ray"
         # on Ray the device resolves on each worker (the driver may have no GPU at all)
@@ -210,6 +403,12 @@ def run_audit(
         for f in summary.failed:
             log.error("step %s failed after %d attempts: %s\n%s", f.step, f.attempts, f.error, f.traceback)
         records, cells = collect_records(plan, store, run_dir)
+        threads = thread_counts(plan, store)
+        if len(threads) > 1:
+            log.warning("the artifacts of this run were computed with different torch thread counts (%s: count -> "
+                        "steps); CPU results can differ in the last digits between thread counts. Resume with the "
+                        "same --workers on the same machine, or start a fresh store, for bit-identical numbers",
+                        ", ".join(f"{k} -> {v}" for k, v in threads.items()))
         meta = {
             "name": cfg.name,
             "config": config_to_dict(cfg),
@@ -217,6 +416,7 @@ def run_audit(
             "versions": software_versions(),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "device": device,
+            "torch_threads": threads,
             "cohorts": cohort_meta(plan, store, cfg),
             "cells": cells,
             "analysis": cfg.analysis.model_dump(),
@@ -234,7 +434,7 @@ def run_audit(
             write_plain_summary(records, meta, run_dir)
         report_path = None
         if report and len(records):
-            report_path = _report_if_changed(run_dir, meta)
+            report_path = write_report(run_dir, meta)
         log.info("audit %s: %d computed, %d reused, %d failed, %d skipped", cfg.name, len(summary.computed),
                  len(summary.reused), len(summary.failed), len(summary.skipped))
         return AuditResult(run_dir, records_path, report_path, summary, plan)

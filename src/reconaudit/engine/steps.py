@@ -480,9 +480,26 @@ STEP_FUNCS = {
 
 
 def run_step(step: Step, ctx: StepContext) -> bool:
-    """Run ``step`` unless its artifact exists; return True when it computed something."""
-    if ctx.store.exists(step.kind, step.key):
+    """Run ``step`` unless its artifact exists and verifies; return True when it computed something.
+
+    The step runs under the store's per-step lock (a second worker waits, then finds the artifact);
+    a failed attempt sets the step's checkpoints aside, so a retry starts afresh.
+    """
+    if ctx.store.verified(step.kind, step.key):
         return False
+    with ctx.store.step_lock(step.kind, step.key):  # a worker sharing the store may be computing it
+        if ctx.store.verified(step.kind, step.key):
+            return False
+        try:
+            _run_step_body(step, ctx)
+        except Exception as e:
+            ctx.store.discard_checkpoint(step.kind, step.key, f"{type(e).__name__}: {e}")
+            raise
+    ctx.store.clear_checkpoint(step.kind, step.key)
+    return True
+
+
+def _run_step_body(step: Step, ctx: StepContext) -> None:
     fn = STEP_FUNCS[step.kind]
     torch.use_deterministic_algorithms(True, warn_only=True)
     _seed_all(derive_seed(step.kind, step.key) % (2**31))
@@ -498,6 +515,4 @@ def run_step(step: Step, ctx: StepContext) -> bool:
             step_fit_recon(step.spec, ctx, out, key=step.key)
         else:
             fn(step.spec, ctx, out)
-    ctx.store.clear_checkpoint(step.kind, step.key)
-    return True
 

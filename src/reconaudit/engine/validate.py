@@ -13,8 +13,81 @@ def _check(errors: list[str], path: str, fn, *args, **kwargs) -> object:
         return None
 
 
-def validate_reconstructor_params(name: str, params: dict) -> None:
-    """Check a reconstructor's parameters (by its pydantic ``Params`` model, or by building it)."""
+def _split_counts(n_patients: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Patients per split as :func:`reconaudit.cohorts.assign_splits_by_patient` cuts them."""
+    n_train = int(round(fractions[0] * n_patients))
+    n_val = int(round(fractions[1] * n_patients))
+    return n_train, n_val, n_patients - n_train - n_val
+
+
+def check_split_sizes(params: object) -> None:
+    """Refuse a synthetic cohort too small to give every split (train, val, test) a patient.
+
+    The patients of ``n_studies`` studies with ``studies_per_patient = (lo, hi)`` number between
+    ``ceil(n / hi)`` and ``ceil(n / lo)`` (``n_subjects`` patients for a cohort that counts them);
+    splits are cut at ``round(f_train P)`` and ``round(f_val P)`` patients, the rest is test.  Every
+    count in that range must leave each split non-empty; the message names the smallest size that does.
+    """
+    import math
+
+    fractions = getattr(params, "split_fractions", None)
+    if fractions is None:
+        return
+    if hasattr(params, "n_subjects"):
+        key, n, lo, hi = "n_subjects", int(params.n_subjects), 1, 1
+    elif hasattr(params, "n_studies"):
+        lo, hi = getattr(params, "studies_per_patient", (1, 1))
+        key, n = "n_studies", int(params.n_studies)
+    else:
+        return
+
+    def ok(size: int) -> bool:
+        return all(min(_split_counts(pp, fractions)) >= 1
+                   for pp in range(math.ceil(size / hi), math.ceil(size / lo) + 1))
+
+    if not ok(n):
+        need = next((m for m in range(n + 1, 100_000) if ok(m)), None)
+        hint = f"use at least {need}" if need else "check split_fractions"
+        raise ValueError(f"{key}={n} is too small to give each of train/val/test a patient with split_fractions "
+                         f"{tuple(fractions)}; {hint}")
+
+
+def _check_degradation(errors: list[str], dp: str, dc) -> None:
+    """Build the degradation at every level; an error about the level goes under ``levels.K``, one
+    about the other parameters once under ``params``."""
+    from reconaudit.physics import DEGRADATIONS, make_degradation
+
+    level_name = getattr(DEGRADATIONS[dc.name], "level_name", "level")
+    param_errors: list[str] = []
+    for k, level in enumerate(dc.levels):
+        try:
+            make_degradation(dc.name, level, **dc.params)
+        except (ValueError, TypeError, KeyError) as e:
+            msg = str(e)
+            about_level = level_name in msg.replace(f"{level_name!r} is the level", "") or "level" in msg.split(";")[0]
+            if "unknown parameter" in msg or "not among the parameters" in msg or not about_level:
+                if msg not in param_errors:
+                    param_errors.append(msg)
+            else:
+                errors.append(f"  {dp}.levels.{k}: {msg}")
+    errors.extend(f"  {dp}.params: {m}" for m in param_errors)
+
+
+def _check_plugin_unbuilt(params: dict) -> None:
+    """A plug-in's target importable and its weights file readable, without calling the factory."""
+    from reconaudit.plugins import import_target, load_state_dict_file
+
+    import_target(params.get("target"))
+    if params.get("weights") is not None:
+        load_state_dict_file(params["weights"], key="weights")
+
+
+def validate_reconstructor_params(name: str, params: dict, build_plugins: bool = True) -> None:
+    """Check a reconstructor's parameters (by its pydantic ``Params`` model, or by building it).
+
+    A ``plugin`` is built (its factory called, its weights loaded into the module) only with
+    ``build_plugins=True``; otherwise its parameters, target and weights file are checked.
+    """
     from reconaudit.recon import RECONSTRUCTORS, make_reconstructor
 
     cls = RECONSTRUCTORS[name]
@@ -22,25 +95,36 @@ def validate_reconstructor_params(name: str, params: dict) -> None:
         from reconaudit.recon.training import validate_params
 
         validate_params(cls, params)
+    elif name == "plugin" and not build_plugins:
+        from reconaudit.recon.training import validate_params
+
+        validate_params(cls, params)
+        _check_plugin_unbuilt(params)
     else:
         make_reconstructor(name, device="cpu", **params)
 
 
-def validate_task_params(kind: str, arch: str, params: dict) -> None:
-    """Check a diagnostic model's kind, arch and parameters by building it (cheap, untrained)."""
+def validate_task_params(kind: str, arch: str, params: dict, build_plugins: bool = True) -> None:
+    """Check a diagnostic model's kind, arch and parameters by building it (cheap, untrained).
+
+    A ``plugin`` model is only checked (target importable, weights readable) with ``build_plugins=False``.
+    """
     from reconaudit.tasks import make_task_model
 
+    if arch == "plugin" and not build_plugins:
+        _check_plugin_unbuilt(params)
+        return
     n = None if kind == "classification" else 1
     make_task_model(kind, arch=arch, device="cpu", in_channels=1, n_outputs=n or 2, **params)
 
 
-def validate_components(cfg: AuditConfig, where: str = "<config>") -> None:
+def validate_components(cfg: AuditConfig, where: str = "<config>", build_plugins: bool = True) -> None:
     """Check cohort, degradation, reconstructor, task and mitigation names and parameters.
 
     Raises :class:`ConfigError` listing every problem with its key path and the allowed values.
     """
     from reconaudit.cohorts import COHORTS, validate_cohort_params
-    from reconaudit.physics import DEGRADATIONS, make_degradation
+    from reconaudit.physics import DEGRADATIONS
     from reconaudit.recon import RECONSTRUCTORS
 
     errors: list[str] = []
@@ -50,12 +134,14 @@ def validate_components(cfg: AuditConfig, where: str = "<config>") -> None:
             errors.append(f"  {p}.name: unknown cohort {cc.name!r}; allowed: {', '.join(COHORTS)}")
             continue
         entry = COHORTS[cc.name]
-        _check(errors, f"{p}.params", validate_cohort_params, cc.name, cc.params)
+        validated = _check(errors, f"{p}.params", validate_cohort_params, cc.name, cc.params)
+        if validated is not None:
+            _check(errors, f"{p}.params", check_split_sizes, validated)
         for t in cc.tasks:
             if entry.kind == "synthetic" and t not in entry.tasks:
                 errors.append(f"  {p}.tasks.{t}: cohort {cc.name!r} supports only {', '.join(entry.tasks)}")
         for t, tc in cc.tasks.items():
-            _check(errors, f"{p}.tasks.{t}", validate_task_params, t, tc.arch, tc.params)
+            _check(errors, f"{p}.tasks.{t}", validate_task_params, t, tc.arch, tc.params, build_plugins)
         for j, dc in enumerate(cc.degradations):
             dp = f"{p}.degradations.{j}"
             if dc.name not in DEGRADATIONS:
@@ -67,8 +153,7 @@ def validate_components(cfg: AuditConfig, where: str = "<config>") -> None:
                     f"  {dp}.name: {dc.name!r} simulates {mod} acquisitions but cohort {cc.name!r} is "
                     f"{entry.modality}; choose a degradation for {entry.modality} or 'masking'"
                 )
-            for k, level in enumerate(dc.levels):
-                _check(errors, f"{dp}.levels.{k}", make_degradation, dc.name, level, **dc.params)
+            _check_degradation(errors, dp, dc)
     labels = set()
     for i, rc in enumerate(cfg.reconstructors):
         p = f"reconstructors.{i}"
@@ -76,7 +161,7 @@ def validate_components(cfg: AuditConfig, where: str = "<config>") -> None:
         if rc.name not in RECONSTRUCTORS:
             errors.append(f"  {p}.name: unknown reconstructor {rc.name!r}; allowed: {', '.join(RECONSTRUCTORS)}")
             continue
-        _check(errors, f"{p}.params", validate_reconstructor_params, rc.name, rc.params)
+        _check(errors, f"{p}.params", validate_reconstructor_params, rc.name, rc.params, build_plugins)
         if rc.samples > 1 and not RECONSTRUCTORS[rc.name].stochastic:
             errors.append(f"  {p}.samples: {rc.name!r} is deterministic; samples > 1 needs a stochastic model (irsde)")
     for i, mc in enumerate(cfg.mitigations):

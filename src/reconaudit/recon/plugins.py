@@ -23,7 +23,7 @@ from pydantic import Field
 from torch import nn
 
 from reconaudit.physics.base import Degraded
-from reconaudit.plugins import import_target, load_state_dict_file
+from reconaudit.plugins import import_target, load_into, load_state_dict_file
 from reconaudit.recon.base import PairSet, Reconstructor, TrainingHooks
 from reconaudit.recon.training import (
     ParamsMixin,
@@ -86,7 +86,7 @@ class PluginReconstructor(ImageToImageReconstructor):
         if self.hp.weights is not None:
             if not has_params:
                 raise ValueError(f"plugin weights= given but target={self.hp.target!r} is not an nn.Module with parameters")
-            net.load_state_dict(load_weights(self.hp.weights))
+            load_into(net, load_weights(self.hp.weights), self.hp.weights, self.hp.target)
         self.fitted = True  # a plug-in is usable as it comes
 
     @property
@@ -133,13 +133,33 @@ class FolderReconstructor(ParamsMixin, Reconstructor):
         if not self.path.is_dir():
             raise ValueError(f"folder reconstructor: path={str(self.path)!r} is not a directory")
 
+    def _file(self, sid: str, ext: str) -> Path:
+        """``path/<sid>.<ext>``; a study id that would resolve outside the folder is refused."""
+        base = self.path.resolve()
+        f = (self.path / f"{sid}.{ext}").resolve()
+        if Path(sid).is_absolute() or (f != base and base not in f.parents):
+            raise ValueError(
+                f"folder reconstructor: study id {sid!r} names a file outside the folder {str(self.path)!r} "
+                "(an absolute path or '..'); study ids must be plain names inside the folder"
+            )
+        return f
+
     def _read(self, sid: str) -> np.ndarray:
         exts = ["npy", "png"] if self.hp.format == "auto" else [self.hp.format]
         for ext in exts:
-            f = self.path / f"{sid}.{ext}"
+            f = self._file(sid, ext)
             if f.exists():
                 if ext == "npy":
-                    arr = np.load(f, allow_pickle=False)
+                    try:
+                        arr = np.load(f, allow_pickle=False)
+                    except (ValueError, OSError, EOFError) as err:
+                        raise ValueError(
+                            f"folder reconstructor: {str(f)!r} is not a plain numeric .npy array ({err}); "
+                            "save each reconstruction with numpy.save of a float32 (H, W) array"
+                        ) from None
+                    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number):
+                        raise ValueError(f"folder reconstructor: {str(f)!r} holds {arr.dtype} values, "
+                                         "not numbers; save a float32 (H, W) array")
                     return np.asarray(arr, dtype=np.float32).squeeze()
                 from PIL import Image
 

@@ -12,7 +12,18 @@ from __future__ import annotations
 import html
 import re
 
-__all__ = ["render_markdown"]
+__all__ = ["markdown_text", "render_markdown"]
+
+_MD_SPECIAL = {"\\": "\\\\", "|": "\\|", "*": "\\*", "_": "\\_", "`": "\\`", "<": "&lt;", ">": "&gt;",
+               "&": "&amp;", "\n": " ", "\r": " "}
+
+
+def markdown_text(x: object) -> str:
+    """``x`` as inert Markdown text: HTML (``<script>``) becomes entities, Markdown markup and the table
+    delimiter ``|`` are backslash-escaped, line breaks become spaces, so a user string (a cohort,
+    label or group name) shows as written in any renderer and can neither break a table nor inject HTML.
+    Brackets stay (intervals read ``0.81 [0.78, 0.84]``) but ``](`` is escaped, so no link forms."""
+    return "".join(_MD_SPECIAL.get(ch, ch) for ch in str(x)).replace("](", "]\\(")
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _BULLET = re.compile(r"^\s*[-*+]\s+(.*)$")

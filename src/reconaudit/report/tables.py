@@ -177,11 +177,10 @@ def _visible(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown pipe table (``|`` in cells escaped)."""
-    df = _visible(df)
+    """A GitHub-flavoured Markdown pipe table (cells escaped by :func:`~reconaudit.report.markdown.markdown_text`)."""
+    from .markdown import markdown_text as cell
 
-    def cell(x: object) -> str:
-        return str(x).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    df = _visible(df)
 
     lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |",
              "| " + " | ".join("---" for _ in df.columns) + " |"]
@@ -270,7 +269,9 @@ def write_tables(analysis: Analysis, out_dir: Path | str) -> list[Path]:
     a.headlines.to_csv(p, index=False)
     paths.append(p)
     p = out / "headlines.md"
-    p.write_text("\n".join(f"- **{c}**: {s}" for c, s in zip(a.headlines["cohort"], a.headlines["sentence"])) + "\n",
-                 encoding="utf-8")
+    from .markdown import markdown_text
+
+    p.write_text("\n".join(f"- **{markdown_text(c)}**: {markdown_text(s)}"
+                           for c, s in zip(a.headlines["cohort"], a.headlines["sentence"])) + "\n", encoding="utf-8")
     paths.append(p)
     return paths

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from reconaudit.plugins import import_target, load_state_dict_file
+from reconaudit.plugins import import_target, load_into, load_state_dict_file
 from reconaudit.tasks.classification import Classifier, ClassifierParams
 from reconaudit.tasks.loop import evaluate_loss
 from reconaudit.tasks.network import hooked_output, pooled
@@ -92,11 +92,7 @@ class _PluginMixin:
                 f"plugin target {c.target!r} returned {type(net).__name__}; it must return a torch.nn.Module"
             )
         if c.weights is not None:
-            state = load_weights_file(c.weights)
-            try:
-                net.load_state_dict(state, strict=True)
-            except RuntimeError as err:
-                raise ValueError(f"plugin weights {c.weights!r} do not fit the module from {c.target!r}: {err}") from None
+            load_into(net, load_weights_file(c.weights), c.weights, c.target)
         if c.features_layer is not None:
             names = dict(net.named_modules())
             if c.features_layer not in names:
