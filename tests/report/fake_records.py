@@ -181,7 +181,9 @@ def make_fake_run(
             df[f"target:{lab}"] = targets[lab]
             df[f"clean_score:{lab}"] = _sigmoid(cl)
             df[f"score:{lab}"] = _sigmoid(logit)
-            df[f"threshold:{lab}"] = 0.5
+            # the direct model has its own operating point; the clean model's is recorded apart
+            df[f"threshold:{lab}"] = 0.35 if direct else 0.5
+            df[f"clean_threshold:{lab}"] = 0.5
             if rec == "diffusion":
                 for k in range(N_SAMPLES):
                     df[f"sample_score:{lab}:{k}"] = _sigmoid(logit + crng.normal(0, 0.3, n))

@@ -255,3 +255,29 @@ def test_extreme_bootstrap_p_values_are_refined_and_floored(analysis):
     # a change that is significant after correction has an interval that excludes zero
     sig = f[f["significant"]]
     assert ((sig["change_ci_low"] > 0) | (sig["change_ci_high"] < 0)).all()
+
+
+def test_direct_arm_clean_baseline_uses_the_clean_models_threshold(fake_inputs, analysis):
+    """The clean values of a direct cell equal those of the reconstruct cells of the same cohort and seed."""
+    records, meta = fake_inputs
+    direct = _cell(records, XRAY, "direct", 3000.0)
+    recon = _cell(records, XRAY, "unet", 3000.0)
+    assert (direct["threshold:effusion"] != direct["clean_threshold:effusion"]).all()  # the case at stake
+    for df, keys in ((analysis.task, ["label", "metric"]), (analysis.fairness, ["attribute", "label", "metric"])):
+        d = df[df["cell_id"] == direct["cell_id"].iloc[0]].set_index(keys)["clean"]
+        r = df[df["cell_id"] == recon["cell_id"].iloc[0]].set_index(keys)["clean"]
+        common = d.index.intersection(r.index)
+        assert len(common) >= 10
+        np.testing.assert_allclose(d[common].to_numpy(float), r[common].to_numpy(float), rtol=0, atol=1e-12)
+    # the direct model's threshold applies to its own (degraded-input) scores only
+    y = direct["target:effusion"].astype(int)
+    pred = direct["score:effusion"] >= 0.35
+    sens = _row(analysis.task, cell_id=direct["cell_id"].iloc[0], label="effusion", metric="sensitivity")
+    assert sens["recon"] == pytest.approx((pred & (y == 1)).sum() / (y == 1).sum())
+    # records without the column: the direct arm falls back to its own threshold (old behaviour, logged)
+    old = pd.concat([direct, recon]).drop(columns=[c for c in records if c.startswith("clean_threshold:")])
+    a = analyse(old, dict(meta, analysis=dict(meta["analysis"], n_resamples=20)))
+    t = a.task[a.task["metric"].isin(["sensitivity", "specificity"])]
+    d = t[t["cell_id"] == direct["cell_id"].iloc[0]].set_index(["label", "metric"])["clean"]
+    r = t[t["cell_id"] == recon["cell_id"].iloc[0]].set_index(["label", "metric"])["clean"]
+    assert (d - r[d.index]).abs().max() > 0.01

@@ -255,6 +255,24 @@ def _stats_from_dists(clean: float, recon: float, dc: np.ndarray, dr: np.ndarray
     return out
 
 
+def _thresholds(rows: pd.DataFrame, label: str, keep: np.ndarray, keys: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(threshold of the processed scores, threshold of the clean scores) of one label in one cell.
+
+    The clean scores are always called at the clean model's own threshold (``clean_threshold:``);
+    records written before that column existed fall back to ``threshold:`` (the same model in the
+    reconstruct arm; in the direct arm the direct model's, with a warning in the log).
+    """
+    n = int(keep.sum())
+    thr = rows[f"threshold:{label}"].to_numpy(float)[keep] if f"threshold:{label}" in rows else np.full(n, 0.5)
+    if f"clean_threshold:{label}" in rows:
+        return thr, rows[f"clean_threshold:{label}"].to_numpy(float)[keep]
+    if keys.get("arm") == "direct":
+        logger.warning("records: cell %s has no clean_threshold:%s column; the clean baseline of the direct arm "
+                       "uses the direct model's threshold (re-run the audit to record the clean one)",
+                       keys.get("cell_id"), label)
+    return thr, thr
+
+
 def _group_sizes(groups: np.ndarray) -> str:
     vals, counts = np.unique(groups, return_counts=True)
     return ", ".join(f"{v}: {c}" for v, c in zip(vals, counts))
@@ -310,8 +328,8 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
         y = y_all[keep].astype(np.int8)
         sc = rows[f"clean_score:{label}"].to_numpy(float)[keep]
         sr = rows[f"score:{label}"].to_numpy(float)[keep]
-        thr = rows[f"threshold:{label}"].to_numpy(float)[keep] if f"threshold:{label}" in rows else np.full(len(y), 0.5)
-        pc, pr = (sc >= thr).astype(np.int8), (sr >= thr).astype(np.int8)
+        thr, clean_thr = _thresholds(rows, label, keep, keys)
+        pc, pr = (sc >= clean_thr).astype(np.int8), (sr >= thr).astype(np.int8)
         pid = pid_all[keep]
         groups = {a: rows[f"group:{a}"].to_numpy()[keep] for a in attrs}
         base = dict(keys, label=label, n=int(keep.sum()))
