@@ -7,6 +7,7 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+import reconaudit.metrics as M
 from reconaudit.metrics import (
     MetricUndefinedWarning,
     auprc,
@@ -51,6 +52,17 @@ def test_choose_threshold_policies_known_answers():
     assert choose_threshold(y, s, "target_sensitivity", target=0.5) == 0.8
     with pytest.raises(ValueError, match="policy"):
         choose_threshold(y, s, "best")
+
+
+def test_one_operating_point_function():
+    """The task models, the engine and the report share one threshold function and its conventions."""
+    import reconaudit.tasks as T
+    from reconaudit.tasks import thresholds as tt
+
+    assert T.choose_threshold is choose_threshold and tt.choose_thresholds is M.choose_thresholds
+    # tie in |TPR - TNR| (0.25 at t=0.8 and t=0.7): the larger balanced accuracy wins
+    assert choose_threshold([1, 0, 1, 0, 0, 0], [0.9, 0.8, 0.7, 0.3, 0.2, 0.1]) == 0.7
+    assert choose_threshold([1, 1, 1], [0.2, 0.4, 0.9]) == 0.5  # one class: the documented fallback
 
 
 def test_dice_known_answers_and_empty_convention():

@@ -45,12 +45,12 @@ from .task import (
     MetricUndefinedWarning,
     auprc,
     auroc,
-    choose_threshold,
     dice,
     hd95,
     patient_level,
     sensitivity_specificity,
 )
+from .thresholds import THRESHOLD_POLICIES, apply_thresholds, choose_threshold, choose_thresholds
 
 __all__ = [
     "CONFUSION_FIELDS",
@@ -71,6 +71,9 @@ __all__ = [
     "bootstrap_weights",
     "by_group",
     "choose_threshold",
+    "choose_thresholds",
+    "apply_thresholds",
+    "THRESHOLD_POLICIES",
     "confusion_counts",
     "delong_test",
     "demographic_parity_difference",

@@ -1,4 +1,6 @@
-"""Task metrics: AUROC/AUPRC per label, operating thresholds, Dice and HD95 per study."""
+"""Task metrics: AUROC/AUPRC per label, sensitivity/specificity, Dice and HD95 per study.
+
+Operating thresholds live in :mod:`reconaudit.metrics.thresholds`."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, roc_curve
+from sklearn.metrics import average_precision_score
 
 from ._auroc import SortedScores
 from ._utils import as_1d, as_binary, check_same_length, to_numpy
@@ -18,7 +20,6 @@ __all__ = [
     "auroc",
     "auprc",
     "sensitivity_specificity",
-    "choose_threshold",
     "dice",
     "hd95",
     "patient_level",
@@ -128,49 +129,6 @@ def sensitivity_specificity(y_true: object, y_score: object, threshold: float) -
     sens = float((pred & (y == 1)).sum() / n1) if n1 else float("nan")
     spec = float((~pred & (y == 0)).sum() / n0) if n0 else float("nan")
     return sens, spec
-
-
-def choose_threshold(
-    y_true: object, y_score: object, policy: str = "sens_eq_spec", *, target: float | None = None
-) -> float:
-    r"""Operating threshold from the ROC curve (``sklearn.metrics.roc_curve``); predict positive when
-    :math:`s \ge t`.
-
-    Policies
-    --------
-    ``"sens_eq_spec"``
-        the ROC point where sensitivity equals specificity: :math:`\arg\min_t |TPR(t) - (1 - FPR(t))|`
-        (the first such point, i.e. the highest threshold, on ties).
-    ``"youden"``
-        Youden's J: :math:`\arg\max_t \; TPR(t) - FPR(t)`.
-    ``"target_sensitivity"``
-        the highest threshold with :math:`TPR(t) \ge` ``target``.
-
-    Returns
-    -------
-    float
-        The threshold (a score value, never ``inf``).
-    """
-    y = as_binary(y_true, "y_true")
-    s = as_1d(y_score, "y_score", np.float64)
-    check_same_length(y_true=y, y_score=s)
-    if y.min(initial=1) == y.max(initial=0):
-        raise ValueError(
-            "choose_threshold: y_true has a single class; a threshold needs positives and negatives"
-        )
-    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
-    fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]  # drop the (0, 0) point at threshold +inf
-    if policy == "sens_eq_spec":
-        i = int(np.argmin(np.abs(tpr - (1 - fpr))))
-    elif policy == "youden":
-        i = int(np.argmax(tpr - fpr))
-    elif policy == "target_sensitivity":
-        if target is None or not 0 <= target <= 1:
-            raise ValueError(f"target: policy 'target_sensitivity' needs target in [0, 1], got {target!r}")
-        i = int(np.flatnonzero(tpr >= target - 1e-12)[0])
-    else:
-        raise ValueError(f"policy: expected 'sens_eq_spec', 'youden' or 'target_sensitivity', got {policy!r}")
-    return float(thr[i])
 
 
 def _masks(x: object, name: str) -> np.ndarray:
