@@ -269,7 +269,9 @@ def make_fake_run(
             {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in c.items()} for c in all_cells
         ],
         "analysis": {"n_resamples": n_resamples, "alpha": 0.05, "correction": correction,
-                     "min_group_size": 5, "seed": 7, "ci": "percentile"},
+                     "min_group_size": 5, "seed": 7, "ci": "percentile",
+                     # a fake of 20 patients is below the default guards; they are tested on their own
+                     "min_group_patients": 2, "min_group_positives": 1, "max_undefined_share": 0.25},
         "failures": failures or [],
     }
     (run_dir / "run.json").write_text(json.dumps(meta, indent=2))

@@ -281,3 +281,31 @@ def test_direct_arm_clean_baseline_uses_the_clean_models_threshold(fake_inputs, 
     d = t[t["cell_id"] == direct["cell_id"].iloc[0]].set_index(["label", "metric"])["clean"]
     r = t[t["cell_id"] == recon["cell_id"].iloc[0]].set_index(["label", "metric"])["clean"]
     assert (d - r[d.index]).abs().max() > 0.01
+
+
+def test_not_estimable_rows_are_named_and_outside_the_family(fake_inputs):
+    """A one-patient group is not estimable under the default guards: NaN p, outside Holm, never significant."""
+    records, meta = fake_inputs
+    r = records[(records["cohort"] == XRAY) & (records["level"] == 3000.0) & (records["mitigation"] == "none")
+                & (records["seed"] == 0) & records["reconstructor"].isin(["unet", "identity"])].copy()
+    r.loc[r["group:age_band"] == "<40", "patient_id"] = "one-patient"
+    defaults = {k: v for k, v in meta["analysis"].items()
+                if k not in ("min_group_patients", "min_group_positives", "max_undefined_share")}
+    a = analyse(r, dict(meta, analysis=dict(defaults, n_resamples=50)))
+    assert a.settings["min_group_patients"] == 5 and a.settings["max_undefined_share"] == 0.01
+    for df in (a.task, a.fairness):
+        for col in ("n_undefined", "undefined_share", "estimable", "ci_method"):
+            assert col in df.columns, col
+    f = a.fairness
+    age = f[f["attribute"] == "age_band"]
+    assert len(age) and not age["estimable"].any() and not age["significant"].any()
+    assert age["p_adjusted"].isna().all() and age["p_value"].isna().all()
+    assert age["reason"].str.contains("'<40': 1 patient").all()
+    assert age["groups"].str.contains(r"<40: \d+ \(1 patients\)").all()
+    # the family holds exactly the rows with a p-value, and no not-estimable row
+    fam = a.families.set_index("family")
+    assert fam.loc["fairness", "n_tests"] == f["p_value"].notna().sum()
+    assert f.loc[~f["estimable"], "p_value"].isna().all()
+    shown = f[f["estimable"] & f["p_value"].notna()]
+    assert (shown["undefined_share"] <= 0.01).all()
+    np.testing.assert_array_equal(shown["n_undefined"] / shown["n_resamples"], shown["undefined_share"])

@@ -6,6 +6,7 @@ called on any predictions, without the rest of reconaudit.  See docs/metrics.md 
 
 from .fairness import (
     CONFUSION_FIELDS,
+    METRIC_NEEDS,
     FairnessUndefinedWarning,
     auroc_gap,
     by_group,
@@ -16,6 +17,8 @@ from .fairness import (
     equalized_odds_difference,
     fairness_from_counts,
     group_rates,
+    group_support,
+    guard_reasons,
     skewed_error_ratio,
     worst_group,
 )
@@ -30,6 +33,7 @@ from .stats import (
     bca_interval,
     benjamini_hochberg,
     bootstrap_metrics,
+    bootstrap_p_value,
     bootstrap_weights,
     delong_test,
     holm,
@@ -54,6 +58,10 @@ from .thresholds import THRESHOLD_POLICIES, apply_thresholds, choose_threshold, 
 
 __all__ = [
     "CONFUSION_FIELDS",
+    "METRIC_NEEDS",
+    "bootstrap_p_value",
+    "group_support",
+    "guard_reasons",
     "BootstrapResult",
     "ChangeResult",
     "DeLongResult",

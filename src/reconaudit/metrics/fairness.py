@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 
 from ._auroc import SortedScores
 from ._utils import as_1d, as_binary, check_same_length, group_codes
@@ -38,6 +39,9 @@ __all__ = [
     "dice_gap",
     "worst_group",
     "by_group",
+    "METRIC_NEEDS",
+    "group_support",
+    "guard_reasons",
 ]
 
 CONFUSION_FIELDS = ("TP", "FP", "TN", "FN")
@@ -377,3 +381,81 @@ def dice_gap(dice: object, *, sensitive_features: object, min_group_size: int = 
         return float("nan")
     vals = np.array(list(res.values()))
     return float(vals.max() - vals.min())
+
+
+#: What each group metric needs in every group beyond ``min_group_patients`` patients: patients with
+#: a positive study (``"pos"``: TPR, AUROC) and with a negative study (``"neg"``: FPR, AUROC).
+METRIC_NEEDS: dict[str, tuple[str, ...]] = {
+    "equalized_odds_difference": ("pos", "neg"),
+    "equal_opportunity_difference": ("pos",),
+    "demographic_parity_difference": (),
+    "skewed_error_ratio": (),
+    "auroc_gap": ("pos", "neg"),
+    "worst_group_auroc": ("pos", "neg"),
+}
+
+
+def group_support(
+    y_true: object | None, *, sensitive_features: object, patient_ids: object
+) -> pd.DataFrame:
+    """Per-group support counted in studies and in **patients**.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by the sorted group values, columns ``studies``, ``patients``, ``positive_patients``
+        (patients with at least one positive study in the group) and ``negative_patients``.  Without
+        ``y_true`` the last two are 0.
+    """
+    codes, labels = group_codes(sensitive_features)
+    pid = as_1d(patient_ids, "patient_ids")
+    check_same_length(sensitive_features=codes, patient_ids=pid)
+    y = np.zeros(len(codes), np.int8) if y_true is None else as_binary(y_true, "y_true")
+    check_same_length(sensitive_features=codes, y_true=y)
+    df = pd.DataFrame({"g": codes, "p": pid, "pos": y == 1, "neg": y == 0})
+    out = pd.DataFrame(
+        {
+            "studies": np.bincount(codes, minlength=len(labels)),
+            "patients": df.groupby("g")["p"].nunique().reindex(range(len(labels)), fill_value=0).to_numpy(),
+            "positive_patients": df[df["pos"]].groupby("g")["p"].nunique()
+            .reindex(range(len(labels)), fill_value=0).to_numpy() if y_true is not None else 0,
+            "negative_patients": df[df["neg"]].groupby("g")["p"].nunique()
+            .reindex(range(len(labels)), fill_value=0).to_numpy() if y_true is not None else 0,
+        },
+        index=pd.Index(labels.tolist(), name="group"),
+    )
+    return out
+
+
+def guard_reasons(
+    support: pd.DataFrame,
+    need: tuple[str, ...] = (),
+    *,
+    min_group_patients: int = 1,
+    min_group_positives: int = 1,
+    min_group_size: int = 1,
+) -> list[str]:
+    """Why a group metric is **not estimable** under the patient-level guards (empty when it is).
+
+    A group metric is estimable only when every group has at least ``min_group_size`` studies and
+    ``min_group_patients`` patients and, for the needs of the metric (:data:`METRIC_NEEDS`), at least ``min_group_positives``
+    patients with a positive study (``"pos"``) and as many with a negative one (``"neg"``).  Counting
+    patients, not studies, keeps one patient with 24 slices from passing as a group of 24.
+    """
+    out = []
+    for lab, r in support.iterrows():
+        if r["studies"] < min_group_size:
+            out.append(f"group {lab!r}: {int(r['studies'])} studies < min_group_size={min_group_size} "
+                       "(not estimable)")
+            continue
+        if r["patients"] < min_group_patients:
+            out.append(f"group {lab!r}: {int(r['patients'])} patient(s) ({int(r['studies'])} studies) "
+                       f"< min_group_patients={min_group_patients} (not estimable)")
+            continue
+        if "pos" in need and r["positive_patients"] < min_group_positives:
+            out.append(f"group {lab!r}: {int(r['positive_patients'])} patient(s) with a positive study "
+                       f"< min_group_positives={min_group_positives} (not estimable)")
+        if "neg" in need and r["negative_patients"] < min_group_positives:
+            out.append(f"group {lab!r}: {int(r['negative_patients'])} patient(s) with a negative study "
+                       f"< min_group_positives={min_group_positives} (not estimable)")
+    return out

@@ -27,7 +27,14 @@ from scipy import stats as sps
 from .. import progress
 from ._auroc import SortedScores, jackknife_auroc, placement_counts
 from ._utils import as_1d, as_binary, check_same_length, group_codes
-from .fairness import confusion_cells, confusion_counts, fairness_from_counts
+from .fairness import (
+    METRIC_NEEDS,
+    confusion_cells,
+    confusion_counts,
+    fairness_from_counts,
+    group_support,
+    guard_reasons,
+)
 from .task import MetricUndefinedWarning
 
 logger = logging.getLogger(__name__)
@@ -38,6 +45,7 @@ __all__ = [
     "weighted_confusion_counts",
     "weighted_auroc",
     "percentile_interval",
+    "bootstrap_p_value",
     "bca_interval",
     "BootstrapResult",
     "bootstrap_metrics",
@@ -145,6 +153,30 @@ def percentile_interval(dist: np.ndarray, confidence: float = 0.95) -> tuple[flo
     return float(lo), float(hi)
 
 
+def bootstrap_p_value(dist: np.ndarray) -> float:
+    r"""Two-sided bootstrap p-value of a change, undefined resamples counted **against** the statistic.
+
+    With :math:`B` resamples of which :math:`U` are undefined (NaN: a group drew no positive, ...):
+
+    .. math:: p = \min\left(1,\ \frac{2}{B}\min\left(\#\{\Delta^*_b \le 0\} + U,\
+              \#\{\Delta^*_b \ge 0\} + U\right)\right)
+
+    An undefined resample cannot support the sign of the change, so it counts on both sides (as a
+    resample-by-resample fairlearn computation would when it scores such a resample at 0).  Without
+    undefined resamples this is the usual :math:`2\min(P^*(\Delta^* \le 0), P^*(\Delta^* \ge 0))`;
+    with them :math:`p \ge 2U/B`, so a statistic undefined in 48 % of resamples is never significant.
+    NaN when every resample is undefined.
+    """
+    d = np.asarray(dist, dtype=np.float64)
+    b = len(d)
+    bad = np.isnan(d)
+    u = int(bad.sum())
+    if b == 0 or u == b:
+        return float("nan")
+    ok = d[~bad]
+    return float(min(1.0, 2 * min(np.sum(ok <= 0) + u, np.sum(ok >= 0) + u) / b))
+
+
 def bca_interval(
     dist: np.ndarray, estimate: float, jackknife: np.ndarray, confidence: float = 0.95
 ) -> tuple[float, float]:
@@ -210,8 +242,11 @@ class BootstrapResult:
 class _Design:
     """Per-patient sufficient statistics of every requested metric, laid out as matrix columns."""
 
-    def __init__(self, y, pcode, n_pat, attrs, preds, scores, values, values_name, min_group_size, auroc_gap):
+    def __init__(self, y, pcode, n_pat, attrs, preds, scores, values, values_name, min_group_size, auroc_gap,
+                 blocked=None):
         self.y, self.pcode, self.n_pat = y, pcode, n_pat
+        #: (metric, attribute) -> arms: not estimable under the patient guards, NaN in every resample
+        self.blocked: dict[tuple[str, str], list[str]] = blocked or {}
         self.attrs, self.min_group_size, self.values_name = attrs, min_group_size, values_name
         blocks, cols, start = [], {}, 0
         for arm, pred in preds.items():
@@ -257,7 +292,7 @@ class _Design:
         for arm, ss in self.sorted.items():
             out[("auroc", "all", arm)] = ss.auroc_from_segments((self.seg_mats[arm] @ ct).T)
             for name in self.attrs:
-                if (arm, name) not in self.group_seg_mats:
+                if (arm, name) not in self.group_seg_mats or ("auroc_gap", name) in self.blocked:
                     continue
                 ga = np.stack(
                     [ss.auroc_from_segments((a @ ct).T) for a in self.group_seg_mats[(arm, name)]], axis=1
@@ -289,6 +324,9 @@ class _Design:
                 out[(f"mean_{vn}", "all", arm)] = overall
         for key, val in auc.items():
             out[key] = val
+        for (metric, name), arms in self.blocked.items():
+            for arm in arms:
+                out[(metric, name, arm)] = np.full(len(lin), np.nan)
         return out
 
     def auc_for_weights(self, w: np.ndarray) -> dict:
@@ -299,7 +337,7 @@ class _Design:
             out[("auroc", "all", arm)] = ss.auroc(ws)
             if self.auroc_gap:
                 for name, (_, labels) in self.attrs.items():
-                    if name == _POOLED:
+                    if name == _POOLED or ("auroc_gap", name) in self.blocked:
                         continue
                     gs = self.group_sorted[(arm, name)]
                     ga = np.stack([ss.auroc(ws * (gs == g)) for g in range(len(labels))], axis=1)
@@ -312,7 +350,7 @@ class _Design:
             out[("auroc", "all", arm)] = jackknife_auroc(self.y, s, self.pcode, self.n_pat)
             if self.auroc_gap:
                 for name, (codes, labels) in self.attrs.items():
-                    if name == _POOLED:
+                    if name == _POOLED or ("auroc_gap", name) in self.blocked:
                         continue
                     ga = np.stack(
                         [
@@ -372,6 +410,8 @@ def bootstrap_metrics(
     confidence: float = 0.95,
     seed: int = 0,
     min_group_size: int = 1,
+    min_group_patients: int = 1,
+    min_group_positives: int = 1,
     auroc_gap: bool = False,
     bca: bool = True,
     chunk_size: int = 64,
@@ -389,6 +429,14 @@ def bootstrap_metrics(
     Resamples draw patients with replacement (all resamples at once, in chunks of ``chunk_size``),
     the same weights for clean and recon (paired).  BCa uses the leave-one-patient-out jackknife.
     Same inputs and ``seed`` give the same intervals.
+
+    Guards: ``min_group_size`` (studies), ``min_group_patients`` and ``min_group_positives`` are
+    checked once, on the data (:func:`reconaudit.metrics.guard_reasons`): a group metric with a group below them
+    (patients; patients with a positive / negative study where the metric needs them, see
+    :data:`reconaudit.metrics.METRIC_NEEDS`) is **not estimable**: NaN estimate and distribution in
+    every arm, the reasons in ``meta["not_estimable"][(metric, attribute)]``.  The AUROC gap obeys
+    every guard like the count metrics.  ``p_value`` follows :func:`bootstrap_p_value` (undefined
+    resamples counted against the statistic).
 
     Returns
     -------
@@ -419,7 +467,11 @@ def bootstrap_metrics(
                 )
     if not (preds or scores or vals):
         raise ValueError("bootstrap_metrics: give at least one of y_pred, y_score, values")
-    design = _Design(y, pcode, n_pat, attrs, preds, scores, vals, values_name, min_group_size, auroc_gap)
+    blocked, not_estimable = _guards(y, pcode, attrs, preds, scores, vals, values_name, auroc_gap,
+                                     min_group_size, min_group_patients, min_group_positives)
+    # the guards hold on the data; within a resample a group is undefined only where a rate has no
+    # denominator (no positive drawn, ...), which bootstrap_p_value counts against the statistic
+    design = _Design(y, pcode, n_pat, attrs, preds, scores, vals, values_name, 1, auroc_gap, blocked)
 
     ones = np.ones((1, n))
     point = _with_changes(design.metrics(design.pm.sum(axis=0, keepdims=True), design.auc_for_weights(ones)))
@@ -444,11 +496,7 @@ def bootstrap_metrics(
         e, d = float(est[0]), dists[key]
         lo, hi = percentile_interval(d, confidence)
         blo, bhi = bca_interval(d, e, jack[key], confidence) if jack is not None else (np.nan, np.nan)
-        pval = np.nan
-        if key[2] == "change":
-            dd = d[~np.isnan(d)]
-            if len(dd):
-                pval = float(min(1.0, 2 * min(np.mean(dd <= 0), np.mean(dd >= 0))))
+        pval = bootstrap_p_value(d) if key[2] == "change" else np.nan
         rows.append(
             dict(
                 metric=key[0],
@@ -478,7 +526,32 @@ def bootstrap_metrics(
             MetricUndefinedWarning,
             stacklevel=2,
         )
-    return BootstrapResult(table, dists, n_resamples, confidence, seed, n_pat, n, {"chunk_size": chunk_size})
+    return BootstrapResult(table, dists, n_resamples, confidence, seed, n_pat, n,
+                           {"chunk_size": chunk_size, "not_estimable": not_estimable})
+
+
+def _guards(y, pcode, attrs, preds, scores, vals, values_name, auroc_gap, min_size, min_patients, min_positives):
+    """(metric, attribute) pairs not estimable under the patient-level guards, with their reasons."""
+    blocked: dict[tuple[str, str], list[str]] = {}
+    reasons: dict[tuple[str, str], list[str]] = {}
+    families = []
+    if preds:
+        families += [(m, list(preds)) for m in COUNT_METRICS]
+    if scores and auroc_gap:
+        families.append(("auroc_gap", list(scores)))
+    if vals:
+        families += [(f"{values_name}_gap", list(vals)), (f"worst_group_{values_name}", list(vals))]
+    for name, (codes, labels) in attrs.items():
+        if name == _POOLED:
+            continue
+        support = group_support(y, sensitive_features=labels[codes], patient_ids=pcode)
+        for metric, arms in families:
+            why = guard_reasons(support, METRIC_NEEDS.get(metric, ()), min_group_patients=min_patients,
+                                min_group_positives=min_positives, min_group_size=min_size)
+            if why:
+                blocked[(metric, name)] = arms
+                reasons[(metric, name)] = why
+    return blocked, reasons
 
 
 # --------------------------------------------------------------------------------------------
@@ -593,8 +666,8 @@ def paired_permutation_test(
     .. math:: C^{c*} = \sum_p C^c_p + \sum_p s_p (C^r_p - C^c_p), \quad
               C^{r*} = \sum_p C^r_p - \sum_p s_p (C^r_p - C^c_p)
 
-    :math:`T = m(C^{r}) - m(C^{c})`, and :math:`p = (1 + \#\{|T^*| \ge |T|\}) / (1 + B)` over the
-    permutations where :math:`T^*` is defined.
+    :math:`T = m(C^{r}) - m(C^{c})`, and :math:`p = (1 + \#\{|T^*| \ge |T|\} + U) / (1 + B)`, the
+    :math:`U` permutations where :math:`T^*` is undefined counted as extreme (against the statistic).
 
     Parameters
     ----------
@@ -661,7 +734,8 @@ def paired_permutation_test(
         )
     t = np.concatenate(stats_)
     ok = ~np.isnan(t)
-    p = (1 + np.sum(np.abs(t[ok]) >= abs(obs) - 1e-12)) / (1 + ok.sum())
+    # undefined permutations count against the statistic, as in bootstrap_p_value
+    p = (1 + np.sum(np.abs(t[ok]) >= abs(obs) - 1e-12) + np.sum(~ok)) / (1 + len(t))
     return PermutationResult(obs, float(p), n_permutations, int((~ok).sum()))
 
 

@@ -144,6 +144,9 @@ def _settings(meta: dict) -> dict:
         "alpha": float(a.get("alpha", 0.05)),
         "correction": str(a.get("correction", "holm")).lower(),
         "min_group_size": int(a.get("min_group_size", 5)),
+        "min_group_patients": int(a.get("min_group_patients", 5)),
+        "min_group_positives": int(a.get("min_group_positives", 2)),
+        "max_undefined_share": float(a.get("max_undefined_share", 0.01)),
         "seed": int(a.get("seed", 0)),
         "ci": str(a.get("ci", "percentile")).lower(),
     }
@@ -226,13 +229,18 @@ def _stats_from_boot(index: dict, metric: str, attribute: str, ci: str) -> dict:
     """Clean / recon / change estimates and intervals of one metric from an indexed bootstrap table."""
     out: dict[str, float] = {c: np.nan for c in _STAT_COLUMNS}
     out["p_value"] = np.nan
+    out["n_undefined"], out["ci_method"] = 0, ci
     for arm in ("clean", "recon", "change"):
         r = index.get((metric, attribute, arm))
         if r is None:
             continue
+        out["n_undefined"] = max(out["n_undefined"], int(r["n_undefined"]))
         lo, hi = r["ci_low"], r["ci_high"]
-        if ci == "bca" and np.isfinite(r["bca_low"]) and np.isfinite(r["bca_high"]):
-            lo, hi = r["bca_low"], r["bca_high"]
+        if ci == "bca":
+            if np.isfinite(r["bca_low"]) and np.isfinite(r["bca_high"]):
+                lo, hi = r["bca_low"], r["bca_high"]
+            elif np.isfinite(lo):
+                out["ci_method"] = "percentile (BCa undefined)"
         out[arm], out[f"{arm}_ci_low"], out[f"{arm}_ci_high"] = float(r["estimate"]), float(lo), float(hi)
         if arm == "change":
             out["p_value"] = float(r["p_value"])
@@ -250,8 +258,8 @@ def _stats_from_dists(clean: float, recon: float, dc: np.ndarray, dr: np.ndarray
     out = {"clean": clean, "recon": recon, "change": float(change.difference), "change_rel_pct": rel}
     for name, d in (("clean", dc), ("recon", dr), ("change", dd)):
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = M.percentile_interval(d)
-    ok = dd[~np.isnan(dd)]
-    out["p_value"] = float(min(1.0, 2 * min(np.mean(ok <= 0), np.mean(ok >= 0)))) if len(ok) else np.nan
+    out["p_value"] = M.bootstrap_p_value(dd)
+    out["n_undefined"], out["ci_method"] = int(np.isnan(dd).sum()), "percentile"
     return out
 
 
@@ -273,9 +281,24 @@ def _thresholds(rows: pd.DataFrame, label: str, keep: np.ndarray, keys: dict) ->
     return thr, thr
 
 
-def _group_sizes(groups: np.ndarray) -> str:
-    vals, counts = np.unique(groups, return_counts=True)
-    return ", ".join(f"{v}: {c}" for v, c in zip(vals, counts))
+def _group_sizes(groups: np.ndarray, patient_ids: np.ndarray | None = None) -> str:
+    """``group: studies`` per group, with the patients when they differ from the studies."""
+    if patient_ids is None:
+        vals, counts = np.unique(groups, return_counts=True)
+        return ", ".join(f"{v}: {c}" for v, c in zip(vals, counts))
+    sup = M.group_support(None, sensitive_features=groups, patient_ids=patient_ids)
+    return ", ".join(f"{v}: {r.studies}" + ("" if r.studies == r.patients else f" ({r.patients} patients)")
+                     for v, r in zip(sup.index, sup.itertuples()))
+
+
+def _guard_kwargs(s: dict) -> dict:
+    """The group guards of the settings, as keyword arguments of the metrics functions."""
+    return {"min_group_size": s["min_group_size"], "min_group_patients": s["min_group_patients"],
+            "min_group_positives": s["min_group_positives"]}
+
+
+def _guard_reason(res: M.BootstrapResult, metric: str, attribute: str) -> list[str]:
+    return list(res.meta.get("not_estimable", {}).get((metric, attribute), []))
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,19 +370,19 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
         res, _ = _quiet(
             M.bootstrap_metrics, y, patient_ids=pid, sensitive_features=groups, y_pred=pr, y_pred_clean=pc,
             y_score=sr, y_score_clean=sc, n_resamples=s["n_resamples"], seed=seed,
-            min_group_size=s["min_group_size"], auroc_gap=True, bca=s["ci"] == "bca",
+            **_guard_kwargs(s), auroc_gap=True, bca=s["ci"] == "bca",
         )
         t = _boot_index(res.table)
         refine = dict(y_true=y, patient_ids=pid, sensitive_features=groups, y_pred=pr, y_pred_clean=pc, seed=seed,
-                      min_group_size=s["min_group_size"])
+                      **_guard_kwargs(s))
         # --- task performance of this label
         st = _stats_from_boot(t, "auroc", "all", s["ci"])
         dl = M.delong_test(y, sr, sc)
-        task_rows.append(dict(base, metric="auroc", **st, test="DeLong", ci_method=s["ci"], reason=""))
+        task_rows.append(dict(base, metric="auroc", **st, test="DeLong", reason=""))
         task_rows[-1]["p_value"] = dl.p_value
         for metric in ("sensitivity", "specificity"):
             st = _stats_from_boot(t, metric, "all", s["ci"])
-            task_rows.append(dict(base, metric=metric, **st, test="paired bootstrap", ci_method=s["ci"], reason=""))
+            task_rows.append(dict(base, metric=metric, **st, test="paired bootstrap", reason=""))
         wk = weights[:, keep]
         mean_parts["clean"].append(float(M.weighted_auroc(y, sc, ones[:, keep])[0]))
         mean_parts["recon"].append(float(M.weighted_auroc(y, sr, ones[:, keep])[0]))
@@ -368,11 +391,11 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
         # --- fairness of this label, per attribute
         for a in attrs:
             g = groups[a]
-            fbase = dict(base, attribute=a, groups=_group_sizes(g))
+            fbase = dict(base, attribute=a, groups=_group_sizes(g, pid))
             for metric in _COUNT_METRICS + ("auroc_gap",):
                 st = _stats_from_boot(t, metric, a, s["ci"])
                 fn = getattr(M, metric)
-                reasons = []
+                reasons = _guard_reason(res, metric, a)
                 for arm, pred, score in (("clean", pc, sc), ("recon", pr, sr)):
                     arg = score if metric == "auroc_gap" else pred
                     val, why = _quiet(fn, y, arg, sensitive_features=g, min_group_size=s["min_group_size"])
@@ -385,7 +408,7 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
                 fair_rows.append(dict(fbase, metric=metric, **st, test="paired bootstrap", worst_group_clean="",
                                       worst_group_recon="", reason=" | ".join(reasons), _perm=perm,
                                       _refine=(refine, metric, a) if metric in _COUNT_METRICS else None))
-            fair_rows.append(_worst_group_auroc(fbase, y, sc, sr, g, wk, s))
+            fair_rows.append(_worst_group_auroc(fbase, y, sc, sr, g, pid, wk, s))
     if mean_parts["clean"]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples stay NaN
@@ -394,14 +417,21 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
             mc, mr = float(np.nanmean(mean_parts["clean"])), float(np.nanmean(mean_parts["recon"]))
         st = _stats_from_dists(mc, mr, dc, dr)
         task_rows.append(dict(keys, label=MEAN_LABEL, n=len(rows), metric="auroc", **st, test="paired bootstrap",
-                              ci_method="percentile", reason=""))
+                              reason=""))
     return task_rows, fair_rows
 
 
-def _worst_group_auroc(fbase: dict, y, sc, sr, g, w, s) -> dict:
+def _worst_group_auroc(fbase: dict, y, sc, sr, g, pid, w, s) -> dict:
     """Worst-group AUROC (min over groups) on clean and recon, paired bootstrap over the same weights."""
     names = np.unique(g)
     point, dists, reasons = {}, {}, []
+    guard = M.guard_reasons(M.group_support(y, sensitive_features=g, patient_ids=pid),
+                            M.METRIC_NEEDS["worst_group_auroc"], min_group_patients=s["min_group_patients"],
+                            min_group_positives=s["min_group_positives"], min_group_size=s["min_group_size"])
+    if guard:
+        st = _stats_from_dists(np.nan, np.nan, np.full(len(w), np.nan), np.full(len(w), np.nan))
+        return dict(fbase, metric="worst_group_auroc", **st, test="paired bootstrap", worst_group_clean="",
+                    worst_group_recon="", reason="; ".join(guard))
     for arm, score in (("clean", sc), ("recon", sr)):
         val, why = _quiet(M.worst_group, score, y_true=y, agg=_auroc_or_nan, sensitive_features=g,
                           min_group_size=s["min_group_size"])
@@ -458,16 +488,16 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
     res, _ = _quiet(
         M.bootstrap_metrics, np.zeros(len(r)), patient_ids=pid, sensitive_features=groups, values=dr,
         values_clean=dc, values_name="dice", n_resamples=s["n_resamples"], seed=seed,
-        min_group_size=s["min_group_size"], bca=s["ci"] == "bca",
+        **_guard_kwargs(s), bca=s["ci"] == "bca",
     )
     t = _boot_index(res.table)
     refine = dict(y_true=np.zeros(len(r)), patient_ids=pid, sensitive_features=groups, values=dr, values_clean=dc,
-                  values_name="dice", seed=seed, min_group_size=s["min_group_size"])
+                  values_name="dice", seed=seed, **_guard_kwargs(s))
     st = _stats_from_boot(t, "mean_dice", "all", s["ci"])
     st["p_value"] = _wilcoxon(M.patient_level(dr, pid, agg="mean").to_numpy()
                               - M.patient_level(dc, pid, agg="mean").to_numpy())
     task_rows.append(dict(base, metric="dice", **st, test="Wilcoxon signed-rank (patient means)",
-                          ci_method=s["ci"], reason=""))
+                          reason=""))
     # patient-level: the median slice Dice of each patient, then the mean over patients
     pr = M.patient_level(dr, pid, agg="median")
     pc = M.patient_level(dc, pid, agg="median")
@@ -479,7 +509,7 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
     st = _stats_from_boot(_boot_index(res_p.table), "mean_dice", "all", s["ci"])
     st["p_value"] = _wilcoxon(pr.to_numpy() - pc.to_numpy())
     task_rows.append(dict(keys, label="", n=len(pr), metric="dice_patient", **st,
-                          test="Wilcoxon signed-rank (patient medians)", ci_method=s["ci"], reason=""))
+                          test="Wilcoxon signed-rank (patient medians)", reason=""))
     if "hd95" in r and "clean_hd95" in r:
         hr, hc = r["hd95"].to_numpy(float), r["clean_hd95"].to_numpy(float)
         ok = np.isfinite(hr) & np.isfinite(hc)
@@ -491,14 +521,14 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
             )
             task_rows.append(dict(keys, label="", n=int(ok.sum()), metric="hd95",
                                   **_stats_from_boot(_boot_index(res_h.table), "mean_hd95", "all", s["ci"]),
-                                  test="paired bootstrap", ci_method=s["ci"],
+                                  test="paired bootstrap",
                                   reason="" if ok.all() else f"{int((~ok).sum())} studies with an empty mask left out"))
     for a in attrs:
         g = groups[a]
-        fbase = dict(base, attribute=a, groups=_group_sizes(g))
+        fbase = dict(base, attribute=a, groups=_group_sizes(g, pid))
         for metric, boot_name in (("dice_gap", "dice_gap"), ("worst_group_dice", "worst_group_dice")):
             st = _stats_from_boot(t, boot_name, a, s["ci"])
-            reasons, worst = [], {}
+            reasons, worst = _guard_reason(res, boot_name, a), {}
             for arm, v in (("clean", dc), ("recon", dr)):
                 if metric == "dice_gap":
                     _, why = _quiet(M.dice_gap, v, sensitive_features=g, min_group_size=s["min_group_size"])
@@ -582,6 +612,32 @@ def _seed_table(cells: pd.DataFrame, task: pd.DataFrame, fairness: pd.DataFrame)
     return out[cols]
 
 
+def _mark_not_estimable(df: pd.DataFrame, s: dict) -> pd.DataFrame:
+    r"""``undefined_share`` (= ``n_undefined / n_resamples``) and ``estimable``; blank what is not estimable.
+
+    A row is **not estimable** when its estimate is undefined (a group guard or a missing class) or
+    when more than ``max_undefined_share`` of the bootstrap resamples behind its change are
+    undefined.  Its p-value and change interval are set to NaN, so that it stays outside the
+    multiple-comparison family, and ``reason`` says why.
+    """
+    df = df.copy()
+    df["n_undefined"] = pd.to_numeric(df["n_undefined"], errors="coerce").fillna(0).astype(int)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df["undefined_share"] = df["n_undefined"] / df["n_resamples"]
+    undefined = df["clean"].isna() | df["recon"].isna()
+    too_many = df["undefined_share"] > s["max_undefined_share"]
+    df["estimable"] = ~(undefined | too_many)
+    for i in np.flatnonzero((too_many & ~undefined).to_numpy()):
+        why = (f"{df['undefined_share'].iat[i]:.1%} of resamples undefined > max_undefined_share="
+               f"{s['max_undefined_share']:g} (not estimable)")
+        prev = df["reason"].iat[i]
+        df.iat[i, df.columns.get_loc("reason")] = f"{prev} | {why}" if prev else why
+    df.loc[~df["estimable"], ["p_value", "change_ci_low", "change_ci_high"]] = np.nan
+    if "p_permutation" in df:
+        df.loc[~df["estimable"], "p_permutation"] = np.nan
+    return df
+
+
 def _floor_bootstrap_p(df: pd.DataFrame, s: dict) -> None:
     """A bootstrap of B resamples cannot show p below 1/(B+1): floor its p-values there (in place)."""
     m = (df["test"] == "paired bootstrap") & df["p_value"].notna()
@@ -636,6 +692,7 @@ def _refine_bootstrap(fair: pd.DataFrame, fair_rows: list[dict], s: dict) -> pd.
                 if r is not None and np.isfinite(r["p_value"]):
                     fair.at[i, "p_value"] = float(r["p_value"])
                     fair.at[i, "n_resamples"] = b2
+                    fair.at[i, "n_undefined"] = int(r["n_undefined"])
     ok = fair["p_value"].notna()
     fair.loc[ok, "p_value"] = np.maximum(fair.loc[ok, "p_value"], 1.0 / (fair.loc[ok, "n_resamples"] + 1))
     return fair
@@ -841,18 +898,21 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
                 fair_rows += f
             bar.advance(1)
     cells = pd.DataFrame(cell_rows)
-    task_cols = [*KEY_COLUMNS, "label", "metric", "n", *_STAT_COLUMNS, "p_value", "test", "ci_method", "reason"]
+    task_cols = [*KEY_COLUMNS, "label", "metric", "n", *_STAT_COLUMNS, "p_value", "test", "ci_method",
+                 "n_undefined", "reason"]
     task = pd.DataFrame(task_rows, columns=task_cols)
     fair_cols = [*KEY_COLUMNS, "attribute", "label", "metric", "groups", "n", *_STAT_COLUMNS, "p_value", "test",
-                 "worst_group_clean", "worst_group_recon", "reason"]
+                 "ci_method", "n_undefined", "worst_group_clean", "worst_group_recon", "reason"]
     fair = pd.DataFrame(fair_rows, columns=fair_cols)
     fair = _permutation_tests(fair, fair_rows, s)
     fair = _refine_bootstrap(fair, fair_rows, s)
     _floor_bootstrap_p(task, s)
+    task["n_resamples"] = np.where(task["test"] != "", s["n_resamples"], np.nan)
+    task, fair = _mark_not_estimable(task, s), _mark_not_estimable(fair, s)
     fair["higher_is_worse"] = fair["metric"].isin(GAP_METRICS)
     fair["bias_increased"] = np.where(fair["higher_is_worse"], fair["change"] > 0, fair["change"] < 0)
     fair.loc[fair["change"].isna(), "bias_increased"] = False
-    fair["reason"] = np.where(fair["recon"].isna() | fair["clean"].isna(), fair["reason"], "")
+    fair["reason"] = np.where(~fair["estimable"], fair["reason"], "")
 
     families = []
     tests = (task["metric"].isin(["auroc", "dice"])) & (task["label"] != MEAN_LABEL)
