@@ -64,7 +64,7 @@ def test_auroc_sensitivity_specificity_match_sklearn(fake_inputs, analysis):
         assert row["clean"] == pytest.approx(auc_c, abs=1e-12)
         assert row["recon"] == pytest.approx(auc_r, abs=1e-12)
         assert row["change"] == pytest.approx(auc_r - auc_c, abs=1e-12)
-        assert row["test"] == "DeLong" and 0 <= row["p_value"] <= 1
+        assert row["test"] == "DeLong (patient-clustered)" and 0 <= row["p_value"] <= 1
         pred = r.loc[k, f"score:{label}"] >= r.loc[k, f"threshold:{label}"]
         sens = _row(analysis.task, cell_id=cid, label=label, metric="sensitivity")
         spec = _row(analysis.task, cell_id=cid, label=label, metric="specificity")

@@ -74,6 +74,8 @@ METRIC_NAMES = {
     "dice_gap": "Dice gap", "worst_group_dice": "worst-group Dice",
 }
 
+#: The task family's AUROC test: DeLong with studies clustered in patients (Obuchowski's variance).
+DELONG_TEST = "DeLong (patient-clustered)"
 _COUNT_METRICS = (
     "equalized_odds_difference", "equal_opportunity_difference", "demographic_parity_difference",
     "skewed_error_ratio",
@@ -377,8 +379,8 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
                       **_guard_kwargs(s))
         # --- task performance of this label
         st = _stats_from_boot(t, "auroc", "all", s["ci"])
-        dl = M.delong_test(y, sr, sc)
-        task_rows.append(dict(base, metric="auroc", **st, test="DeLong", reason=""))
+        dl = M.clustered_delong_test(y, sr, sc, patient_ids=pid)
+        task_rows.append(dict(base, metric="auroc", **st, test=DELONG_TEST, reason=""))
         task_rows[-1]["p_value"] = dl.p_value
         for metric in ("sensitivity", "specificity"):
             st = _stats_from_boot(t, metric, "all", s["ci"])
@@ -848,7 +850,7 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
         :math:`m_{recon}`, :math:`\\Delta = m_{recon} - m_{clean}` and
         :math:`\\Delta_\\% = 100\\,\\Delta / |m_{clean}|`, each with a 95 % patient-level paired
         bootstrap interval (:func:`reconaudit.metrics.bootstrap_metrics`); p-values from DeLong's test
-        (AUROC per label), the Wilcoxon signed-rank test over patients (Dice) or the paired
+        with studies clustered in patients (AUROC per label, :func:`reconaudit.metrics.clustered_delong_test`), the Wilcoxon signed-rank test over patients (Dice) or the paired
         bootstrap (fairness changes, refined for extreme ones; the paired permutation test is reported
         next to it as ``p_permutation``), adjusted by Holm or Benjamini-Hochberg within each stated
         family.
@@ -917,7 +919,7 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
     families = []
     tests = (task["metric"].isin(["auroc", "dice"])) & (task["label"] != MEAN_LABEL)
     tt, fam = _correct(task[tests], "task", "changes from clean to processed images in AUROC per label "
-                       "(DeLong) and in mean Dice (Wilcoxon signed-rank over the patients' mean Dice), every "
+                       "(DeLong, clustered by patient) and in mean Dice (Wilcoxon signed-rank over the patients' mean Dice), every "
                        "cell of this run: {n} tests", s)
     families.append(fam)
     task = task.join(tt[["p_adjusted", "significant"]])
