@@ -309,3 +309,56 @@ def test_not_estimable_rows_are_named_and_outside_the_family(fake_inputs):
     shown = f[f["estimable"] & f["p_value"].notna()]
     assert (shown["undefined_share"] <= 0.01).all()
     np.testing.assert_array_equal(shown["n_undefined"] / shown["n_resamples"], shown["undefined_share"])
+
+
+def test_study_definitions_reproduce_the_study(fake_inputs):
+    """definitions: study -> thresholds per label and arm on the test set, EODD = mean of the gaps, Dice SER."""
+    from reconaudit.metrics import choose_threshold
+
+    records, meta = fake_inputs
+    r = records[(records["level"].isin([3000.0, 8.0])) & (records["mitigation"] == "none") & (records["seed"] == 0)
+                & (records["reconstructor"] == "unet")]
+    a = analyse(r, dict(meta, analysis=dict(meta["analysis"], n_resamples=30, definitions="study")))
+    x = r[r["cohort"] == XRAY]
+    label, attribute = "effusion", "sex"
+    y = x[f"target:{label}"].astype(int).to_numpy()
+    g = x[f"group:{attribute}"].to_numpy()
+    row = _row(a.fairness, cohort=XRAY, label=label, attribute=attribute, metric="equalized_odds_difference")
+    for arm, col in (("clean", f"clean_score:{label}"), ("recon", f"score:{label}")):
+        s = x[col].to_numpy()
+        pred = (s >= choose_threshold(y, s, "sens_eq_spec")).astype(int)
+        assert row[arm] == pytest.approx(equalized_odds_difference(y, pred, sensitive_features=g, agg="mean"),
+                                         abs=1e-12), arm
+    if row["clean"] != 0:
+        assert row["change_rel_pct"] == pytest.approx(100 * (row["recon"] - row["clean"]) / abs(row["clean"]))
+    assert "study" in row["threshold_policy"] and "mean(TPR gap, FPR gap)" in row["definition"]
+    # segmentation: (1 - min group mean Dice) / (1 - max group mean Dice)
+    m = r[r["cohort"] == MRI]
+    ser = _row(a.fairness, cohort=MRI, attribute="sex", metric="dice_skewed_error_ratio")
+    for arm, col in (("clean", "clean_dice"), ("recon", "dice")):
+        means = m.groupby("group:sex")[col].mean()
+        assert ser[arm] == pytest.approx((1 - means.min()) / (1 - means.max()), abs=1e-12)
+    d = a.definitions.set_index("metric")
+    assert d.loc["equalized-odds difference", "definition"] == "study"
+    assert "skewed error ratio (1 - Dice)" in d.index
+    # the package definitions: no Dice SER row, EODD the max
+    p = analyse(r, dict(meta, analysis=dict(meta["analysis"], n_resamples=30)))
+    assert "dice_skewed_error_ratio" not in set(p.fairness["metric"])
+    assert _row(p.fairness, cohort=XRAY, label=label, attribute=attribute,
+                metric="equalized_odds_difference")["definition"].startswith("max(")
+
+
+def test_a_gap_closed_by_the_operating_point_is_flagged_and_never_a_headline(fake_inputs):
+    records, meta = fake_inputs
+    r = records[(records["cohort"] == XRAY) & (records["level"] == 3000.0) & (records["mitigation"] == "none")
+                & (records["seed"] == 0) & (records["reconstructor"] == "identity")].copy()
+    r["score:cardiomegaly"] = 0.01  # every processed score below the threshold: nothing called positive
+    a = analyse(r, dict(meta, analysis=dict(meta["analysis"], n_resamples=30)))
+    f = a.fairness[(a.fairness["label"] == "cardiomegaly") & a.fairness["metric"].isin(
+        ["equalized_odds_difference", "equal_opportunity_difference", "demographic_parity_difference"])]
+    assert len(f) and f["operating_point_flag"].str.contains("nothing called positive").all()
+    sens = _row(a.task, label="cardiomegaly", metric="sensitivity")
+    assert sens["recon"] == 0 and "nothing called positive" in sens["operating_point_flag"]
+    auc = _row(a.fairness, label="cardiomegaly", attribute="sex", metric="auroc_gap")
+    assert auc["operating_point_flag"] == "" and auc["threshold_policy"] == "threshold-free"
+    assert "cardiomegaly" not in a.headlines.iloc[0]["sentence"].split("largest")[-1]

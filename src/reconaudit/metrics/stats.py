@@ -34,6 +34,7 @@ from .fairness import (
     fairness_from_counts,
     group_support,
     guard_reasons,
+    ser_from_group_means,
 )
 from .task import MetricUndefinedWarning
 
@@ -244,8 +245,9 @@ class _Design:
     """Per-patient sufficient statistics of every requested metric, laid out as matrix columns."""
 
     def __init__(self, y, pcode, n_pat, attrs, preds, scores, values, values_name, min_group_size, auroc_gap,
-                 blocked=None):
+                 blocked=None, eodd_agg="worst_case"):
         self.y, self.pcode, self.n_pat = y, pcode, n_pat
+        self.eodd_agg = eodd_agg
         #: (metric, attribute) -> arms: not estimable under the patient guards, NaN in every resample
         self.blocked: dict[tuple[str, str], list[str]] = blocked or {}
         self.attrs, self.min_group_size, self.values_name = attrs, min_group_size, values_name
@@ -307,7 +309,7 @@ class _Design:
             g = len(self.attrs[name][1])
             blk = lin[:, sl]
             if kind == "conf":
-                fm = fairness_from_counts(blk.reshape(len(blk), g, 4), self.min_group_size)
+                fm = fairness_from_counts(blk.reshape(len(blk), g, 4), self.min_group_size, eodd_agg=self.eodd_agg)
                 if name != _POOLED:
                     for m in COUNT_METRICS:
                         out[(m, name, arm)] = fm[m]
@@ -322,6 +324,8 @@ class _Design:
                 if name != _POOLED:
                     out[(f"{vn}_gap", name, arm)] = means.max(axis=1) - means.min(axis=1)
                     out[(f"worst_group_{vn}", name, arm)] = means.min(axis=1)
+                    if vn == "dice":
+                        out[("dice_skewed_error_ratio", name, arm)] = ser_from_group_means(means)
                 out[(f"mean_{vn}", "all", arm)] = overall
         for key, val in auc.items():
             out[key] = val
@@ -416,8 +420,9 @@ def bootstrap_metrics(
     auroc_gap: bool = False,
     bca: bool = True,
     chunk_size: int = 64,
+    eodd_agg: str = "worst_case",
 ) -> BootstrapResult:
-    """Patient-level paired bootstrap of task and fairness metrics, with percentile and BCa intervals.
+    r"""Patient-level paired bootstrap of task and fairness metrics, with percentile and BCa intervals.
 
     For every attribute in ``sensitive_features`` (an array, a mapping name -> array, or a DataFrame):
     equalized-odds, equal-opportunity, demographic-parity differences and the skewed error ratio
@@ -437,7 +442,10 @@ def bootstrap_metrics(
     :data:`reconaudit.metrics.METRIC_NEEDS`) is **not estimable**: NaN estimate and distribution in
     every arm, the reasons in ``meta["not_estimable"][(metric, attribute)]``.  The AUROC gap obeys
     every guard like the count metrics.  ``p_value`` follows :func:`bootstrap_p_value` (undefined
-    resamples counted against the statistic).
+    resamples counted against the statistic).  ``eodd_agg`` combines the TPR and FPR gaps of the
+    equalized-odds difference: ``"worst_case"`` (max, the package's definition) or ``"mean"`` (the
+    study's).  With ``values_name="dice"`` the Dice skewed error ratio
+    :math:`(1 - \min_g \overline{D}_g)/(1 - \max_g \overline{D}_g)` is reported as well.
 
     Returns
     -------
@@ -472,7 +480,7 @@ def bootstrap_metrics(
                                      min_group_size, min_group_patients, min_group_positives)
     # the guards hold on the data; within a resample a group is undefined only where a rate has no
     # denominator (no positive drawn, ...), which bootstrap_p_value counts against the statistic
-    design = _Design(y, pcode, n_pat, attrs, preds, scores, vals, values_name, 1, auroc_gap, blocked)
+    design = _Design(y, pcode, n_pat, attrs, preds, scores, vals, values_name, 1, auroc_gap, blocked, eodd_agg)
 
     ones = np.ones((1, n))
     point = _with_changes(design.metrics(design.pm.sum(axis=0, keepdims=True), design.auc_for_weights(ones)))
@@ -542,6 +550,8 @@ def _guards(y, pcode, attrs, preds, scores, vals, values_name, auroc_gap, min_si
         families.append(("auroc_gap", list(scores)))
     if vals:
         families += [(f"{values_name}_gap", list(vals)), (f"worst_group_{values_name}", list(vals))]
+        if values_name == "dice":
+            families.append(("dice_skewed_error_ratio", list(vals)))
     for name, (codes, labels) in attrs.items():
         if name == _POOLED:
             continue
@@ -684,9 +694,9 @@ class PermutationResult(NamedTuple):
     n_undefined: int
 
 
-def _group_stat(metric: str, cells: np.ndarray, g: int, min_group_size: int) -> np.ndarray:
+def _group_stat(metric: str, cells: np.ndarray, g: int, min_group_size: int, eodd_agg: str = "worst_case") -> np.ndarray:
     if metric in COUNT_METRICS:
-        return fairness_from_counts(cells.reshape(len(cells), g, 4), min_group_size)[metric]
+        return fairness_from_counts(cells.reshape(len(cells), g, 4), min_group_size, eodd_agg=eodd_agg)[metric]
     sums, cnts = cells[:, :g], cells[:, g:]
     with np.errstate(invalid="ignore", divide="ignore"):
         means = np.where(cnts >= max(min_group_size, 1), sums / cnts, np.nan)
@@ -694,8 +704,11 @@ def _group_stat(metric: str, cells: np.ndarray, g: int, min_group_size: int) -> 
         return means.max(axis=1) - means.min(axis=1)
     if metric == "worst_group":
         return means.min(axis=1)
+    if metric == "dice_skewed_error_ratio":
+        return ser_from_group_means(means)
     raise ValueError(
-        f"metric: expected one of {COUNT_METRICS + ('dice_gap', 'value_gap', 'worst_group')}, got {metric!r}"
+        f"metric: expected one of {COUNT_METRICS + ('dice_gap', 'value_gap', 'worst_group', 'dice_skewed_error_ratio')}"
+        f", got {metric!r}"
     )
 
 
@@ -711,6 +724,7 @@ def paired_permutation_test(
     seed: int = 0,
     min_group_size: int = 1,
     chunk_size: int = 256,
+    eodd_agg: str = "worst_case",
 ) -> PermutationResult:
     r"""Permutation p-value for "reconstruction changed the fairness metric".
 
@@ -736,6 +750,8 @@ def paired_permutation_test(
     metric : str
     y_true : array of 0/1, shape (N,), needed for the count metrics.
     n_permutations, seed, min_group_size, chunk_size : int
+    eodd_agg : {"worst_case", "mean"}
+        As in :func:`reconaudit.metrics.equalized_odds_difference` (``agg``).
 
     Returns
     -------
@@ -769,8 +785,8 @@ def paired_permutation_test(
     mc, mr = arms
     tc, tr, d = mc.sum(0), mr.sum(0), mr - mc
     obs = float(
-        _group_stat(metric, tr[None], g, min_group_size)[0]
-        - _group_stat(metric, tc[None], g, min_group_size)[0]
+        _group_stat(metric, tr[None], g, min_group_size, eodd_agg)[0]
+        - _group_stat(metric, tc[None], g, min_group_size, eodd_agg)[0]
     )
     if np.isnan(obs):
         warnings.warn(
@@ -785,8 +801,8 @@ def paired_permutation_test(
         b = min(chunk_size, n_permutations - start)
         swap = rng.integers(0, 2, size=(b, n_pat)).astype(np.float64) @ d
         stats_.append(
-            _group_stat(metric, tr - swap, g, min_group_size)
-            - _group_stat(metric, tc + swap, g, min_group_size)
+            _group_stat(metric, tr - swap, g, min_group_size, eodd_agg)
+            - _group_stat(metric, tc + swap, g, min_group_size, eodd_agg)
         )
     t = np.concatenate(stats_)
     ok = ~np.isnan(t)

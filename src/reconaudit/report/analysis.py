@@ -57,7 +57,7 @@ CLASSIFICATION_FAIRNESS = (
     "equalized_odds_difference", "equal_opportunity_difference", "demographic_parity_difference",
     "skewed_error_ratio", "auroc_gap", "worst_group_auroc",
 )
-SEGMENTATION_FAIRNESS = ("dice_gap", "worst_group_dice")
+SEGMENTATION_FAIRNESS = ("dice_gap", "worst_group_dice", "dice_skewed_error_ratio")
 FAIRNESS_METRICS = CLASSIFICATION_FAIRNESS + SEGMENTATION_FAIRNESS
 #: Fairness metrics where a larger value means more disparity (the others: worst-group performance).
 GAP_METRICS = frozenset(FAIRNESS_METRICS) - {"worst_group_auroc", "worst_group_dice"}
@@ -72,6 +72,7 @@ METRIC_NAMES = {
     "skewed_error_ratio": "skewed error ratio",
     "auroc_gap": "AUROC gap", "worst_group_auroc": "worst-group AUROC",
     "dice_gap": "Dice gap", "worst_group_dice": "worst-group Dice",
+    "dice_skewed_error_ratio": "skewed error ratio (1 - Dice)",
 }
 
 #: The task family's AUROC test: DeLong with studies clustered in patients (Obuchowski's variance).
@@ -120,6 +121,9 @@ class Analysis:
     settings : dict
         The analysis settings used (``n_resamples``, ``alpha``, ``correction``, ``min_group_size``,
         ``seed``, ``ci``).
+    definitions : pandas.DataFrame
+        ``metric``, ``formula``, ``definition``: each metric's formula under the definitions in force
+        (``settings["definitions"]``: ``package`` or ``study``) and the threshold policy.
     cohorts : dict
         Per cohort: ``task``, ``labels``, ``group_attributes``, ``level_name``, ``levels`` ordered from
         the mildest to the most severe, and ``primary`` = (metric, label) of its task performance.
@@ -133,6 +137,7 @@ class Analysis:
     headlines: pd.DataFrame
     settings: dict = field(default_factory=dict)
     cohorts: dict = field(default_factory=dict)
+    definitions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,6 +154,7 @@ def _settings(meta: dict) -> dict:
         "min_group_patients": int(a.get("min_group_patients", 5)),
         "min_group_positives": int(a.get("min_group_positives", 2)),
         "max_undefined_share": float(a.get("max_undefined_share", 0.01)),
+        "definitions": str(a.get("definitions", "package")).lower(),
         "seed": int(a.get("seed", 0)),
         "ci": str(a.get("ci", "percentile")).lower(),
     }
@@ -156,6 +162,18 @@ def _settings(meta: dict) -> dict:
         raise ValueError(f"run.json analysis.correction: expected 'holm' or 'bh', got {s['correction']!r}")
     if s["ci"] not in ("percentile", "bca"):
         raise ValueError(f"run.json analysis.ci: expected 'percentile' or 'bca', got {s['ci']!r}")
+    if s["definitions"] not in ("package", "study"):
+        raise ValueError(f"run.json analysis.definitions: expected 'package' or 'study', got {s['definitions']!r}")
+    ev = dict((meta.get("config") or {}).get("evaluation") or {})
+    s["threshold_policy"] = str(ev.get("threshold_policy", "sens_eq_spec"))
+    s["target_sensitivity"] = ev.get("target_sensitivity")
+    if s["definitions"] == "study":
+        s["threshold_text"] = f"{s['threshold_policy']}, chosen per label on each arm's whole test set (study)"
+    elif ev.get("rechoose_on_test"):
+        s["threshold_text"] = f"{s['threshold_policy']}, re-chosen on each arm's test scores (rechoose_on_test)"
+    else:
+        s["threshold_text"] = (f"{s['threshold_policy']}, fixed on clean validation data (each arm's own "
+                               "model; clean scores at the clean model's)")
     if s["n_resamples"] < 10:
         raise ValueError(f"run.json analysis.n_resamples: expected at least 10, got {s['n_resamples']}")
     return s
@@ -293,6 +311,11 @@ def _group_sizes(groups: np.ndarray, patient_ids: np.ndarray | None = None) -> s
                      for v, r in zip(sup.index, sup.itertuples()))
 
 
+def _eodd_agg(s: dict) -> str:
+    """How the equalized-odds difference combines its TPR and FPR gaps under the definitions in force."""
+    return "mean" if s["definitions"] == "study" else "worst_case"
+
+
 def _guard_kwargs(s: dict) -> dict:
     """The group guards of the settings, as keyword arguments of the metrics functions."""
     return {"min_group_size": s["min_group_size"], "min_group_patients": s["min_group_patients"],
@@ -353,7 +376,13 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
         y = y_all[keep].astype(np.int8)
         sc = rows[f"clean_score:{label}"].to_numpy(float)[keep]
         sr = rows[f"score:{label}"].to_numpy(float)[keep]
-        thr, clean_thr = _thresholds(rows, label, keep, keys)
+        if s["definitions"] == "study" and len(y) and y.min() != y.max():
+            # the study's operating point: one threshold per label and arm, chosen on that arm's test set
+            thr = np.full(len(y), M.choose_threshold(y, sr, s["threshold_policy"], s["target_sensitivity"], label=label))
+            clean_thr = np.full(len(y), M.choose_threshold(y, sc, s["threshold_policy"], s["target_sensitivity"],
+                                                           label=label))
+        else:
+            thr, clean_thr = _thresholds(rows, label, keep, keys)
         pc, pr = (sc >= clean_thr).astype(np.int8), (sr >= thr).astype(np.int8)
         pid = pid_all[keep]
         groups = {a: rows[f"group:{a}"].to_numpy()[keep] for a in attrs}
@@ -372,11 +401,11 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
         res, _ = _quiet(
             M.bootstrap_metrics, y, patient_ids=pid, sensitive_features=groups, y_pred=pr, y_pred_clean=pc,
             y_score=sr, y_score_clean=sc, n_resamples=s["n_resamples"], seed=seed,
-            **_guard_kwargs(s), auroc_gap=True, bca=s["ci"] == "bca",
+            **_guard_kwargs(s), auroc_gap=True, bca=s["ci"] == "bca", eodd_agg=_eodd_agg(s),
         )
         t = _boot_index(res.table)
         refine = dict(y_true=y, patient_ids=pid, sensitive_features=groups, y_pred=pr, y_pred_clean=pc, seed=seed,
-                      **_guard_kwargs(s))
+                      **_guard_kwargs(s), eodd_agg=_eodd_agg(s))
         # --- task performance of this label
         st = _stats_from_boot(t, "auroc", "all", s["ci"])
         dl = M.clustered_delong_test(y, sr, sc, patient_ids=pid)
@@ -384,7 +413,9 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
         task_rows[-1]["p_value"] = dl.p_value
         for metric in ("sensitivity", "specificity"):
             st = _stats_from_boot(t, metric, "all", s["ci"])
-            task_rows.append(dict(base, metric=metric, **st, test="paired bootstrap", reason=""))
+            task_rows.append(dict(base, metric=metric, **st, test="paired bootstrap", reason="",
+                                  threshold_policy=s["threshold_text"],
+                                  operating_point_flag=M.operating_point_flag(y, pc, pr)))
         wk = weights[:, keep]
         mean_parts["clean"].append(float(M.weighted_auroc(y, sc, ones[:, keep])[0]))
         mean_parts["recon"].append(float(M.weighted_auroc(y, sr, ones[:, keep])[0]))
@@ -394,21 +425,26 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
         for a in attrs:
             g = groups[a]
             fbase = dict(base, attribute=a, groups=_group_sizes(g, pid))
+            flag = M.operating_point_flag(y, pc, pr, sensitive_features=g)
             for metric in _COUNT_METRICS + ("auroc_gap",):
                 st = _stats_from_boot(t, metric, a, s["ci"])
                 fn = getattr(M, metric)
                 reasons = _guard_reason(res, metric, a)
                 for arm, pred, score in (("clean", pc, sc), ("recon", pr, sr)):
                     arg = score if metric == "auroc_gap" else pred
-                    val, why = _quiet(fn, y, arg, sensitive_features=g, min_group_size=s["min_group_size"])
+                    val, why = _quiet(fn, y, arg, sensitive_features=g, min_group_size=s["min_group_size"],
+                                      **({"agg": _eodd_agg(s)} if metric == "equalized_odds_difference" else {}))
                     if why:
                         reasons.append(f"{arm}: " + "; ".join(why))
                 perm = None
                 if metric in _COUNT_METRICS and np.isfinite(st["clean"]) and np.isfinite(st["recon"]):
                     perm = dict(clean=pc, recon=pr, sensitive_features=g, patient_ids=pid, metric=metric,
-                                y_true=y, seed=seed, min_group_size=s["min_group_size"])
+                                y_true=y, seed=seed, min_group_size=s["min_group_size"], eodd_agg=_eodd_agg(s))
+                thresholded = metric in _COUNT_METRICS
                 fair_rows.append(dict(fbase, metric=metric, **st, test="paired bootstrap", worst_group_clean="",
                                       worst_group_recon="", reason=" | ".join(reasons), _perm=perm,
+                                      threshold_policy=s["threshold_text"] if thresholded else "threshold-free",
+                                      operating_point_flag=flag if thresholded else "",
                                       _refine=(refine, metric, a) if metric in _COUNT_METRICS else None))
             fair_rows.append(_worst_group_auroc(fbase, y, sc, sr, g, pid, wk, s))
     if mean_parts["clean"]:
@@ -528,12 +564,15 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
     for a in attrs:
         g = groups[a]
         fbase = dict(base, attribute=a, groups=_group_sizes(g, pid))
-        for metric, boot_name in (("dice_gap", "dice_gap"), ("worst_group_dice", "worst_group_dice")):
+        seg_metrics = [("dice_gap", "dice_gap"), ("worst_group_dice", "worst_group_dice")]
+        if s["definitions"] == "study":
+            seg_metrics.append(("dice_skewed_error_ratio", "dice_skewed_error_ratio"))
+        for metric, boot_name in seg_metrics:
             st = _stats_from_boot(t, boot_name, a, s["ci"])
             reasons, worst = _guard_reason(res, boot_name, a), {}
             for arm, v in (("clean", dc), ("recon", dr)):
-                if metric == "dice_gap":
-                    _, why = _quiet(M.dice_gap, v, sensitive_features=g, min_group_size=s["min_group_size"])
+                if metric in ("dice_gap", "dice_skewed_error_ratio"):
+                    _, why = _quiet(getattr(M, metric), v, sensitive_features=g, min_group_size=s["min_group_size"])
                 else:
                     _, why = _quiet(M.worst_group, v, sensitive_features=g, min_group_size=s["min_group_size"])
                 if why:
@@ -544,7 +583,7 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
             perm = None
             if np.isfinite(st["clean"]) and np.isfinite(st["recon"]):
                 perm = dict(clean=dc, recon=dr, sensitive_features=g, patient_ids=pid,
-                            metric="dice_gap" if metric == "dice_gap" else "worst_group", seed=seed,
+                            metric="worst_group" if metric == "worst_group_dice" else metric, seed=seed,
                             min_group_size=s["min_group_size"])
             fair_rows.append(dict(fbase, metric=metric, **st, test="paired bootstrap", _perm=perm,
                                   _refine=(refine, boot_name, a),
@@ -612,6 +651,61 @@ def _seed_table(cells: pd.DataFrame, task: pd.DataFrame, fairness: pd.DataFrame)
     cols = [*cfg, "source", "metric", "label", "attribute", "n_seeds", "seed_mean", "seed_std",
             "bootstrap_half_width"]
     return out[cols]
+
+
+_SEGMENTER_POLICY = "segmenter threshold fixed on clean validation data"
+
+
+def _fill_policy(df: pd.DataFrame) -> pd.DataFrame:
+    """Threshold policy of the rows that set none: threshold-free (AUROC) or the segmenter's."""
+    seg = df["metric"].isin(["dice", "dice_patient", "hd95", *SEGMENTATION_FAIRNESS])
+    pol, flag = df["threshold_policy"].astype(object), df["operating_point_flag"].astype(object)
+    df["threshold_policy"] = pol.where(pol.notna(), pd.Series(np.where(seg, _SEGMENTER_POLICY, "threshold-free"),
+                                                              index=df.index))
+    df["operating_point_flag"] = flag.where(flag.notna(), "").astype(str)
+    return df
+
+
+#: Per metric: (formula, under "package", under "study") in plain text; None where both agree.
+DEFINITIONS: dict[str, tuple[str, str | None]] = {
+    "auroc": ("Mann-Whitney AUROC, ties 1/2; change tested by DeLong with studies clustered in patients", None),
+    "sensitivity": ("TP / (TP + FN) at the operating threshold", None),
+    "specificity": ("TN / (TN + FP) at the operating threshold", None),
+    "dice": ("2|A∩B| / (|A| + |B|), 1 when both masks are empty; mean over studies", None),
+    "dice_patient": ("mean over patients of the median slice Dice", None),
+    "hd95": ("max of the two directed 95th-percentile boundary distances (px); a missed lesion or a false "
+             "lesion counts as the image diagonal (worst case)", None),
+    "equalized_odds_difference": ("max(TPR gap, FPR gap), gaps = max_g − min_g (package)",
+                                  "mean(TPR gap, FPR gap) (study)"),
+    "equal_opportunity_difference": ("max_g TPR_g − min_g TPR_g", None),
+    "demographic_parity_difference": ("max_g SR_g − min_g SR_g, SR = (TP + FP) / n", None),
+    "skewed_error_ratio": ("max_g ERR_g / min_g ERR_g, ERR = (FP + FN) / n", None),
+    "auroc_gap": ("max_g AUROC_g − min_g AUROC_g", None),
+    "worst_group_auroc": ("min_g AUROC_g", None),
+    "dice_gap": ("max_g mean Dice_g − min_g mean Dice_g", None),
+    "worst_group_dice": ("min_g mean Dice_g", None),
+    "dice_skewed_error_ratio": ("(1 − min_g mean Dice_g) / (1 − max_g mean Dice_g) (study)", None),
+}
+
+
+def metric_definition(metric: str, definitions: str = "package") -> str:
+    """The formula of ``metric`` under the definitions in force (``"package"`` or ``"study"``)."""
+    package, study = DEFINITIONS.get(metric, (metric, None))
+    return study if definitions == "study" and study else package
+
+
+def definitions_table(s: dict) -> pd.DataFrame:
+    """One row per metric: its name, the formula in force and which definition that is."""
+    rows = []
+    for metric, (_package, study) in DEFINITIONS.items():
+        if metric == "dice_skewed_error_ratio" and s["definitions"] != "study":
+            continue
+        rows.append({"metric": METRIC_NAMES.get(metric, metric), "formula": metric_definition(metric, s["definitions"]),
+                     "definition": s["definitions"] if study or metric == "dice_skewed_error_ratio" else "both"})
+    rows.append({"metric": "operating threshold", "formula": s["threshold_text"], "definition": s["definitions"]})
+    rows.append({"metric": "change / bias change", "formula": "Δ = m_processed − m_clean; "
+                 "Δ% = 100 Δ / |m_clean| (NaN where m_clean = 0)", "definition": "both"})
+    return pd.DataFrame(rows, columns=["metric", "formula", "definition"])
 
 
 def _mark_not_estimable(df: pd.DataFrame, s: dict) -> pd.DataFrame:
@@ -774,16 +868,26 @@ def _headlines(a: Analysis) -> pd.DataFrame:
                     f"[{_fmt(dr['recon_ci_low'], 3)}, {_fmt(dr['recon_ci_high'], 3)}], against "
                     f"{_fmt(b.iloc[0]['recon'], 3)} after {best} reconstruction."
                 )
-        f = fair[(fair["cohort"] == cohort) & fair["p_adjusted"].notna()]
+        tested = fair[(fair["cohort"] == cohort) & fair["p_adjusted"].notna()]
+        # the largest change quoted is never a not-estimable row or a gap an operating point closed
+        f = tested[tested["estimable"] & (tested["operating_point_flag"] == "")]
         fam = a.families[a.families["family"] == "fairness"]
         method = fam.iloc[0]["method"] if not fam.empty else a.settings["correction"]
-        if not f.empty:
-            sig = f[f["significant"]]
-            gaps = sig[sig["higher_is_worse"] & (sig["change"] > 0)]
-            text = (f"{len(sig)} of {len(f)} fairness changes tested in this cohort were significant after "
+        if not tested.empty:
+            sig = tested[tested["significant"]]
+            gaps = f[f["significant"] & f["higher_is_worse"] & (f["change"] > 0)]
+            text = (f"{len(sig)} of {len(tested)} fairness changes tested in this cohort were significant after "
                     f"{method} correction (family: all fairness changes in the run)")
-            gaps = gaps[gaps["metric"] != "skewed_error_ratio"]  # a ratio: not on the scale of the differences
-            pool = gaps if not gaps.empty else f[f["higher_is_worse"] & (f["metric"] != "skewed_error_ratio")]
+            n_flag = int((tested["operating_point_flag"] != "").sum())
+            if n_flag:
+                text += (f"; {n_flag} of them sit at an operating point pushed to a corner (a group's "
+                         "sensitivity or specificity 0 or 1 after processing) and are not quoted")
+            n_ne = int((~fair.loc[fair["cohort"] == cohort, "estimable"]).sum())
+            if n_ne:
+                text += f"; {n_ne} fairness rows were not estimable (group guards or undefined resamples)"
+            ratios = ["skewed_error_ratio", "dice_skewed_error_ratio"]  # not on the scale of the differences
+            gaps = gaps[~gaps["metric"].isin(ratios)]
+            pool = gaps if not gaps.empty else f[f["higher_is_worse"] & ~f["metric"].isin(ratios)]
             if not pool.empty and pool["change"].notna().any():
                 top = pool.loc[pool["change"].idxmax()]
                 what = METRIC_NAMES[top["metric"]]
@@ -901,11 +1005,15 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
             bar.advance(1)
     cells = pd.DataFrame(cell_rows)
     task_cols = [*KEY_COLUMNS, "label", "metric", "n", *_STAT_COLUMNS, "p_value", "test", "ci_method",
-                 "n_undefined", "reason"]
-    task = pd.DataFrame(task_rows, columns=task_cols)
+                 "n_undefined", "threshold_policy", "operating_point_flag", "reason"]
+    task = _fill_policy(pd.DataFrame(task_rows, columns=task_cols))
     fair_cols = [*KEY_COLUMNS, "attribute", "label", "metric", "groups", "n", *_STAT_COLUMNS, "p_value", "test",
-                 "ci_method", "n_undefined", "worst_group_clean", "worst_group_recon", "reason"]
+                 "ci_method", "n_undefined", "threshold_policy", "operating_point_flag", "worst_group_clean",
+                 "worst_group_recon", "reason"]
     fair = pd.DataFrame(fair_rows, columns=fair_cols)
+    fair = _fill_policy(fair)
+    fair["definition"] = [metric_definition(m, s["definitions"]) for m in fair["metric"]]
+    task["definition"] = [metric_definition(m, s["definitions"]) for m in task["metric"]]
     fair = _permutation_tests(fair, fair_rows, s)
     fair = _refine_bootstrap(fair, fair_rows, s)
     _floor_bootstrap_p(task, s)
@@ -938,7 +1046,7 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
     fair = fair.sort_values([*sort_keys, "attribute", "label", "metric"]).reset_index(drop=True)
     a = Analysis(cells=cells, task=task, fairness=fair, seeds=_seed_table(cells, task, fair),
                  families=pd.DataFrame(families), headlines=pd.DataFrame(columns=["cohort", "sentence"]),
-                 settings=s, cohorts=cohorts)
+                 settings=s, cohorts=cohorts, definitions=definitions_table(s))
     a.headlines = _headlines(a)
     logger.info("analysis: %d cells, %d task rows, %d fairness rows", len(cells), len(task), len(fair))
     return a
