@@ -10,6 +10,7 @@ from fairlearn.metrics import equalized_odds_difference as fl_eodd
 
 import reconaudit.metrics as M
 
+
 def test_eodd_mean_and_worst_case_hand_computed_and_fairlearn():
     y = np.array([1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0])
     p = np.array([1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 0, 0])
