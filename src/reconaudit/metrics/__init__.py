@@ -56,6 +56,7 @@ from .task import (
     auroc,
     dice,
     hd95,
+    normalized_surface_dice,
     patient_level,
     sensitivity_specificity,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "fairness_from_counts",
     "group_rates",
     "hd95",
+    "normalized_surface_dice",
     "holm",
     "iter_bootstrap_weights",
     "metric_change",

@@ -560,7 +560,8 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
             task_rows.append(dict(keys, label="", n=int(ok.sum()), metric="hd95",
                                   **_stats_from_boot(_boot_index(res_h.table), "mean_hd95", "all", s["ci"]),
                                   test="paired bootstrap",
-                                  reason="" if ok.all() else f"{int((~ok).sum())} studies with an empty mask left out"))
+                                  reason="" if ok.all() else f"{int((~ok).sum())} studies without a boundary to measure "
+                                  "(both masks empty) left out"))
     for a in attrs:
         g = groups[a]
         fbase = dict(base, attribute=a, groups=_group_sizes(g, pid))
@@ -673,8 +674,8 @@ DEFINITIONS: dict[str, tuple[str, str | None]] = {
     "specificity": ("TN / (TN + FP) at the operating threshold", None),
     "dice": ("2|A∩B| / (|A| + |B|), 1 when both masks are empty; mean over studies", None),
     "dice_patient": ("mean over patients of the median slice Dice", None),
-    "hd95": ("max of the two directed 95th-percentile boundary distances (px); a missed lesion or a false "
-             "lesion counts as the image diagonal (worst case)", None),
+    "hd95": ("max of the two directed 95th-percentile boundary distances (px); a missed or a false lesion "
+             "counts as the image diagonal (worst case); slices with both masks empty are left out", None),
     "equalized_odds_difference": ("max(TPR gap, FPR gap), gaps = max_g − min_g (package)",
                                   "mean(TPR gap, FPR gap) (study)"),
     "equal_opportunity_difference": ("max_g TPR_g − min_g TPR_g", None),
