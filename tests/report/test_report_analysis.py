@@ -362,3 +362,16 @@ def test_a_gap_closed_by_the_operating_point_is_flagged_and_never_a_headline(fak
     auc = _row(a.fairness, label="cardiomegaly", attribute="sex", metric="auroc_gap")
     assert auc["operating_point_flag"] == "" and auc["threshold_policy"] == "threshold-free"
     assert "cardiomegaly" not in a.headlines.iloc[0]["sentence"].split("largest")[-1]
+
+
+def test_ci_method_says_when_bca_fell_back_to_percentile():
+    from reconaudit.report.analysis import _stats_from_boot
+
+    base = dict(metric="m", attribute="all", estimate=0.5, ci_low=0.4, ci_high=0.6, p_value=np.nan, n_undefined=0)
+    ok = {("m", "all", arm): dict(base, arm=arm, bca_low=0.41, bca_high=0.62) for arm in ("clean", "recon")}
+    st = _stats_from_boot(ok, "m", "all", "bca")
+    assert st["ci_method"] == "bca" and st["recon_ci_low"] == 0.41
+    bad = {("m", "all", arm): dict(base, arm=arm, bca_low=np.nan, bca_high=np.nan) for arm in ("clean", "recon")}
+    st = _stats_from_boot(bad, "m", "all", "bca")
+    assert st["ci_method"] == "percentile (BCa undefined)" and st["recon_ci_low"] == 0.4
+    assert _stats_from_boot(bad, "m", "all", "percentile")["ci_method"] == "percentile"
