@@ -122,3 +122,19 @@ def test_group_support_counts_patients():
     assert sup.loc["b"].tolist() == [2, 2, 0, 2]
     assert M.guard_reasons(sup, ("pos",), min_group_patients=2) == [
         "group 'b': 0 patient(s) with a positive study < min_group_positives=1 (not estimable)"]
+
+
+@pytest.mark.parametrize("method,sm", [("holm", "holm"), ("bh", "fdr_bh")])
+def test_corrections_match_statsmodels_and_leave_nan_rows_out(method, sm):
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(4)
+    p = rng.random(40) ** 3
+    p[[3, 17, 29]] = np.nan  # not estimable: outside the family
+    res = M.adjust_pvalues(p, method=method)
+    ok = ~np.isnan(p)
+    rej, adj, _, _ = multipletests(p[ok], alpha=0.05, method=sm)
+    np.testing.assert_allclose(res["p_adjusted"].to_numpy()[ok], adj, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(res["significant"].to_numpy()[ok], rej)
+    assert res["p_adjusted"].isna().sum() == 3 and not res["significant"][~ok].any()
+    assert res["family_size"].iloc[0] == 37
