@@ -58,3 +58,22 @@ def test_operating_point_flags():
     flag = M.operating_point_flag(y, clean, recon, sensitive_features=g)
     assert flag == "group 'F': sensitivity 0.00 after processing (clean 0.50)"
     assert M.operating_point_flag(y, clean, clean, sensitive_features=g) == ""
+
+
+def test_worst_group_auroc_comes_from_the_bootstrap_engine():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(2)
+    n = 90
+    g = rng.choice(["a", "b", "c"], n)
+    y = rng.integers(0, 2, n)
+    s = np.clip(0.4 * y + rng.random(n) * (0.6 + 0.3 * (g == "c")), 0, 1)
+    res = M.bootstrap_metrics(y, patient_ids=np.arange(n), sensitive_features={"g": g}, y_score=s,
+                              y_score_clean=np.sqrt(s), n_resamples=40, auroc_gap=True, bca=True)
+    t = res.table.set_index(["metric", "attribute", "arm"])
+    per = [roc_auc_score(y[g == k], s[g == k]) for k in "abc"]
+    assert t.loc[("worst_group_auroc", "g", "recon"), "estimate"] == pytest.approx(min(per), abs=1e-12)
+    gap = res.distributions[("auroc_gap", "g", "recon")]
+    worst = res.distributions[("worst_group_auroc", "g", "recon")]
+    assert (worst <= 1).all() and (gap >= 0).all()
+    assert np.isfinite(t.loc[("worst_group_auroc", "g", "recon"), "bca_low"])

@@ -301,6 +301,7 @@ class _Design:
                     [ss.auroc_from_segments((a @ ct).T) for a in self.group_seg_mats[(arm, name)]], axis=1
                 )
                 out[("auroc_gap", name, arm)] = ga.max(axis=1) - ga.min(axis=1)
+                out[("worst_group_auroc", name, arm)] = ga.min(axis=1)
         return out
 
     def metrics(self, lin: np.ndarray, auc: dict) -> dict[tuple[str, str, str], np.ndarray]:
@@ -347,6 +348,7 @@ class _Design:
                     gs = self.group_sorted[(arm, name)]
                     ga = np.stack([ss.auroc(ws * (gs == g)) for g in range(len(labels))], axis=1)
                     out[("auroc_gap", name, arm)] = ga.max(axis=1) - ga.min(axis=1)
+                    out[("worst_group_auroc", name, arm)] = ga.min(axis=1)
         return out
 
     def auc_jackknife(self) -> dict:
@@ -367,6 +369,7 @@ class _Design:
                         axis=1,
                     )
                     out[("auroc_gap", name, arm)] = ga.max(axis=1) - ga.min(axis=1)
+                    out[("worst_group_auroc", name, arm)] = ga.min(axis=1)
         return out
 
 
@@ -426,7 +429,8 @@ def bootstrap_metrics(
 
     For every attribute in ``sensitive_features`` (an array, a mapping name -> array, or a DataFrame):
     equalized-odds, equal-opportunity, demographic-parity differences and the skewed error ratio
-    (from ``y_pred``), the AUROC gap (from ``y_score``, when ``auroc_gap=True``), and the gap and
+    (from ``y_pred``), the AUROC gap and the worst-group AUROC :math:`\min_g \mathrm{AUROC}_g` (from
+    ``y_score``, when ``auroc_gap=True``), and the gap and
     worst group of the mean of ``values`` (e.g. Dice).  Overall: AUROC, sensitivity, specificity,
     mean of ``values``.  Each is given for ``recon`` (``y_pred``/``y_score``/``values``), for
     ``clean`` (the ``*_clean`` arguments) when given, and then as ``change`` = recon - clean and
@@ -547,7 +551,7 @@ def _guards(y, pcode, attrs, preds, scores, vals, values_name, auroc_gap, min_si
     if preds:
         families += [(m, list(preds)) for m in COUNT_METRICS]
     if scores and auroc_gap:
-        families.append(("auroc_gap", list(scores)))
+        families += [("auroc_gap", list(scores)), ("worst_group_auroc", list(scores))]
     if vals:
         families += [(f"{values_name}_gap", list(vals)), (f"worst_group_{values_name}", list(vals))]
         if values_name == "dice":

@@ -446,7 +446,7 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
                                       threshold_policy=s["threshold_text"] if thresholded else "threshold-free",
                                       operating_point_flag=flag if thresholded else "",
                                       _refine=(refine, metric, a) if metric in _COUNT_METRICS else None))
-            fair_rows.append(_worst_group_auroc(fbase, y, sc, sr, g, pid, wk, s))
+            fair_rows.append(_worst_group_auroc(fbase, y, sc, sr, g, res, t, s))
     if mean_parts["clean"]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples stay NaN
@@ -459,38 +459,18 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
     return task_rows, fair_rows
 
 
-def _worst_group_auroc(fbase: dict, y, sc, sr, g, pid, w, s) -> dict:
-    """Worst-group AUROC (min over groups) on clean and recon, paired bootstrap over the same weights."""
-    names = np.unique(g)
-    point, dists, reasons = {}, {}, []
-    guard = M.guard_reasons(M.group_support(y, sensitive_features=g, patient_ids=pid),
-                            M.METRIC_NEEDS["worst_group_auroc"], min_group_patients=s["min_group_patients"],
-                            min_group_positives=s["min_group_positives"], min_group_size=s["min_group_size"])
-    if guard:
-        st = _stats_from_dists(np.nan, np.nan, np.full(len(w), np.nan), np.full(len(w), np.nan))
-        return dict(fbase, metric="worst_group_auroc", **st, test="paired bootstrap", worst_group_clean="",
-                    worst_group_recon="", reason="; ".join(guard))
-    for arm, score in (("clean", sc), ("recon", sr)):
-        val, why = _quiet(M.worst_group, score, y_true=y, agg=_auroc_or_nan, sensitive_features=g,
-                          min_group_size=s["min_group_size"])
-        point[arm] = val
-        if why:
-            reasons.append(f"{arm}: " + "; ".join(why))
-        per_group = []
-        for name in names:
-            m = g == name
-            if m.sum() < s["min_group_size"] or y[m].min() == y[m].max():
-                per_group.append(np.full(len(w), np.nan))
-            else:
-                per_group.append(M.weighted_auroc(y[m], score[m], w[:, m]))
-        dists[arm] = np.min(np.stack(per_group), axis=0)
-    st = _stats_from_dists(point["clean"], point["recon"], dists["clean"], dists["recon"])
+def _worst_group_auroc(fbase: dict, y, sc, sr, g, res: M.BootstrapResult, t: dict, s: dict) -> dict:
+    """Worst-group AUROC row: the statistics from the cell's bootstrap, the worst group's name from the data."""
+    st = _stats_from_boot(t, "worst_group_auroc", fbase["attribute"], s["ci"])
+    reasons = _guard_reason(res, "worst_group_auroc", fbase["attribute"])
     worst = {}
     for arm, score in (("clean", sc), ("recon", sr)):
-        by, _ = _quiet(M.by_group, score, y_true=y, agg=_auroc_or_nan, sensitive_features=g,
-                       min_group_size=s["min_group_size"])
+        by, why = _quiet(M.by_group, score, y_true=y, agg=_auroc_or_nan, sensitive_features=g,
+                         min_group_size=s["min_group_size"])
+        if not reasons and any(not np.isfinite(v) for v in by.values()):
+            reasons.append(f"{arm}: a group has no positive or no negative study (AUROC undefined)")
         finite = {k: v for k, v in by.items() if np.isfinite(v)}
-        worst[arm] = str(min(finite, key=finite.get)) if finite and np.isfinite(point[arm]) else ""
+        worst[arm] = str(min(finite, key=finite.get)) if finite and np.isfinite(st[arm]) else ""
     return dict(fbase, metric="worst_group_auroc", **st, test="paired bootstrap",
                 worst_group_clean=worst["clean"], worst_group_recon=worst["recon"], reason=" | ".join(reasons))
 
