@@ -332,6 +332,9 @@ def test_study_definitions_reproduce_the_study(fake_inputs):
     if row["clean"] != 0:
         assert row["change_rel_pct"] == pytest.approx(100 * (row["recon"] - row["clean"]) / abs(row["clean"]))
     assert "study" in row["threshold_policy"] and "mean(TPR gap, FPR gap)" in row["definition"]
+    counted = a.fairness[a.fairness["metric"].isin(["equalized_odds_difference", "demographic_parity_difference"])]
+    assert counted["threshold_policy"].str.contains("each arm's whole test set").all()
+    assert (a.fairness.loc[a.fairness["metric"] == "auroc_gap", "threshold_policy"] == "threshold-free").all()
     # segmentation: (1 - min group mean Dice) / (1 - max group mean Dice)
     m = r[r["cohort"] == MRI]
     ser = _row(a.fairness, cohort=MRI, attribute="sex", metric="dice_skewed_error_ratio")

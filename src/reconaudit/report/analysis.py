@@ -637,12 +637,13 @@ def _seed_table(cells: pd.DataFrame, task: pd.DataFrame, fairness: pd.DataFrame)
 _SEGMENTER_POLICY = "segmenter threshold fixed on clean validation data"
 
 
-def _fill_policy(df: pd.DataFrame) -> pd.DataFrame:
-    """Threshold policy of the rows that set none: threshold-free (AUROC) or the segmenter's."""
+def _fill_policy(df: pd.DataFrame, s: dict) -> pd.DataFrame:
+    """Threshold policy of the rows that set none: the classifier's, the segmenter's or threshold-free (AUROC)."""
     seg = df["metric"].isin(["dice", "dice_patient", "hd95", *SEGMENTATION_FAIRNESS])
+    thresholded = df["metric"].isin([*_COUNT_METRICS, "sensitivity", "specificity"])
+    default = np.where(seg, _SEGMENTER_POLICY, np.where(thresholded, s["threshold_text"], "threshold-free"))
     pol, flag = df["threshold_policy"].astype(object), df["operating_point_flag"].astype(object)
-    df["threshold_policy"] = pol.where(pol.notna(), pd.Series(np.where(seg, _SEGMENTER_POLICY, "threshold-free"),
-                                                              index=df.index))
+    df["threshold_policy"] = pol.where(pol.notna(), pd.Series(default, index=df.index))
     df["operating_point_flag"] = flag.where(flag.notna(), "").astype(str)
     return df
 
@@ -987,12 +988,12 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
     cells = pd.DataFrame(cell_rows)
     task_cols = [*KEY_COLUMNS, "label", "metric", "n", *_STAT_COLUMNS, "p_value", "test", "ci_method",
                  "n_undefined", "threshold_policy", "operating_point_flag", "reason"]
-    task = _fill_policy(pd.DataFrame(task_rows, columns=task_cols))
+    task = _fill_policy(pd.DataFrame(task_rows, columns=task_cols), s)
     fair_cols = [*KEY_COLUMNS, "attribute", "label", "metric", "groups", "n", *_STAT_COLUMNS, "p_value", "test",
                  "ci_method", "n_undefined", "threshold_policy", "operating_point_flag", "worst_group_clean",
                  "worst_group_recon", "reason"]
     fair = pd.DataFrame(fair_rows, columns=fair_cols)
-    fair = _fill_policy(fair)
+    fair = _fill_policy(fair, s)
     fair["definition"] = [metric_definition(m, s["definitions"]) for m in fair["metric"]]
     task["definition"] = [metric_definition(m, s["definitions"]) for m in task["metric"]]
     fair = _permutation_tests(fair, fair_rows, s)
