@@ -54,7 +54,7 @@ COUNT_METRICS: tuple[str, ...] = (
 """Fairness metrics that follow from per-group confusion counts (TP, FP, TN, FN) at the threshold."""
 
 CLASSIFICATION_FAIRNESS: tuple[str, ...] = COUNT_METRICS + ("auroc_gap", "worst_group_auroc")
-SEGMENTATION_FAIRNESS: tuple[str, ...] = ("dice_gap", "worst_group_dice")
+SEGMENTATION_FAIRNESS: tuple[str, ...] = ("dice_gap", "worst_group_dice", "dice_skewed_error_ratio")
 FAIRNESS_METRICS: tuple[str, ...] = CLASSIFICATION_FAIRNESS + SEGMENTATION_FAIRNESS
 GAP_METRICS: frozenset[str] = frozenset(FAIRNESS_METRICS) - {"worst_group_auroc", "worst_group_dice"}
 """Fairness metrics where a larger value means more disparity (the others: worst-group performance)."""

@@ -42,6 +42,11 @@ def test_records_have_one_row_per_test_study_and_cell(tiny_run):
     wide = rec.pivot_table(index="study_id", columns="cell_id", values="clean_score:cardiomegaly")
     assert (wide.max(axis=1) - wide.min(axis=1)).max() == 0
     assert rec.loc[rec["arm"] == "direct", "psnr"].isna().all()
+    # the clean model's threshold is the same in every cell, and the reconstruct arm's own threshold
+    thr = rec.groupby("seed")["clean_threshold:cardiomegaly"].nunique()
+    assert (thr == 1).all()
+    r = rec[rec["arm"] == "reconstruct"]
+    assert (r["clean_threshold:cardiomegaly"] == r["threshold:cardiomegaly"]).all()
 
 
 def test_second_run_recomputes_nothing(tiny_run):

@@ -7,6 +7,7 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+import reconaudit.metrics as M
 from reconaudit.metrics import (
     MetricUndefinedWarning,
     auprc,
@@ -14,6 +15,7 @@ from reconaudit.metrics import (
     choose_threshold,
     dice,
     hd95,
+    normalized_surface_dice,
     patient_level,
     sensitivity_specificity,
 )
@@ -51,6 +53,17 @@ def test_choose_threshold_policies_known_answers():
     assert choose_threshold(y, s, "target_sensitivity", target=0.5) == 0.8
     with pytest.raises(ValueError, match="policy"):
         choose_threshold(y, s, "best")
+
+
+def test_one_operating_point_function():
+    """The task models, the engine and the report share one threshold function and its conventions."""
+    import reconaudit.tasks as T
+    from reconaudit.tasks import thresholds as tt
+
+    assert T.choose_threshold is choose_threshold and tt.choose_thresholds is M.choose_thresholds
+    # tie in |TPR - TNR| (0.25 at t=0.8 and t=0.7): the larger balanced accuracy wins
+    assert choose_threshold([1, 0, 1, 0, 0, 0], [0.9, 0.8, 0.7, 0.3, 0.2, 0.1]) == 0.7
+    assert choose_threshold([1, 1, 1], [0.2, 0.4, 0.9]) == 0.5  # one class: the documented fallback
 
 
 def test_dice_known_answers_and_empty_convention():
@@ -99,12 +112,37 @@ def test_hd95_matches_brute_force_and_monai():
     np.testing.assert_allclose(got, ref[:, 0].numpy(), atol=1e-4)
 
 
-def test_hd95_empty_mask_is_nan_and_identical_is_zero():
-    p, t = _blobs(1, n=3)
-    p[1] = False
+def test_hd95_missed_lesion_is_the_worst_case_and_identical_is_zero():
+    p, t = _blobs(1, n=4)
+    p[1] = False  # a missed lesion
+    t[2] = False  # a false lesion
+    p[3] = t[3] = False  # nothing to find, nothing found
+    h, w = p.shape[-2:]
     out = hd95(p, t)
-    assert np.isnan(out[1]) and np.isfinite(out[[0, 2]]).all()
-    assert (hd95(t, t) == 0).all()
+    assert out[1] == out[2] == pytest.approx(np.hypot(h, w))  # the image diagonal, worse than any real miss
+    assert np.isfinite(out[0]) and out[0] < out[1] and np.isnan(out[3])  # nothing to measure
+    legacy = hd95(p, t, empty="nan")
+    assert np.isnan(legacy[1:]).all() and legacy[0] == out[0]
+    assert (hd95(t[:1], t[:1]) == 0).all()
+    # missing more lesions never lowers the mean
+    p2 = p.copy()
+    p2[0] = False
+    assert np.nanmean(hd95(p2, t)) > np.nanmean(out)
+    with pytest.raises(ValueError, match="empty"):
+        hd95(p, t, empty="zero")
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 1.0, 2.5])
+def test_normalized_surface_dice_matches_monai_and_brute_force(tolerance):
+    from monai.metrics import compute_surface_dice
+
+    p, t = _blobs(3, n=5)
+    got = normalized_surface_dice(p, t, tolerance=tolerance)
+    ref = compute_surface_dice(torch.from_numpy(p).float(), torch.from_numpy(t).float(),
+                               class_thresholds=[tolerance], include_background=True)
+    np.testing.assert_allclose(got, ref[:, 0].numpy(), atol=1e-6)
+    e = np.zeros_like(p[:1])
+    assert normalized_surface_dice(e, t[:1])[0] == 0 and np.isnan(normalized_surface_dice(e, e)[0])
 
 
 def test_patient_level_median():

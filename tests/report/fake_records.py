@@ -181,7 +181,9 @@ def make_fake_run(
             df[f"target:{lab}"] = targets[lab]
             df[f"clean_score:{lab}"] = _sigmoid(cl)
             df[f"score:{lab}"] = _sigmoid(logit)
-            df[f"threshold:{lab}"] = 0.5
+            # the direct model has its own operating point; the clean model's is recorded apart
+            df[f"threshold:{lab}"] = 0.35 if direct else 0.5
+            df[f"clean_threshold:{lab}"] = 0.5
             if rec == "diffusion":
                 for k in range(N_SAMPLES):
                     df[f"sample_score:{lab}:{k}"] = _sigmoid(logit + crng.normal(0, 0.3, n))
@@ -267,7 +269,9 @@ def make_fake_run(
             {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in c.items()} for c in all_cells
         ],
         "analysis": {"n_resamples": n_resamples, "alpha": 0.05, "correction": correction,
-                     "min_group_size": 5, "seed": 7, "ci": "percentile"},
+                     "min_group_size": 5, "seed": 7, "ci": "percentile",
+                     # a fake of 20 patients is below the default guards; they are tested on their own
+                     "min_group_patients": 2, "min_group_positives": 1, "max_undefined_share": 0.25},
         "failures": failures or [],
     }
     (run_dir / "run.json").write_text(json.dumps(meta, indent=2))

@@ -64,7 +64,7 @@ def test_auroc_sensitivity_specificity_match_sklearn(fake_inputs, analysis):
         assert row["clean"] == pytest.approx(auc_c, abs=1e-12)
         assert row["recon"] == pytest.approx(auc_r, abs=1e-12)
         assert row["change"] == pytest.approx(auc_r - auc_c, abs=1e-12)
-        assert row["test"] == "DeLong" and 0 <= row["p_value"] <= 1
+        assert row["test"] == "DeLong (patient-clustered)" and 0 <= row["p_value"] <= 1
         pred = r.loc[k, f"score:{label}"] >= r.loc[k, f"threshold:{label}"]
         sens = _row(analysis.task, cell_id=cid, label=label, metric="sensitivity")
         spec = _row(analysis.task, cell_id=cid, label=label, metric="specificity")
@@ -255,3 +255,126 @@ def test_extreme_bootstrap_p_values_are_refined_and_floored(analysis):
     # a change that is significant after correction has an interval that excludes zero
     sig = f[f["significant"]]
     assert ((sig["change_ci_low"] > 0) | (sig["change_ci_high"] < 0)).all()
+
+
+def test_direct_arm_clean_baseline_uses_the_clean_models_threshold(fake_inputs, analysis):
+    """The clean values of a direct cell equal those of the reconstruct cells of the same cohort and seed."""
+    records, meta = fake_inputs
+    direct = _cell(records, XRAY, "direct", 3000.0)
+    recon = _cell(records, XRAY, "unet", 3000.0)
+    assert (direct["threshold:effusion"] != direct["clean_threshold:effusion"]).all()  # the case at stake
+    for df, keys in ((analysis.task, ["label", "metric"]), (analysis.fairness, ["attribute", "label", "metric"])):
+        d = df[df["cell_id"] == direct["cell_id"].iloc[0]].set_index(keys)["clean"]
+        r = df[df["cell_id"] == recon["cell_id"].iloc[0]].set_index(keys)["clean"]
+        common = d.index.intersection(r.index)
+        assert len(common) >= 10
+        np.testing.assert_allclose(d[common].to_numpy(float), r[common].to_numpy(float), rtol=0, atol=1e-12)
+    # the direct model's threshold applies to its own (degraded-input) scores only
+    y = direct["target:effusion"].astype(int)
+    pred = direct["score:effusion"] >= 0.35
+    sens = _row(analysis.task, cell_id=direct["cell_id"].iloc[0], label="effusion", metric="sensitivity")
+    assert sens["recon"] == pytest.approx((pred & (y == 1)).sum() / (y == 1).sum())
+    # records without the column: the direct arm falls back to its own threshold (old behaviour, logged)
+    old = pd.concat([direct, recon]).drop(columns=[c for c in records if c.startswith("clean_threshold:")])
+    a = analyse(old, dict(meta, analysis=dict(meta["analysis"], n_resamples=20)))
+    t = a.task[a.task["metric"].isin(["sensitivity", "specificity"])]
+    d = t[t["cell_id"] == direct["cell_id"].iloc[0]].set_index(["label", "metric"])["clean"]
+    r = t[t["cell_id"] == recon["cell_id"].iloc[0]].set_index(["label", "metric"])["clean"]
+    assert (d - r[d.index]).abs().max() > 0.01
+
+
+def test_not_estimable_rows_are_named_and_outside_the_family(fake_inputs):
+    """A one-patient group is not estimable under the default guards: NaN p, outside Holm, never significant."""
+    records, meta = fake_inputs
+    r = records[(records["cohort"] == XRAY) & (records["level"] == 3000.0) & (records["mitigation"] == "none")
+                & (records["seed"] == 0) & records["reconstructor"].isin(["unet", "identity"])].copy()
+    r.loc[r["group:age_band"] == "<40", "patient_id"] = "one-patient"
+    defaults = {k: v for k, v in meta["analysis"].items()
+                if k not in ("min_group_patients", "min_group_positives", "max_undefined_share")}
+    a = analyse(r, dict(meta, analysis=dict(defaults, n_resamples=50)))
+    assert a.settings["min_group_patients"] == 5 and a.settings["max_undefined_share"] == 0.01
+    for df in (a.task, a.fairness):
+        for col in ("n_undefined", "undefined_share", "estimable", "ci_method"):
+            assert col in df.columns, col
+    f = a.fairness
+    age = f[f["attribute"] == "age_band"]
+    assert len(age) and not age["estimable"].any() and not age["significant"].any()
+    assert age["p_adjusted"].isna().all() and age["p_value"].isna().all()
+    assert age["reason"].str.contains("'<40': 1 patient").all()
+    assert age["groups"].str.contains(r"<40: \d+ \(1 patients\)").all()
+    # the family holds exactly the rows with a p-value, and no not-estimable row
+    fam = a.families.set_index("family")
+    assert fam.loc["fairness", "n_tests"] == f["p_value"].notna().sum()
+    assert f.loc[~f["estimable"], "p_value"].isna().all()
+    shown = f[f["estimable"] & f["p_value"].notna()]
+    assert (shown["undefined_share"] <= 0.01).all()
+    np.testing.assert_array_equal(shown["n_undefined"] / shown["n_resamples"], shown["undefined_share"])
+
+
+def test_study_definitions_reproduce_the_study(fake_inputs):
+    """definitions: study -> thresholds per label and arm on the test set, EODD = mean of the gaps, Dice SER."""
+    from reconaudit.metrics import choose_threshold
+
+    records, meta = fake_inputs
+    r = records[(records["level"].isin([3000.0, 8.0])) & (records["mitigation"] == "none") & (records["seed"] == 0)
+                & (records["reconstructor"] == "unet")]
+    a = analyse(r, dict(meta, analysis=dict(meta["analysis"], n_resamples=30, definitions="study")))
+    x = r[r["cohort"] == XRAY]
+    label, attribute = "effusion", "sex"
+    y = x[f"target:{label}"].astype(int).to_numpy()
+    g = x[f"group:{attribute}"].to_numpy()
+    row = _row(a.fairness, cohort=XRAY, label=label, attribute=attribute, metric="equalized_odds_difference")
+    for arm, col in (("clean", f"clean_score:{label}"), ("recon", f"score:{label}")):
+        s = x[col].to_numpy()
+        pred = (s >= choose_threshold(y, s, "sens_eq_spec")).astype(int)
+        assert row[arm] == pytest.approx(equalized_odds_difference(y, pred, sensitive_features=g, agg="mean"),
+                                         abs=1e-12), arm
+    if row["clean"] != 0:
+        assert row["change_rel_pct"] == pytest.approx(100 * (row["recon"] - row["clean"]) / abs(row["clean"]))
+    assert "study" in row["threshold_policy"] and "mean(TPR gap, FPR gap)" in row["definition"]
+    counted = a.fairness[a.fairness["metric"].isin(["equalized_odds_difference", "demographic_parity_difference"])]
+    assert counted["threshold_policy"].str.contains("each arm's whole test set").all()
+    assert (a.fairness.loc[a.fairness["metric"] == "auroc_gap", "threshold_policy"] == "threshold-free").all()
+    # segmentation: (1 - min group mean Dice) / (1 - max group mean Dice)
+    m = r[r["cohort"] == MRI]
+    ser = _row(a.fairness, cohort=MRI, attribute="sex", metric="dice_skewed_error_ratio")
+    for arm, col in (("clean", "clean_dice"), ("recon", "dice")):
+        means = m.groupby("group:sex")[col].mean()
+        assert ser[arm] == pytest.approx((1 - means.min()) / (1 - means.max()), abs=1e-12)
+    d = a.definitions.set_index("metric")
+    assert d.loc["equalized-odds difference", "definition"] == "study"
+    assert "skewed error ratio (1 - Dice)" in d.index
+    # the package definitions: no Dice SER row, EODD the max
+    p = analyse(r, dict(meta, analysis=dict(meta["analysis"], n_resamples=30)))
+    assert "dice_skewed_error_ratio" not in set(p.fairness["metric"])
+    assert _row(p.fairness, cohort=XRAY, label=label, attribute=attribute,
+                metric="equalized_odds_difference")["definition"].startswith("max(")
+
+
+def test_a_gap_closed_by_the_operating_point_is_flagged_and_never_a_headline(fake_inputs):
+    records, meta = fake_inputs
+    r = records[(records["cohort"] == XRAY) & (records["level"] == 3000.0) & (records["mitigation"] == "none")
+                & (records["seed"] == 0) & (records["reconstructor"] == "identity")].copy()
+    r["score:cardiomegaly"] = 0.01  # every processed score below the threshold: nothing called positive
+    a = analyse(r, dict(meta, analysis=dict(meta["analysis"], n_resamples=30)))
+    f = a.fairness[(a.fairness["label"] == "cardiomegaly") & a.fairness["metric"].isin(
+        ["equalized_odds_difference", "equal_opportunity_difference", "demographic_parity_difference"])]
+    assert len(f) and f["operating_point_flag"].str.contains("nothing called positive").all()
+    sens = _row(a.task, label="cardiomegaly", metric="sensitivity")
+    assert sens["recon"] == 0 and "nothing called positive" in sens["operating_point_flag"]
+    auc = _row(a.fairness, label="cardiomegaly", attribute="sex", metric="auroc_gap")
+    assert auc["operating_point_flag"] == "" and auc["threshold_policy"] == "threshold-free"
+    assert "cardiomegaly" not in a.headlines.iloc[0]["sentence"].split("largest")[-1]
+
+
+def test_ci_method_says_when_bca_fell_back_to_percentile():
+    from reconaudit.report.analysis import _stats_from_boot
+
+    base = dict(metric="m", attribute="all", estimate=0.5, ci_low=0.4, ci_high=0.6, p_value=np.nan, n_undefined=0)
+    ok = {("m", "all", arm): dict(base, arm=arm, bca_low=0.41, bca_high=0.62) for arm in ("clean", "recon")}
+    st = _stats_from_boot(ok, "m", "all", "bca")
+    assert st["ci_method"] == "bca" and st["recon_ci_low"] == 0.41
+    bad = {("m", "all", arm): dict(base, arm=arm, bca_low=np.nan, bca_high=np.nan) for arm in ("clean", "recon")}
+    st = _stats_from_boot(bad, "m", "all", "bca")
+    assert st["ci_method"] == "percentile (BCa undefined)" and st["recon_ci_low"] == 0.4
+    assert _stats_from_boot(bad, "m", "all", "percentile")["ci_method"] == "percentile"

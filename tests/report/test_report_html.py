@@ -113,3 +113,11 @@ def test_markdown_renderer_is_safe():
 ])
 def test_markdown_renderer_edge_cases(text, expected):
     assert render_markdown(text) == expected
+
+
+def test_report_has_a_definitions_section(built_report, analysis):
+    html = built_report.read_text(encoding="utf-8")
+    assert 'id="definitions"' in html and "Definitions in force: <strong>package</strong>" in html
+    assert "max(TPR gap, FPR gap)" in html and "fixed on clean validation data" in html
+    assert "biased upward" in html  # the note on max - min gap intervals
+    assert len(analysis.definitions) >= 14  # one line per metric, plus threshold and change

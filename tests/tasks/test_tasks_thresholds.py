@@ -82,7 +82,7 @@ def test_nan_rows_are_ignored():
 
 
 def test_single_class_label_falls_back_with_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="reconaudit.tasks.thresholds"):
+    with caplog.at_level(logging.WARNING, logger="reconaudit.metrics.thresholds"):
         t = choose_thresholds(
             np.stack([Y, np.ones_like(Y)], 1), np.stack([S, S], 1), labels=["disc", "effusion"]
         )

@@ -126,7 +126,24 @@ class AnalysisConfig(_Strict):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     correction: Literal["holm", "bh"] = "holm"
     ci: Literal["percentile", "bca"] = "percentile"
-    min_group_size: int = Field(default=5, ge=1)
+    min_group_size: int = Field(default=5, ge=1, description="studies per group (a study-count guard)")
+    min_group_patients: int = Field(
+        default=5, ge=1, description="patients per group; a group metric with a smaller group is not estimable"
+    )
+    min_group_positives: int = Field(
+        default=2, ge=1,
+        description="patients with a positive (and with a negative) study per group, for TPR/FPR/AUROC metrics",
+    )
+    max_undefined_share: float = Field(
+        default=0.01, ge=0, le=1,
+        description="above this share of undefined bootstrap resamples a change is not estimable (no p-value)",
+    )
+    definitions: Literal["package", "study"] = Field(
+        default="package",
+        description="metric definitions: 'package' (EODD = max of the TPR and FPR gaps, thresholds fixed on "
+        "clean validation data) or 'study' (EODD = their mean, thresholds chosen per label on each arm's "
+        "test set, segmentation SER = (1 - min Dice)/(1 - max Dice)); see docs/metrics.md",
+    )
     seed: int = 0
 
 

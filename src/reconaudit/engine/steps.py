@@ -364,10 +364,16 @@ def _score_common(
                 df[f"clean_score:{label}"] = clean[f"clean_score:{label}"].to_numpy()
                 df[f"score:{label}"] = prob[:, j].astype(np.float64)
                 thr = float(model.thresholds[j])
+                # the clean baseline is judged at the clean model's own operating point, in every arm
+                clean_thr = float(clean_models["classification"].thresholds[j])
                 if ev["rechoose_on_test"]:
-                    thr = float(choose_threshold(df[f"target:{label}"].to_numpy(), prob[:, j], ev["threshold_policy"],
+                    y_test = df[f"target:{label}"].to_numpy()
+                    thr = float(choose_threshold(y_test, prob[:, j], ev["threshold_policy"],
                                                  ev.get("target_sensitivity")))
+                    clean_thr = float(choose_threshold(y_test, df[f"clean_score:{label}"].to_numpy(),
+                                                       ev["threshold_policy"], ev.get("target_sensitivity")))
                 df[f"threshold:{label}"] = thr
+                df[f"clean_threshold:{label}"] = clean_thr
             if k > 1:
                 for s in range(k):
                     ps = _predict_batched(model, recon["samples"][:, s])

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 
 from ._auroc import SortedScores
 from ._utils import as_1d, as_binary, check_same_length, group_codes
@@ -38,6 +39,13 @@ __all__ = [
     "dice_gap",
     "worst_group",
     "by_group",
+    "METRIC_NEEDS",
+    "EODD_AGGS",
+    "dice_skewed_error_ratio",
+    "ser_from_group_means",
+    "operating_point_flag",
+    "group_support",
+    "guard_reasons",
 ]
 
 CONFUSION_FIELDS = ("TP", "FP", "TN", "FN")
@@ -112,15 +120,28 @@ def _spread(r: np.ndarray) -> np.ndarray:
     return r.max(axis=-1) - r.min(axis=-1)
 
 
-def fairness_from_counts(counts: np.ndarray, min_group_size: float = 1) -> dict[str, np.ndarray]:
+EODD_AGGS = ("worst_case", "mean")
+
+
+def _check_agg(agg: str) -> None:
+    if agg not in EODD_AGGS:
+        raise ValueError(f"agg: expected 'worst_case' (package) or 'mean' (study), got {agg!r}")
+
+
+def fairness_from_counts(
+    counts: np.ndarray, min_group_size: float = 1, *, eodd_agg: str = "worst_case"
+) -> dict[str, np.ndarray]:
     r"""All count-based fairness metrics from confusion counts ``(..., G, 4)``, batched; NaN where undefined.
 
     - ``equalized_odds_difference`` :math:`= \max(\max_g TPR_g - \min_g TPR_g,\ \max_g FPR_g - \min_g FPR_g)`
+      (``eodd_agg="worst_case"``, the package's definition) or their mean (``eodd_agg="mean"``, the
+      study's), as fairlearn's ``agg``
     - ``equal_opportunity_difference`` :math:`= \max_g TPR_g - \min_g TPR_g`
     - ``demographic_parity_difference`` :math:`= \max_g SR_g - \min_g SR_g`
     - ``skewed_error_ratio`` :math:`= \max_g ERR_g / \min_g ERR_g` (undefined when :math:`\min_g ERR_g = 0`)
     - ``sensitivity``, ``specificity`` over all groups pooled.
     """
+    _check_agg(eodd_agg)
     r = group_rates(counts, min_group_size)
     tpr_gap, fpr_gap = _spread(r["tpr"]), _spread(r["fpr"])
     err = r["error_rate"]
@@ -130,7 +151,9 @@ def fairness_from_counts(counts: np.ndarray, min_group_size: float = 1) -> dict[
     total = np.asarray(counts, dtype=np.float64).sum(axis=-2)
     pooled = group_rates(total[..., None, :], 1)
     return {
-        "equalized_odds_difference": np.maximum(tpr_gap, fpr_gap),
+        "equalized_odds_difference": (
+            np.maximum(tpr_gap, fpr_gap) if eodd_agg == "worst_case" else (tpr_gap + fpr_gap) / 2
+        ),
         "equal_opportunity_difference": tpr_gap,
         "demographic_parity_difference": _spread(r["selection_rate"]),
         "skewed_error_ratio": ser,
@@ -172,13 +195,14 @@ def _count_metric(
     sensitive_features: object,
     min_group_size: float,
     need: tuple[str, ...],
+    eodd_agg: str = "worst_case",
 ) -> float:
     y = as_binary(y_true, "y_true")
     p = as_binary(y_pred, "y_pred")
     codes, labels = group_codes(sensitive_features)
     check_same_length(y_true=y, y_pred=p, sensitive_features=codes)
     counts = np.bincount(confusion_cells(y, p, codes), minlength=4 * len(labels)).reshape(-1, 4).astype(float)
-    value = float(fairness_from_counts(counts, min_group_size)[name])
+    value = float(fairness_from_counts(counts, min_group_size, eodd_agg=eodd_agg)[name])
     if np.isnan(value):
         reasons = _reasons(counts, labels, min_group_size, need)
         if name == "skewed_error_ratio" and not reasons:
@@ -194,11 +218,15 @@ def _count_metric(
 
 
 def equalized_odds_difference(
-    y_true: object, y_pred: object, *, sensitive_features: object, min_group_size: int = 1
+    y_true: object, y_pred: object, *, sensitive_features: object, min_group_size: int = 1,
+    agg: str = "worst_case",
 ) -> float:
     r"""Equalized-odds difference (fairlearn's ``method="between_groups"``).
 
     .. math:: \mathrm{EOD} = \max\left(\max_g TPR_g - \min_g TPR_g,\ \max_g FPR_g - \min_g FPR_g\right)
+
+    with ``agg="worst_case"`` (the package's definition), or the mean of the two gaps with
+    ``agg="mean"`` (the study's definition; fairlearn's ``agg="mean"``).
 
     Parameters
     ----------
@@ -208,6 +236,8 @@ def equalized_odds_difference(
         Group of each study (any number of groups).
     min_group_size : int
         Groups with fewer studies make the metric undefined.
+    agg : {"worst_case", "mean"}
+        How the TPR and FPR gaps combine.
 
     Returns
     -------
@@ -216,7 +246,7 @@ def equalized_odds_difference(
         or fewer than ``min_group_size`` studies.
     """
     return _count_metric(
-        "equalized_odds_difference", y_true, y_pred, sensitive_features, min_group_size, ("pos", "neg")
+        "equalized_odds_difference", y_true, y_pred, sensitive_features, min_group_size, ("pos", "neg"), agg
     )
 
 
@@ -377,3 +407,136 @@ def dice_gap(dice: object, *, sensitive_features: object, min_group_size: int = 
         return float("nan")
     vals = np.array(list(res.values()))
     return float(vals.max() - vals.min())
+
+
+def dice_skewed_error_ratio(dice: object, *, sensitive_features: object, min_group_size: int = 1) -> float:
+    r"""Skewed error ratio of a segmentation (the study's definition), errors as :math:`1 - \overline{D}_g`.
+
+    .. math:: \mathrm{SER}_{Dice} = \frac{1 - \min_g \overline{D}_g}{1 - \max_g \overline{D}_g}
+
+    NaN with a :class:`FairnessUndefinedWarning` when a group is too small or the best group's mean
+    Dice is 1 (no error to divide by).
+    """
+    d = as_1d(dice, "dice", np.float64)
+    res = by_group(d, sensitive_features=sensitive_features, min_group_size=min_group_size)
+    value = float(ser_from_group_means(np.array(list(res.values()))[None])[0]) if len(res) > 1 else np.nan
+    if np.isnan(value):
+        _warn("dice_skewed_error_ratio", ["a group is too small, fewer than 2 groups, or the best mean Dice is 1"])
+    return value
+
+
+def ser_from_group_means(means: np.ndarray) -> np.ndarray:
+    r""":math:`(1 - \min_g m_g) / (1 - \max_g m_g)` over the last axis, batched; NaN where max is 1 or any m is NaN."""
+    lo, hi = means.min(axis=-1), means.max(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(hi < 1, (1 - lo) / np.where(hi < 1, 1 - hi, 1.0), np.nan)
+
+
+#: What each group metric needs in every group beyond ``min_group_patients`` patients: patients with
+#: a positive study (``"pos"``: TPR, AUROC) and with a negative study (``"neg"``: FPR, AUROC).
+METRIC_NEEDS: dict[str, tuple[str, ...]] = {
+    "equalized_odds_difference": ("pos", "neg"),
+    "equal_opportunity_difference": ("pos",),
+    "demographic_parity_difference": (),
+    "skewed_error_ratio": (),
+    "auroc_gap": ("pos", "neg"),
+    "worst_group_auroc": ("pos", "neg"),
+}
+
+
+def group_support(
+    y_true: object | None, *, sensitive_features: object, patient_ids: object
+) -> pd.DataFrame:
+    """Per-group support counted in studies and in **patients**.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by the sorted group values, columns ``studies``, ``patients``, ``positive_patients``
+        (patients with at least one positive study in the group) and ``negative_patients``.  Without
+        ``y_true`` the last two are 0.
+    """
+    codes, labels = group_codes(sensitive_features)
+    pid = as_1d(patient_ids, "patient_ids")
+    check_same_length(sensitive_features=codes, patient_ids=pid)
+    y = np.zeros(len(codes), np.int8) if y_true is None else as_binary(y_true, "y_true")
+    check_same_length(sensitive_features=codes, y_true=y)
+    df = pd.DataFrame({"g": codes, "p": pid, "pos": y == 1, "neg": y == 0})
+    out = pd.DataFrame(
+        {
+            "studies": np.bincount(codes, minlength=len(labels)),
+            "patients": df.groupby("g")["p"].nunique().reindex(range(len(labels)), fill_value=0).to_numpy(),
+            "positive_patients": df[df["pos"]].groupby("g")["p"].nunique()
+            .reindex(range(len(labels)), fill_value=0).to_numpy() if y_true is not None else 0,
+            "negative_patients": df[df["neg"]].groupby("g")["p"].nunique()
+            .reindex(range(len(labels)), fill_value=0).to_numpy() if y_true is not None else 0,
+        },
+        index=pd.Index(labels.tolist(), name="group"),
+    )
+    return out
+
+
+def guard_reasons(
+    support: pd.DataFrame,
+    need: tuple[str, ...] = (),
+    *,
+    min_group_patients: int = 1,
+    min_group_positives: int = 1,
+    min_group_size: int = 1,
+) -> list[str]:
+    """Why a group metric is **not estimable** under the patient-level guards (empty when it is).
+
+    A group metric is estimable only when every group has at least ``min_group_size`` studies and
+    ``min_group_patients`` patients and, for the needs of the metric (:data:`METRIC_NEEDS`), at least ``min_group_positives``
+    patients with a positive study (``"pos"``) and as many with a negative one (``"neg"``).  Counting
+    patients, not studies, keeps one patient with 24 slices from passing as a group of 24.
+    """
+    out = []
+    for lab, r in support.iterrows():
+        if r["studies"] < min_group_size:
+            out.append(f"group {lab!r}: {int(r['studies'])} studies < min_group_size={min_group_size} "
+                       "(not estimable)")
+            continue
+        if r["patients"] < min_group_patients:
+            out.append(f"group {lab!r}: {int(r['patients'])} patient(s) ({int(r['studies'])} studies) "
+                       f"< min_group_patients={min_group_patients} (not estimable)")
+            continue
+        if "pos" in need and r["positive_patients"] < min_group_positives:
+            out.append(f"group {lab!r}: {int(r['positive_patients'])} patient(s) with a positive study "
+                       f"< min_group_positives={min_group_positives} (not estimable)")
+        if "neg" in need and r["negative_patients"] < min_group_positives:
+            out.append(f"group {lab!r}: {int(r['negative_patients'])} patient(s) with a negative study "
+                       f"< min_group_positives={min_group_positives} (not estimable)")
+    return out
+
+
+def operating_point_flag(
+    y_true: object, pred_clean: object, pred_recon: object, *, sensitive_features: object | None = None
+) -> str:
+    """Say where processing pushed an operating point to a corner, so that a gap "closes" by itself.
+
+    A fixed threshold can make a rate gap vanish without any fairness: when a reconstruction moves
+    every score below the threshold, sensitivity is 0 and specificity 1 in every group and every
+    TPR/FPR gap is 0.  Returns ``""`` when nothing is degenerate; otherwise one clause per finding:
+    nothing (or everything) called positive after processing, or a group whose sensitivity or
+    specificity is 0 or 1 after processing but was not that on clean images.
+    """
+    y = as_binary(y_true, "y_true")
+    pc, pr = as_binary(pred_clean, "pred_clean"), as_binary(pred_recon, "pred_recon")
+    g = np.zeros(len(y), dtype=np.int64) if sensitive_features is None else sensitive_features
+    codes, labels = group_codes(g)
+    check_same_length(y_true=y, pred_clean=pc, pred_recon=pr, sensitive_features=codes)
+    if pr.sum() == 0 and pc.sum() > 0:
+        return "nothing called positive after processing: gaps at this threshold are closed by the operating point"
+    if pr.sum() == len(pr) and pc.sum() < len(pc):
+        return "everything called positive after processing: gaps at this threshold are closed by the operating point"
+    rc = group_rates(np.bincount(confusion_cells(y, pc, codes), minlength=4 * len(labels)).reshape(-1, 4))
+    rr = group_rates(np.bincount(confusion_cells(y, pr, codes), minlength=4 * len(labels)).reshape(-1, 4))
+    out = []
+    who = "" if sensitive_features is None else "group {!r}: "
+    for i, lab in enumerate(labels.tolist()):
+        for name, c, r in (("sensitivity", rc["tpr"][i], rr["tpr"][i]),
+                           ("specificity", 1 - rc["fpr"][i], 1 - rr["fpr"][i])):
+            if np.isfinite(r) and r in (0.0, 1.0) and c != r:
+                out.append(f"{who.format(lab)}{name} {r:.2f} after processing (clean {c:.2f})")
+    return "; ".join(out)

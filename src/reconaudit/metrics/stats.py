@@ -28,7 +28,15 @@ from .. import progress
 from ..schema import COUNT_METRICS  # the records schema's metric family
 from ._auroc import SortedScores, jackknife_auroc, placement_counts
 from ._utils import as_1d, as_binary, check_same_length, group_codes
-from .fairness import confusion_cells, confusion_counts, fairness_from_counts
+from .fairness import (
+    METRIC_NEEDS,
+    confusion_cells,
+    confusion_counts,
+    fairness_from_counts,
+    group_support,
+    guard_reasons,
+    ser_from_group_means,
+)
 from .task import MetricUndefinedWarning
 
 logger = logging.getLogger(__name__)
@@ -39,12 +47,14 @@ __all__ = [
     "weighted_confusion_counts",
     "weighted_auroc",
     "percentile_interval",
+    "bootstrap_p_value",
     "bca_interval",
     "BootstrapResult",
     "bootstrap_metrics",
     "DeLongResult",
     "placement_values",
     "delong_test",
+    "clustered_delong_test",
     "PermutationResult",
     "paired_permutation_test",
     "holm",
@@ -139,6 +149,30 @@ def percentile_interval(dist: np.ndarray, confidence: float = 0.95) -> tuple[flo
     return float(lo), float(hi)
 
 
+def bootstrap_p_value(dist: np.ndarray) -> float:
+    r"""Two-sided bootstrap p-value of a change, undefined resamples counted **against** the statistic.
+
+    With :math:`B` resamples of which :math:`U` are undefined (NaN: a group drew no positive, ...):
+
+    .. math:: p = \min\left(1,\ \frac{2}{B}\min\left(\#\{\Delta^*_b \le 0\} + U,\
+              \#\{\Delta^*_b \ge 0\} + U\right)\right)
+
+    An undefined resample cannot support the sign of the change, so it counts on both sides (as a
+    resample-by-resample fairlearn computation would when it scores such a resample at 0).  Without
+    undefined resamples this is the usual :math:`2\min(P^*(\Delta^* \le 0), P^*(\Delta^* \ge 0))`;
+    with them :math:`p \ge 2U/B`, so a statistic undefined in 48 % of resamples is never significant.
+    NaN when every resample is undefined.
+    """
+    d = np.asarray(dist, dtype=np.float64)
+    b = len(d)
+    bad = np.isnan(d)
+    u = int(bad.sum())
+    if b == 0 or u == b:
+        return float("nan")
+    ok = d[~bad]
+    return float(min(1.0, 2 * min(np.sum(ok <= 0) + u, np.sum(ok >= 0) + u) / b))
+
+
 def bca_interval(
     dist: np.ndarray, estimate: float, jackknife: np.ndarray, confidence: float = 0.95
 ) -> tuple[float, float]:
@@ -204,8 +238,12 @@ class BootstrapResult:
 class _Design:
     """Per-patient sufficient statistics of every requested metric, laid out as matrix columns."""
 
-    def __init__(self, y, pcode, n_pat, attrs, preds, scores, values, values_name, min_group_size, auroc_gap):
+    def __init__(self, y, pcode, n_pat, attrs, preds, scores, values, values_name, min_group_size, auroc_gap,
+                 blocked=None, eodd_agg="worst_case"):
         self.y, self.pcode, self.n_pat = y, pcode, n_pat
+        self.eodd_agg = eodd_agg
+        #: (metric, attribute) -> arms: not estimable under the patient guards, NaN in every resample
+        self.blocked: dict[tuple[str, str], list[str]] = blocked or {}
         self.attrs, self.min_group_size, self.values_name = attrs, min_group_size, values_name
         blocks, cols, start = [], {}, 0
         for arm, pred in preds.items():
@@ -251,12 +289,13 @@ class _Design:
         for arm, ss in self.sorted.items():
             out[("auroc", "all", arm)] = ss.auroc_from_segments((self.seg_mats[arm] @ ct).T)
             for name in self.attrs:
-                if (arm, name) not in self.group_seg_mats:
+                if (arm, name) not in self.group_seg_mats or ("auroc_gap", name) in self.blocked:
                     continue
                 ga = np.stack(
                     [ss.auroc_from_segments((a @ ct).T) for a in self.group_seg_mats[(arm, name)]], axis=1
                 )
                 out[("auroc_gap", name, arm)] = ga.max(axis=1) - ga.min(axis=1)
+                out[("worst_group_auroc", name, arm)] = ga.min(axis=1)
         return out
 
     def metrics(self, lin: np.ndarray, auc: dict) -> dict[tuple[str, str, str], np.ndarray]:
@@ -265,7 +304,7 @@ class _Design:
             g = len(self.attrs[name][1])
             blk = lin[:, sl]
             if kind == "conf":
-                fm = fairness_from_counts(blk.reshape(len(blk), g, 4), self.min_group_size)
+                fm = fairness_from_counts(blk.reshape(len(blk), g, 4), self.min_group_size, eodd_agg=self.eodd_agg)
                 if name != _POOLED:
                     for m in COUNT_METRICS:
                         out[(m, name, arm)] = fm[m]
@@ -280,9 +319,14 @@ class _Design:
                 if name != _POOLED:
                     out[(f"{vn}_gap", name, arm)] = means.max(axis=1) - means.min(axis=1)
                     out[(f"worst_group_{vn}", name, arm)] = means.min(axis=1)
+                    if vn == "dice":
+                        out[("dice_skewed_error_ratio", name, arm)] = ser_from_group_means(means)
                 out[(f"mean_{vn}", "all", arm)] = overall
         for key, val in auc.items():
             out[key] = val
+        for (metric, name), arms in self.blocked.items():
+            for arm in arms:
+                out[(metric, name, arm)] = np.full(len(lin), np.nan)
         return out
 
     def auc_for_weights(self, w: np.ndarray) -> dict:
@@ -293,11 +337,12 @@ class _Design:
             out[("auroc", "all", arm)] = ss.auroc(ws)
             if self.auroc_gap:
                 for name, (_, labels) in self.attrs.items():
-                    if name == _POOLED:
+                    if name == _POOLED or ("auroc_gap", name) in self.blocked:
                         continue
                     gs = self.group_sorted[(arm, name)]
                     ga = np.stack([ss.auroc(ws * (gs == g)) for g in range(len(labels))], axis=1)
                     out[("auroc_gap", name, arm)] = ga.max(axis=1) - ga.min(axis=1)
+                    out[("worst_group_auroc", name, arm)] = ga.min(axis=1)
         return out
 
     def auc_jackknife(self) -> dict:
@@ -306,7 +351,7 @@ class _Design:
             out[("auroc", "all", arm)] = jackknife_auroc(self.y, s, self.pcode, self.n_pat)
             if self.auroc_gap:
                 for name, (codes, labels) in self.attrs.items():
-                    if name == _POOLED:
+                    if name == _POOLED or ("auroc_gap", name) in self.blocked:
                         continue
                     ga = np.stack(
                         [
@@ -318,6 +363,7 @@ class _Design:
                         axis=1,
                     )
                     out[("auroc_gap", name, arm)] = ga.max(axis=1) - ga.min(axis=1)
+                    out[("worst_group_auroc", name, arm)] = ga.min(axis=1)
         return out
 
 
@@ -366,15 +412,19 @@ def bootstrap_metrics(
     confidence: float = 0.95,
     seed: int = 0,
     min_group_size: int = 1,
+    min_group_patients: int = 1,
+    min_group_positives: int = 1,
     auroc_gap: bool = False,
     bca: bool = True,
     chunk_size: int = 64,
+    eodd_agg: str = "worst_case",
 ) -> BootstrapResult:
-    """Patient-level paired bootstrap of task and fairness metrics, with percentile and BCa intervals.
+    r"""Patient-level paired bootstrap of task and fairness metrics, with percentile and BCa intervals.
 
     For every attribute in ``sensitive_features`` (an array, a mapping name -> array, or a DataFrame):
     equalized-odds, equal-opportunity, demographic-parity differences and the skewed error ratio
-    (from ``y_pred``), the AUROC gap (from ``y_score``, when ``auroc_gap=True``), and the gap and
+    (from ``y_pred``), the AUROC gap and the worst-group AUROC :math:`\min_g \mathrm{AUROC}_g` (from
+    ``y_score``, when ``auroc_gap=True``), and the gap and
     worst group of the mean of ``values`` (e.g. Dice).  Overall: AUROC, sensitivity, specificity,
     mean of ``values``.  Each is given for ``recon`` (``y_pred``/``y_score``/``values``), for
     ``clean`` (the ``*_clean`` arguments) when given, and then as ``change`` = recon - clean and
@@ -383,6 +433,17 @@ def bootstrap_metrics(
     Resamples draw patients with replacement (all resamples at once, in chunks of ``chunk_size``),
     the same weights for clean and recon (paired).  BCa uses the leave-one-patient-out jackknife.
     Same inputs and ``seed`` give the same intervals.
+
+    Guards: ``min_group_size`` (studies), ``min_group_patients`` and ``min_group_positives`` are
+    checked once, on the data (:func:`reconaudit.metrics.guard_reasons`): a group metric with a group below them
+    (patients; patients with a positive / negative study where the metric needs them, see
+    :data:`reconaudit.metrics.METRIC_NEEDS`) is **not estimable**: NaN estimate and distribution in
+    every arm, the reasons in ``meta["not_estimable"][(metric, attribute)]``.  The AUROC gap obeys
+    every guard like the count metrics.  ``p_value`` follows :func:`bootstrap_p_value` (undefined
+    resamples counted against the statistic).  ``eodd_agg`` combines the TPR and FPR gaps of the
+    equalized-odds difference: ``"worst_case"`` (max, the package's definition) or ``"mean"`` (the
+    study's).  With ``values_name="dice"`` the Dice skewed error ratio
+    :math:`(1 - \min_g \overline{D}_g)/(1 - \max_g \overline{D}_g)` is reported as well.
 
     Returns
     -------
@@ -413,7 +474,11 @@ def bootstrap_metrics(
                 )
     if not (preds or scores or vals):
         raise ValueError("bootstrap_metrics: give at least one of y_pred, y_score, values")
-    design = _Design(y, pcode, n_pat, attrs, preds, scores, vals, values_name, min_group_size, auroc_gap)
+    blocked, not_estimable = _guards(y, pcode, attrs, preds, scores, vals, values_name, auroc_gap,
+                                     min_group_size, min_group_patients, min_group_positives)
+    # the guards hold on the data; within a resample a group is undefined only where a rate has no
+    # denominator (no positive drawn, ...), which bootstrap_p_value counts against the statistic
+    design = _Design(y, pcode, n_pat, attrs, preds, scores, vals, values_name, 1, auroc_gap, blocked, eodd_agg)
 
     ones = np.ones((1, n))
     point = _with_changes(design.metrics(design.pm.sum(axis=0, keepdims=True), design.auc_for_weights(ones)))
@@ -438,11 +503,7 @@ def bootstrap_metrics(
         e, d = float(est[0]), dists[key]
         lo, hi = percentile_interval(d, confidence)
         blo, bhi = bca_interval(d, e, jack[key], confidence) if jack is not None else (np.nan, np.nan)
-        pval = np.nan
-        if key[2] == "change":
-            dd = d[~np.isnan(d)]
-            if len(dd):
-                pval = float(min(1.0, 2 * min(np.mean(dd <= 0), np.mean(dd >= 0))))
+        pval = bootstrap_p_value(d) if key[2] == "change" else np.nan
         rows.append(
             dict(
                 metric=key[0],
@@ -472,7 +533,34 @@ def bootstrap_metrics(
             MetricUndefinedWarning,
             stacklevel=2,
         )
-    return BootstrapResult(table, dists, n_resamples, confidence, seed, n_pat, n, {"chunk_size": chunk_size})
+    return BootstrapResult(table, dists, n_resamples, confidence, seed, n_pat, n,
+                           {"chunk_size": chunk_size, "not_estimable": not_estimable})
+
+
+def _guards(y, pcode, attrs, preds, scores, vals, values_name, auroc_gap, min_size, min_patients, min_positives):
+    """(metric, attribute) pairs not estimable under the patient-level guards, with their reasons."""
+    blocked: dict[tuple[str, str], list[str]] = {}
+    reasons: dict[tuple[str, str], list[str]] = {}
+    families = []
+    if preds:
+        families += [(m, list(preds)) for m in COUNT_METRICS]
+    if scores and auroc_gap:
+        families += [("auroc_gap", list(scores)), ("worst_group_auroc", list(scores))]
+    if vals:
+        families += [(f"{values_name}_gap", list(vals)), (f"worst_group_{values_name}", list(vals))]
+        if values_name == "dice":
+            families.append(("dice_skewed_error_ratio", list(vals)))
+    for name, (codes, labels) in attrs.items():
+        if name == _POOLED:
+            continue
+        support = group_support(y, sensitive_features=labels[codes], patient_ids=pcode)
+        for metric, arms in families:
+            why = guard_reasons(support, METRIC_NEEDS.get(metric, ()), min_group_patients=min_patients,
+                                min_group_positives=min_positives, min_group_size=min_size)
+            if why:
+                blocked[(metric, name)] = arms
+                reasons[(metric, name)] = why
+    return blocked, reasons
 
 
 # --------------------------------------------------------------------------------------------
@@ -536,6 +624,61 @@ def delong_test(y_true: object, score_a: object, score_b: object) -> DeLongResul
     return DeLongResult(diff, se, float(2 * sps.norm.sf(abs(diff) / se)))
 
 
+def clustered_delong_test(y_true: object, score_a: object, score_b: object, *, patient_ids: object) -> DeLongResult:
+    r"""DeLong's test for two correlated AUROCs with studies clustered in patients (Obuchowski 1997).
+
+    Placement values are summed per patient :math:`k` (the cluster): with :math:`m_k` positive and
+    :math:`n_k` negative studies of patient :math:`k`, :math:`M = \sum_k m_k`, :math:`N = \sum_k n_k`,
+
+    .. math:: X_k = \sum_{i \in k,\, y_i = 1} V_{10}(i), \quad Y_k = \sum_{j \in k,\, y_j = 0} V_{01}(j),
+              \quad \hat A = rac{\sum_k X_k}{M} = rac{\sum_k Y_k}{N}
+
+    and, for the difference of the two scores, :math:`D^X_k = (X^a_k - m_k\hat A_a) - (X^b_k - m_k\hat A_b)`,
+    :math:`D^Y_k` alike:
+
+    .. math:: \mathrm{Var}(\hat A_a - \hat A_b) = rac{K_1}{K_1 - 1}rac{\sum_k (D^X_k)^2}{M^2}
+              + rac{K_0}{K_0 - 1}rac{\sum_k (D^Y_k)^2}{N^2}
+              + rac{2K}{K - 1}rac{\sum_k D^X_k D^Y_k}{M N}
+
+    with :math:`K_1` (:math:`K_0`) the patients with a positive (negative) study and :math:`K` all
+    patients: Obuchowski's clustered variance with DeLong's per-class small-sample factors, so that
+    it **equals** :func:`delong_test` when every patient has one study.  :math:`z = \Delta / SE`,
+    :math:`p = 2(1 - \Phi(|z|))`.
+
+    Returns
+    -------
+    DeLongResult
+        ``(difference, standard_error, p_value)``; p is 1 when the two scores order every pair alike.
+    """
+    y = as_binary(y_true, "y_true")
+    pcode, k = _patient_codes(patient_ids)
+    check_same_length(y_true=y, patient_ids=pcode)
+    pos = y == 1
+    m, n = int(pos.sum()), int((~pos).sum())
+    if m == 0 or n == 0:
+        raise ValueError(f"clustered_delong_test: needs positives and negatives; got {m} and {n}")
+    mk = np.bincount(pcode[pos], minlength=k).astype(np.float64)
+    nk = np.bincount(pcode[~pos], minlength=k).astype(np.float64)
+    dx, dy, diff = np.zeros(k), np.zeros(k), 0.0
+    for sign, sc in ((1.0, score_a), (-1.0, score_b)):
+        v10, v01 = placement_values(y, sc)
+        a = float(v10.mean())
+        dx += sign * (np.bincount(pcode[pos], weights=v10, minlength=k) - mk * a)
+        dy += sign * (np.bincount(pcode[~pos], weights=v01, minlength=k) - nk * a)
+        diff += sign * a
+    k1, k0 = int((mk > 0).sum()), int((nk > 0).sum())
+
+    def factor(c: int) -> float:
+        return c / (c - 1) if c > 1 else 0.0
+
+    var = (factor(k1) * float((dx**2).sum()) / m**2 + factor(k0) * float((dy**2).sum()) / n**2
+           + 2 * factor(k) * float((dx * dy).sum()) / (m * n))
+    se = float(np.sqrt(max(var, 0.0)))
+    if se == 0:
+        return DeLongResult(diff, 0.0, 1.0 if diff == 0 else 0.0)
+    return DeLongResult(diff, se, float(2 * sps.norm.sf(abs(diff) / se)))
+
+
 # --------------------------------------------------------------------------------------------
 # paired permutation test
 
@@ -549,9 +692,9 @@ class PermutationResult(NamedTuple):
     n_undefined: int
 
 
-def _group_stat(metric: str, cells: np.ndarray, g: int, min_group_size: int) -> np.ndarray:
+def _group_stat(metric: str, cells: np.ndarray, g: int, min_group_size: int, eodd_agg: str = "worst_case") -> np.ndarray:
     if metric in COUNT_METRICS:
-        return fairness_from_counts(cells.reshape(len(cells), g, 4), min_group_size)[metric]
+        return fairness_from_counts(cells.reshape(len(cells), g, 4), min_group_size, eodd_agg=eodd_agg)[metric]
     sums, cnts = cells[:, :g], cells[:, g:]
     with np.errstate(invalid="ignore", divide="ignore"):
         means = np.where(cnts >= max(min_group_size, 1), sums / cnts, np.nan)
@@ -559,8 +702,11 @@ def _group_stat(metric: str, cells: np.ndarray, g: int, min_group_size: int) -> 
         return means.max(axis=1) - means.min(axis=1)
     if metric == "worst_group":
         return means.min(axis=1)
+    if metric == "dice_skewed_error_ratio":
+        return ser_from_group_means(means)
     raise ValueError(
-        f"metric: expected one of {COUNT_METRICS + ('dice_gap', 'value_gap', 'worst_group')}, got {metric!r}"
+        f"metric: expected one of {COUNT_METRICS + ('dice_gap', 'value_gap', 'worst_group', 'dice_skewed_error_ratio')}"
+        f", got {metric!r}"
     )
 
 
@@ -576,6 +722,7 @@ def paired_permutation_test(
     seed: int = 0,
     min_group_size: int = 1,
     chunk_size: int = 256,
+    eodd_agg: str = "worst_case",
 ) -> PermutationResult:
     r"""Permutation p-value for "reconstruction changed the fairness metric".
 
@@ -587,8 +734,8 @@ def paired_permutation_test(
     .. math:: C^{c*} = \sum_p C^c_p + \sum_p s_p (C^r_p - C^c_p), \quad
               C^{r*} = \sum_p C^r_p - \sum_p s_p (C^r_p - C^c_p)
 
-    :math:`T = m(C^{r}) - m(C^{c})`, and :math:`p = (1 + \#\{|T^*| \ge |T|\}) / (1 + B)` over the
-    permutations where :math:`T^*` is defined.
+    :math:`T = m(C^{r}) - m(C^{c})`, and :math:`p = (1 + \#\{|T^*| \ge |T|\} + U) / (1 + B)`, the
+    :math:`U` permutations where :math:`T^*` is undefined counted as extreme (against the statistic).
 
     Parameters
     ----------
@@ -601,6 +748,8 @@ def paired_permutation_test(
     metric : str
     y_true : array of 0/1, shape (N,), needed for the count metrics.
     n_permutations, seed, min_group_size, chunk_size : int
+    eodd_agg : {"worst_case", "mean"}
+        As in :func:`reconaudit.metrics.equalized_odds_difference` (``agg``).
 
     Returns
     -------
@@ -634,8 +783,8 @@ def paired_permutation_test(
     mc, mr = arms
     tc, tr, d = mc.sum(0), mr.sum(0), mr - mc
     obs = float(
-        _group_stat(metric, tr[None], g, min_group_size)[0]
-        - _group_stat(metric, tc[None], g, min_group_size)[0]
+        _group_stat(metric, tr[None], g, min_group_size, eodd_agg)[0]
+        - _group_stat(metric, tc[None], g, min_group_size, eodd_agg)[0]
     )
     if np.isnan(obs):
         warnings.warn(
@@ -650,12 +799,13 @@ def paired_permutation_test(
         b = min(chunk_size, n_permutations - start)
         swap = rng.integers(0, 2, size=(b, n_pat)).astype(np.float64) @ d
         stats_.append(
-            _group_stat(metric, tr - swap, g, min_group_size)
-            - _group_stat(metric, tc + swap, g, min_group_size)
+            _group_stat(metric, tr - swap, g, min_group_size, eodd_agg)
+            - _group_stat(metric, tc + swap, g, min_group_size, eodd_agg)
         )
     t = np.concatenate(stats_)
     ok = ~np.isnan(t)
-    p = (1 + np.sum(np.abs(t[ok]) >= abs(obs) - 1e-12)) / (1 + ok.sum())
+    # undefined permutations count against the statistic, as in bootstrap_p_value
+    p = (1 + np.sum(np.abs(t[ok]) >= abs(obs) - 1e-12) + np.sum(~ok)) / (1 + len(t))
     return PermutationResult(obs, float(p), n_permutations, int((~ok).sum()))
 
 

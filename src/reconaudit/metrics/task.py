@@ -1,4 +1,6 @@
-"""Task metrics: AUROC/AUPRC per label, operating thresholds, Dice and HD95 per study."""
+"""Task metrics: AUROC/AUPRC per label, sensitivity/specificity, Dice and HD95 per study.
+
+Operating thresholds live in :mod:`reconaudit.metrics.thresholds`."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, roc_curve
+from sklearn.metrics import average_precision_score
 
 from ._auroc import SortedScores
 from ._utils import as_1d, as_binary, check_same_length, to_numpy
@@ -18,9 +20,9 @@ __all__ = [
     "auroc",
     "auprc",
     "sensitivity_specificity",
-    "choose_threshold",
     "dice",
     "hd95",
+    "normalized_surface_dice",
     "patient_level",
 ]
 
@@ -130,49 +132,6 @@ def sensitivity_specificity(y_true: object, y_score: object, threshold: float) -
     return sens, spec
 
 
-def choose_threshold(
-    y_true: object, y_score: object, policy: str = "sens_eq_spec", *, target: float | None = None
-) -> float:
-    r"""Operating threshold from the ROC curve (``sklearn.metrics.roc_curve``); predict positive when
-    :math:`s \ge t`.
-
-    Policies
-    --------
-    ``"sens_eq_spec"``
-        the ROC point where sensitivity equals specificity: :math:`\arg\min_t |TPR(t) - (1 - FPR(t))|`
-        (the first such point, i.e. the highest threshold, on ties).
-    ``"youden"``
-        Youden's J: :math:`\arg\max_t \; TPR(t) - FPR(t)`.
-    ``"target_sensitivity"``
-        the highest threshold with :math:`TPR(t) \ge` ``target``.
-
-    Returns
-    -------
-    float
-        The threshold (a score value, never ``inf``).
-    """
-    y = as_binary(y_true, "y_true")
-    s = as_1d(y_score, "y_score", np.float64)
-    check_same_length(y_true=y, y_score=s)
-    if y.min(initial=1) == y.max(initial=0):
-        raise ValueError(
-            "choose_threshold: y_true has a single class; a threshold needs positives and negatives"
-        )
-    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
-    fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]  # drop the (0, 0) point at threshold +inf
-    if policy == "sens_eq_spec":
-        i = int(np.argmin(np.abs(tpr - (1 - fpr))))
-    elif policy == "youden":
-        i = int(np.argmax(tpr - fpr))
-    elif policy == "target_sensitivity":
-        if target is None or not 0 <= target <= 1:
-            raise ValueError(f"target: policy 'target_sensitivity' needs target in [0, 1], got {target!r}")
-        i = int(np.flatnonzero(tpr >= target - 1e-12)[0])
-    else:
-        raise ValueError(f"policy: expected 'sens_eq_spec', 'youden' or 'target_sensitivity', got {policy!r}")
-    return float(thr[i])
-
-
 def _masks(x: object, name: str) -> np.ndarray:
     arr = to_numpy(x, name)
     if arr.ndim == 4 and arr.shape[1] == 1:
@@ -228,8 +187,36 @@ def grouped_percentile(values: np.ndarray, groups: np.ndarray, n_groups: int, q:
     return out
 
 
+def _surface_distances(a: np.ndarray, b: np.ndarray, batch_size: int):
+    """Yield ``(sel, d_ab, i_ab, d_ba, i_ba)`` per chunk of studies where both masks are non-empty:
+    distances from each boundary pixel of A to the boundary of B (and back) with their study index."""
+    n = len(a)
+    flat_a, flat_b = a.reshape(n, -1), b.reshape(n, -1)
+    idx = np.flatnonzero(flat_a.any(axis=1) & flat_b.any(axis=1))
+    struct = np.zeros((3,) * a.ndim, dtype=bool)
+    struct[1] = ndimage.generate_binary_structure(a.ndim - 1, 1)
+    sampling = (2.0 * float(sum(a.shape[1:])),) + (1.0,) * (a.ndim - 1)
+    for start in range(0, len(idx), batch_size):  # chunks of whole batches, bounded memory
+        sel = idx[start : start + batch_size]
+        pa, pb = a[sel], b[sel]
+        ea = pa & ~ndimage.binary_erosion(pa, structure=struct, border_value=0)
+        eb = pb & ~ndimage.binary_erosion(pb, structure=struct, border_value=0)
+        da = ndimage.distance_transform_edt(~ea, sampling=sampling)
+        db = ndimage.distance_transform_edt(~eb, sampling=sampling)
+        yield sel, db[ea], np.nonzero(ea)[0], da[eb], np.nonzero(eb)[0]
+
+
+def _mask_pair(pred_mask: object, true_mask: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    a, b = _masks(pred_mask, "pred_mask"), _masks(true_mask, "true_mask")
+    if a.shape != b.shape:
+        raise ValueError(f"pred_mask and true_mask must have the same shape, got {a.shape} and {b.shape}")
+    n = len(a)
+    return a, b, a.reshape(n, -1).any(axis=1), b.reshape(n, -1).any(axis=1)
+
+
 def hd95(
-    pred_mask: object, true_mask: object, *, percentile: float = 95.0, batch_size: int = 256
+    pred_mask: object, true_mask: object, *, percentile: float = 95.0, batch_size: int = 256,
+    empty: str = "worst",
 ) -> np.ndarray:
     r"""Percentile (default 95th) symmetric Hausdorff distance in pixels per study.
 
@@ -241,33 +228,53 @@ def hd95(
                                             P_{95}\{d(q, \partial A): q \in \partial B\} \right)
 
     the convention of ``monai.metrics.compute_hausdorff_distance(..., percentile=95)``
-    (percentiles with linear interpolation).  NaN when either mask is empty.  Distance transforms
-    run on whole batches (``scipy.ndimage.distance_transform_edt`` with the batch axis spaced far
-    apart so that studies never see each other).
+    (percentiles with linear interpolation).  Distance transforms run on whole batches
+    (``scipy.ndimage.distance_transform_edt`` with the batch axis spaced far apart so that studies
+    never see each other).
+
+    Empty masks (``empty="worst"``, the default, Metrics Reloaded's worst-case convention): a missed
+    lesion (empty prediction, non-empty truth) or a false lesion (the reverse) scores the image
+    diagonal :math:`\sqrt{\sum_k s_k^2}` over the spatial shape :math:`s` (the largest distance in
+    the image), so that missing more lesions never improves the mean.  Both masks empty (a slice
+    without lesion, correctly left empty) has no boundary to measure: NaN, left out of means (its
+    Dice is 1).  ``empty="nan"`` returns NaN whenever either mask is empty (the older convention).
     """
-    a, b = _masks(pred_mask, "pred_mask"), _masks(true_mask, "true_mask")
-    if a.shape != b.shape:
-        raise ValueError(f"pred_mask and true_mask must have the same shape, got {a.shape} and {b.shape}")
-    n = len(a)
-    out = np.full(n, np.nan)
-    flat_a, flat_b = a.reshape(n, -1), b.reshape(n, -1)
-    valid = flat_a.any(axis=1) & flat_b.any(axis=1)
-    struct = np.zeros((3,) * a.ndim, dtype=bool)
-    struct[1] = ndimage.generate_binary_structure(a.ndim - 1, 1)
-    sampling = (2.0 * float(sum(a.shape[1:])),) + (1.0,) * (a.ndim - 1)
-    idx = np.flatnonzero(valid)
-    for start in range(0, len(idx), batch_size):  # chunks of whole batches, bounded memory
-        sel = idx[start : start + batch_size]
-        pa, pb = a[sel], b[sel]
-        ea = pa & ~ndimage.binary_erosion(pa, structure=struct, border_value=0)
-        eb = pb & ~ndimage.binary_erosion(pb, structure=struct, border_value=0)
-        da = ndimage.distance_transform_edt(~ea, sampling=sampling)
-        db = ndimage.distance_transform_edt(~eb, sampling=sampling)
-        ia = np.nonzero(ea)[0]
-        ib = np.nonzero(eb)[0]
-        q1 = grouped_percentile(db[ea], ia, len(sel), percentile)
-        q2 = grouped_percentile(da[eb], ib, len(sel), percentile)
+    if empty not in ("worst", "nan"):
+        raise ValueError(f"empty: expected 'worst' or 'nan', got {empty!r}")
+    a, b, any_a, any_b = _mask_pair(pred_mask, true_mask)
+    out = np.full(len(a), np.nan)
+    if empty == "worst":
+        out[any_a != any_b] = float(np.sqrt(np.sum(np.square(a.shape[1:]))))
+    for sel, d_ab, i_ab, d_ba, i_ba in _surface_distances(a, b, batch_size):
+        q1 = grouped_percentile(d_ab, i_ab, len(sel), percentile)
+        q2 = grouped_percentile(d_ba, i_ba, len(sel), percentile)
         out[sel] = np.maximum(q1, q2)
+    return out
+
+
+def normalized_surface_dice(
+    pred_mask: object, true_mask: object, *, tolerance: float = 1.0, batch_size: int = 256
+) -> np.ndarray:
+    r"""Normalized surface Dice (NSD) at a tolerance of ``tolerance`` pixels per study (Nikolov et al. 2021).
+
+    With the boundaries of :func:`hd95`:
+
+    .. math:: \mathrm{NSD}_\tau = \frac{|\{p \in \partial A: d(p, \partial B) \le \tau\}|
+              + |\{q \in \partial B: d(q, \partial A) \le \tau\}|}{|\partial A| + |\partial B|}
+
+    Metrics Reloaded recommends it next to HD95 with the tolerance stated (default 1 pixel).  A
+    missed or a false lesion scores 0 (worst case); both masks empty: NaN (nothing to measure).
+    """
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance: expected a distance >= 0 in pixels, got {tolerance!r}")
+    a, b, any_a, any_b = _mask_pair(pred_mask, true_mask)
+    out = np.where(any_a | any_b, 0.0, np.nan)
+    for sel, d_ab, i_ab, d_ba, i_ba in _surface_distances(a, b, batch_size):
+        m = len(sel)
+        hit = np.bincount(i_ab, weights=d_ab <= tolerance, minlength=m) + np.bincount(
+            i_ba, weights=d_ba <= tolerance, minlength=m)
+        tot = np.bincount(i_ab, minlength=m) + np.bincount(i_ba, minlength=m)
+        out[sel] = hit / tot
     return out
 
 

@@ -68,8 +68,11 @@ METRIC_NAMES = {
     "skewed_error_ratio": "skewed error ratio",
     "auroc_gap": "AUROC gap", "worst_group_auroc": "worst-group AUROC",
     "dice_gap": "Dice gap", "worst_group_dice": "worst-group Dice",
+    "dice_skewed_error_ratio": "skewed error ratio (1 - Dice)",
 }
 
+#: The task family's AUROC test: DeLong with studies clustered in patients (Obuchowski's variance).
+DELONG_TEST = "DeLong (patient-clustered)"
 _STAT_COLUMNS = (
     "clean", "clean_ci_low", "clean_ci_high", "recon", "recon_ci_low", "recon_ci_high",
     "change", "change_ci_low", "change_ci_high", "change_rel_pct",
@@ -110,6 +113,9 @@ class Analysis:
     settings : dict
         The analysis settings used (``n_resamples``, ``alpha``, ``correction``, ``min_group_size``,
         ``seed``, ``ci``).
+    definitions : pandas.DataFrame
+        ``metric``, ``formula``, ``definition``: each metric's formula under the definitions in force
+        (``settings["definitions"]``: ``package`` or ``study``) and the threshold policy.
     cohorts : dict
         Per cohort: ``task``, ``labels``, ``group_attributes``, ``level_name``, ``levels`` ordered from
         the mildest to the most severe, and ``primary`` = (metric, label) of its task performance.
@@ -123,6 +129,7 @@ class Analysis:
     headlines: pd.DataFrame
     settings: dict = field(default_factory=dict)
     cohorts: dict = field(default_factory=dict)
+    definitions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,6 +143,10 @@ def _settings(meta: dict) -> dict:
         "alpha": float(a.get("alpha", 0.05)),
         "correction": str(a.get("correction", "holm")).lower(),
         "min_group_size": int(a.get("min_group_size", 5)),
+        "min_group_patients": int(a.get("min_group_patients", 5)),
+        "min_group_positives": int(a.get("min_group_positives", 2)),
+        "max_undefined_share": float(a.get("max_undefined_share", 0.01)),
+        "definitions": str(a.get("definitions", "package")).lower(),
         "seed": int(a.get("seed", 0)),
         "ci": str(a.get("ci", "percentile")).lower(),
     }
@@ -143,6 +154,18 @@ def _settings(meta: dict) -> dict:
         raise ValueError(f"run.json analysis.correction: expected 'holm' or 'bh', got {s['correction']!r}")
     if s["ci"] not in ("percentile", "bca"):
         raise ValueError(f"run.json analysis.ci: expected 'percentile' or 'bca', got {s['ci']!r}")
+    if s["definitions"] not in ("package", "study"):
+        raise ValueError(f"run.json analysis.definitions: expected 'package' or 'study', got {s['definitions']!r}")
+    ev = dict((meta.get("config") or {}).get("evaluation") or {})
+    s["threshold_policy"] = str(ev.get("threshold_policy", "sens_eq_spec"))
+    s["target_sensitivity"] = ev.get("target_sensitivity")
+    if s["definitions"] == "study":
+        s["threshold_text"] = f"{s['threshold_policy']}, chosen per label on each arm's whole test set (study)"
+    elif ev.get("rechoose_on_test"):
+        s["threshold_text"] = f"{s['threshold_policy']}, re-chosen on each arm's test scores (rechoose_on_test)"
+    else:
+        s["threshold_text"] = (f"{s['threshold_policy']}, fixed on clean validation data (each arm's own "
+                               "model; clean scores at the clean model's)")
     if s["n_resamples"] < 10:
         raise ValueError(f"run.json analysis.n_resamples: expected at least 10, got {s['n_resamples']}")
     return s
@@ -218,13 +241,18 @@ def _stats_from_boot(index: dict, metric: str, attribute: str, ci: str) -> dict:
     """Clean / recon / change estimates and intervals of one metric from an indexed bootstrap table."""
     out: dict[str, float] = {c: np.nan for c in _STAT_COLUMNS}
     out["p_value"] = np.nan
+    out["n_undefined"], out["ci_method"] = 0, ci
     for arm in ("clean", "recon", "change"):
         r = index.get((metric, attribute, arm))
         if r is None:
             continue
+        out["n_undefined"] = max(out["n_undefined"], int(r["n_undefined"]))
         lo, hi = r["ci_low"], r["ci_high"]
-        if ci == "bca" and np.isfinite(r["bca_low"]) and np.isfinite(r["bca_high"]):
-            lo, hi = r["bca_low"], r["bca_high"]
+        if ci == "bca":
+            if np.isfinite(r["bca_low"]) and np.isfinite(r["bca_high"]):
+                lo, hi = r["bca_low"], r["bca_high"]
+            elif np.isfinite(lo):
+                out["ci_method"] = "percentile (BCa undefined)"
         out[arm], out[f"{arm}_ci_low"], out[f"{arm}_ci_high"] = float(r["estimate"]), float(lo), float(hi)
         if arm == "change":
             out["p_value"] = float(r["p_value"])
@@ -242,14 +270,52 @@ def _stats_from_dists(clean: float, recon: float, dc: np.ndarray, dr: np.ndarray
     out = {"clean": clean, "recon": recon, "change": float(change.difference), "change_rel_pct": rel}
     for name, d in (("clean", dc), ("recon", dr), ("change", dd)):
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = M.percentile_interval(d)
-    ok = dd[~np.isnan(dd)]
-    out["p_value"] = float(min(1.0, 2 * min(np.mean(ok <= 0), np.mean(ok >= 0)))) if len(ok) else np.nan
+    out["p_value"] = M.bootstrap_p_value(dd)
+    out["n_undefined"], out["ci_method"] = int(np.isnan(dd).sum()), "percentile"
     return out
 
 
-def _group_sizes(groups: np.ndarray) -> str:
-    vals, counts = np.unique(groups, return_counts=True)
-    return ", ".join(f"{v}: {c}" for v, c in zip(vals, counts))
+def _thresholds(rows: pd.DataFrame, label: str, keep: np.ndarray, keys: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(threshold of the processed scores, threshold of the clean scores) of one label in one cell.
+
+    The clean scores are always called at the clean model's own threshold (``clean_threshold:``);
+    records written before that column existed fall back to ``threshold:`` (the same model in the
+    reconstruct arm; in the direct arm the direct model's, with a warning in the log).
+    """
+    n = int(keep.sum())
+    thr = rows[f"threshold:{label}"].to_numpy(float)[keep] if f"threshold:{label}" in rows else np.full(n, 0.5)
+    if f"clean_threshold:{label}" in rows:
+        return thr, rows[f"clean_threshold:{label}"].to_numpy(float)[keep]
+    if keys.get("arm") == "direct":
+        logger.warning("records: cell %s has no clean_threshold:%s column; the clean baseline of the direct arm "
+                       "uses the direct model's threshold (re-run the audit to record the clean one)",
+                       keys.get("cell_id"), label)
+    return thr, thr
+
+
+def _group_sizes(groups: np.ndarray, patient_ids: np.ndarray | None = None) -> str:
+    """``group: studies`` per group, with the patients when they differ from the studies."""
+    if patient_ids is None:
+        vals, counts = np.unique(groups, return_counts=True)
+        return ", ".join(f"{v}: {c}" for v, c in zip(vals, counts))
+    sup = M.group_support(None, sensitive_features=groups, patient_ids=patient_ids)
+    return ", ".join(f"{v}: {r.studies}" + ("" if r.studies == r.patients else f" ({r.patients} patients)")
+                     for v, r in zip(sup.index, sup.itertuples()))
+
+
+def _eodd_agg(s: dict) -> str:
+    """How the equalized-odds difference combines its TPR and FPR gaps under the definitions in force."""
+    return "mean" if s["definitions"] == "study" else "worst_case"
+
+
+def _guard_kwargs(s: dict) -> dict:
+    """The group guards of the settings, as keyword arguments of the metrics functions."""
+    return {"min_group_size": s["min_group_size"], "min_group_patients": s["min_group_patients"],
+            "min_group_positives": s["min_group_positives"]}
+
+
+def _guard_reason(res: M.BootstrapResult, metric: str, attribute: str) -> list[str]:
+    return list(res.meta.get("not_estimable", {}).get((metric, attribute), []))
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,8 +368,14 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
         y = y_all[keep].astype(np.int8)
         sc = rows[f"clean_score:{label}"].to_numpy(float)[keep]
         sr = rows[f"score:{label}"].to_numpy(float)[keep]
-        thr = rows[f"threshold:{label}"].to_numpy(float)[keep] if f"threshold:{label}" in rows else np.full(len(y), 0.5)
-        pc, pr = (sc >= thr).astype(np.int8), (sr >= thr).astype(np.int8)
+        if s["definitions"] == "study" and len(y) and y.min() != y.max():
+            # the study's operating point: one threshold per label and arm, chosen on that arm's test set
+            thr = np.full(len(y), M.choose_threshold(y, sr, s["threshold_policy"], s["target_sensitivity"], label=label))
+            clean_thr = np.full(len(y), M.choose_threshold(y, sc, s["threshold_policy"], s["target_sensitivity"],
+                                                           label=label))
+        else:
+            thr, clean_thr = _thresholds(rows, label, keep, keys)
+        pc, pr = (sc >= clean_thr).astype(np.int8), (sr >= thr).astype(np.int8)
         pid = pid_all[keep]
         groups = {a: rows[f"group:{a}"].to_numpy()[keep] for a in attrs}
         base = dict(keys, label=label, n=int(keep.sum()))
@@ -321,19 +393,21 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
         res, _ = _quiet(
             M.bootstrap_metrics, y, patient_ids=pid, sensitive_features=groups, y_pred=pr, y_pred_clean=pc,
             y_score=sr, y_score_clean=sc, n_resamples=s["n_resamples"], seed=seed,
-            min_group_size=s["min_group_size"], auroc_gap=True, bca=s["ci"] == "bca",
+            **_guard_kwargs(s), auroc_gap=True, bca=s["ci"] == "bca", eodd_agg=_eodd_agg(s),
         )
         t = _boot_index(res.table)
         refine = dict(y_true=y, patient_ids=pid, sensitive_features=groups, y_pred=pr, y_pred_clean=pc, seed=seed,
-                      min_group_size=s["min_group_size"])
+                      **_guard_kwargs(s), eodd_agg=_eodd_agg(s))
         # --- task performance of this label
         st = _stats_from_boot(t, "auroc", "all", s["ci"])
-        dl = M.delong_test(y, sr, sc)
-        task_rows.append(dict(base, metric="auroc", **st, test="DeLong", ci_method=s["ci"], reason=""))
+        dl = M.clustered_delong_test(y, sr, sc, patient_ids=pid)
+        task_rows.append(dict(base, metric="auroc", **st, test=DELONG_TEST, reason=""))
         task_rows[-1]["p_value"] = dl.p_value
         for metric in ("sensitivity", "specificity"):
             st = _stats_from_boot(t, metric, "all", s["ci"])
-            task_rows.append(dict(base, metric=metric, **st, test="paired bootstrap", ci_method=s["ci"], reason=""))
+            task_rows.append(dict(base, metric=metric, **st, test="paired bootstrap", reason="",
+                                  threshold_policy=s["threshold_text"],
+                                  operating_point_flag=M.operating_point_flag(y, pc, pr)))
         wk = weights[:, keep]
         mean_parts["clean"].append(float(M.weighted_auroc(y, sc, ones[:, keep])[0]))
         mean_parts["recon"].append(float(M.weighted_auroc(y, sr, ones[:, keep])[0]))
@@ -342,24 +416,29 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
         # --- fairness of this label, per attribute
         for a in attrs:
             g = groups[a]
-            fbase = dict(base, attribute=a, groups=_group_sizes(g))
+            fbase = dict(base, attribute=a, groups=_group_sizes(g, pid))
+            flag = M.operating_point_flag(y, pc, pr, sensitive_features=g)
             for metric in _COUNT_METRICS + ("auroc_gap",):
                 st = _stats_from_boot(t, metric, a, s["ci"])
                 fn = getattr(M, metric)
-                reasons = []
+                reasons = _guard_reason(res, metric, a)
                 for arm, pred, score in (("clean", pc, sc), ("recon", pr, sr)):
                     arg = score if metric == "auroc_gap" else pred
-                    val, why = _quiet(fn, y, arg, sensitive_features=g, min_group_size=s["min_group_size"])
+                    val, why = _quiet(fn, y, arg, sensitive_features=g, min_group_size=s["min_group_size"],
+                                      **({"agg": _eodd_agg(s)} if metric == "equalized_odds_difference" else {}))
                     if why:
                         reasons.append(f"{arm}: " + "; ".join(why))
                 perm = None
                 if metric in _COUNT_METRICS and np.isfinite(st["clean"]) and np.isfinite(st["recon"]):
                     perm = dict(clean=pc, recon=pr, sensitive_features=g, patient_ids=pid, metric=metric,
-                                y_true=y, seed=seed, min_group_size=s["min_group_size"])
+                                y_true=y, seed=seed, min_group_size=s["min_group_size"], eodd_agg=_eodd_agg(s))
+                thresholded = metric in _COUNT_METRICS
                 fair_rows.append(dict(fbase, metric=metric, **st, test="paired bootstrap", worst_group_clean="",
                                       worst_group_recon="", reason=" | ".join(reasons), _perm=perm,
+                                      threshold_policy=s["threshold_text"] if thresholded else "threshold-free",
+                                      operating_point_flag=flag if thresholded else "",
                                       _refine=(refine, metric, a) if metric in _COUNT_METRICS else None))
-            fair_rows.append(_worst_group_auroc(fbase, y, sc, sr, g, wk, s))
+            fair_rows.append(_worst_group_auroc(fbase, y, sc, sr, g, res, t, s))
     if mean_parts["clean"]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples stay NaN
@@ -368,35 +447,22 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
             mc, mr = float(np.nanmean(mean_parts["clean"])), float(np.nanmean(mean_parts["recon"]))
         st = _stats_from_dists(mc, mr, dc, dr)
         task_rows.append(dict(keys, label=MEAN_LABEL, n=len(rows), metric="auroc", **st, test="paired bootstrap",
-                              ci_method="percentile", reason=""))
+                              reason=""))
     return task_rows, fair_rows
 
 
-def _worst_group_auroc(fbase: dict, y, sc, sr, g, w, s) -> dict:
-    """Worst-group AUROC (min over groups) on clean and recon, paired bootstrap over the same weights."""
-    names = np.unique(g)
-    point, dists, reasons = {}, {}, []
-    for arm, score in (("clean", sc), ("recon", sr)):
-        val, why = _quiet(M.worst_group, score, y_true=y, agg=_auroc_or_nan, sensitive_features=g,
-                          min_group_size=s["min_group_size"])
-        point[arm] = val
-        if why:
-            reasons.append(f"{arm}: " + "; ".join(why))
-        per_group = []
-        for name in names:
-            m = g == name
-            if m.sum() < s["min_group_size"] or y[m].min() == y[m].max():
-                per_group.append(np.full(len(w), np.nan))
-            else:
-                per_group.append(M.weighted_auroc(y[m], score[m], w[:, m]))
-        dists[arm] = np.min(np.stack(per_group), axis=0)
-    st = _stats_from_dists(point["clean"], point["recon"], dists["clean"], dists["recon"])
+def _worst_group_auroc(fbase: dict, y, sc, sr, g, res: M.BootstrapResult, t: dict, s: dict) -> dict:
+    """Worst-group AUROC row: the statistics from the cell's bootstrap, the worst group's name from the data."""
+    st = _stats_from_boot(t, "worst_group_auroc", fbase["attribute"], s["ci"])
+    reasons = _guard_reason(res, "worst_group_auroc", fbase["attribute"])
     worst = {}
     for arm, score in (("clean", sc), ("recon", sr)):
-        by, _ = _quiet(M.by_group, score, y_true=y, agg=_auroc_or_nan, sensitive_features=g,
-                       min_group_size=s["min_group_size"])
+        by, why = _quiet(M.by_group, score, y_true=y, agg=_auroc_or_nan, sensitive_features=g,
+                         min_group_size=s["min_group_size"])
+        if not reasons and any(not np.isfinite(v) for v in by.values()):
+            reasons.append(f"{arm}: a group has no positive or no negative study (AUROC undefined)")
         finite = {k: v for k, v in by.items() if np.isfinite(v)}
-        worst[arm] = str(min(finite, key=finite.get)) if finite and np.isfinite(point[arm]) else ""
+        worst[arm] = str(min(finite, key=finite.get)) if finite and np.isfinite(st[arm]) else ""
     return dict(fbase, metric="worst_group_auroc", **st, test="paired bootstrap",
                 worst_group_clean=worst["clean"], worst_group_recon=worst["recon"], reason=" | ".join(reasons))
 
@@ -432,16 +498,16 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
     res, _ = _quiet(
         M.bootstrap_metrics, np.zeros(len(r)), patient_ids=pid, sensitive_features=groups, values=dr,
         values_clean=dc, values_name="dice", n_resamples=s["n_resamples"], seed=seed,
-        min_group_size=s["min_group_size"], bca=s["ci"] == "bca",
+        **_guard_kwargs(s), bca=s["ci"] == "bca",
     )
     t = _boot_index(res.table)
     refine = dict(y_true=np.zeros(len(r)), patient_ids=pid, sensitive_features=groups, values=dr, values_clean=dc,
-                  values_name="dice", seed=seed, min_group_size=s["min_group_size"])
+                  values_name="dice", seed=seed, **_guard_kwargs(s))
     st = _stats_from_boot(t, "mean_dice", "all", s["ci"])
     st["p_value"] = _wilcoxon(M.patient_level(dr, pid, agg="mean").to_numpy()
                               - M.patient_level(dc, pid, agg="mean").to_numpy())
     task_rows.append(dict(base, metric="dice", **st, test="Wilcoxon signed-rank (patient means)",
-                          ci_method=s["ci"], reason=""))
+                          reason=""))
     # patient-level: the median slice Dice of each patient, then the mean over patients
     pr = M.patient_level(dr, pid, agg="median")
     pc = M.patient_level(dc, pid, agg="median")
@@ -453,7 +519,7 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
     st = _stats_from_boot(_boot_index(res_p.table), "mean_dice", "all", s["ci"])
     st["p_value"] = _wilcoxon(pr.to_numpy() - pc.to_numpy())
     task_rows.append(dict(keys, label="", n=len(pr), metric="dice_patient", **st,
-                          test="Wilcoxon signed-rank (patient medians)", ci_method=s["ci"], reason=""))
+                          test="Wilcoxon signed-rank (patient medians)", reason=""))
     if "hd95" in r and "clean_hd95" in r:
         hr, hc = r["hd95"].to_numpy(float), r["clean_hd95"].to_numpy(float)
         ok = np.isfinite(hr) & np.isfinite(hc)
@@ -465,17 +531,21 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
             )
             task_rows.append(dict(keys, label="", n=int(ok.sum()), metric="hd95",
                                   **_stats_from_boot(_boot_index(res_h.table), "mean_hd95", "all", s["ci"]),
-                                  test="paired bootstrap", ci_method=s["ci"],
-                                  reason="" if ok.all() else f"{int((~ok).sum())} studies with an empty mask left out"))
+                                  test="paired bootstrap",
+                                  reason="" if ok.all() else f"{int((~ok).sum())} studies without a boundary to measure "
+                                  "(both masks empty) left out"))
     for a in attrs:
         g = groups[a]
-        fbase = dict(base, attribute=a, groups=_group_sizes(g))
-        for metric, boot_name in (("dice_gap", "dice_gap"), ("worst_group_dice", "worst_group_dice")):
+        fbase = dict(base, attribute=a, groups=_group_sizes(g, pid))
+        seg_metrics = [("dice_gap", "dice_gap"), ("worst_group_dice", "worst_group_dice")]
+        if s["definitions"] == "study":
+            seg_metrics.append(("dice_skewed_error_ratio", "dice_skewed_error_ratio"))
+        for metric, boot_name in seg_metrics:
             st = _stats_from_boot(t, boot_name, a, s["ci"])
-            reasons, worst = [], {}
+            reasons, worst = _guard_reason(res, boot_name, a), {}
             for arm, v in (("clean", dc), ("recon", dr)):
-                if metric == "dice_gap":
-                    _, why = _quiet(M.dice_gap, v, sensitive_features=g, min_group_size=s["min_group_size"])
+                if metric in ("dice_gap", "dice_skewed_error_ratio"):
+                    _, why = _quiet(getattr(M, metric), v, sensitive_features=g, min_group_size=s["min_group_size"])
                 else:
                     _, why = _quiet(M.worst_group, v, sensitive_features=g, min_group_size=s["min_group_size"])
                 if why:
@@ -486,7 +556,7 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
             perm = None
             if np.isfinite(st["clean"]) and np.isfinite(st["recon"]):
                 perm = dict(clean=dc, recon=dr, sensitive_features=g, patient_ids=pid,
-                            metric="dice_gap" if metric == "dice_gap" else "worst_group", seed=seed,
+                            metric="worst_group" if metric == "worst_group_dice" else metric, seed=seed,
                             min_group_size=s["min_group_size"])
             fair_rows.append(dict(fbase, metric=metric, **st, test="paired bootstrap", _perm=perm,
                                   _refine=(refine, boot_name, a),
@@ -556,6 +626,88 @@ def _seed_table(cells: pd.DataFrame, task: pd.DataFrame, fairness: pd.DataFrame)
     return out[cols]
 
 
+_SEGMENTER_POLICY = "segmenter threshold fixed on clean validation data"
+
+
+def _fill_policy(df: pd.DataFrame, s: dict) -> pd.DataFrame:
+    """Threshold policy of the rows that set none: the classifier's, the segmenter's or threshold-free (AUROC)."""
+    seg = df["metric"].isin(["dice", "dice_patient", "hd95", *SEGMENTATION_FAIRNESS])
+    thresholded = df["metric"].isin([*_COUNT_METRICS, "sensitivity", "specificity"])
+    default = np.where(seg, _SEGMENTER_POLICY, np.where(thresholded, s["threshold_text"], "threshold-free"))
+    pol, flag = df["threshold_policy"].astype(object), df["operating_point_flag"].astype(object)
+    df["threshold_policy"] = pol.where(pol.notna(), pd.Series(default, index=df.index))
+    df["operating_point_flag"] = flag.where(flag.notna(), "").astype(str)
+    return df
+
+
+#: Per metric: (formula, under "package", under "study") in plain text; None where both agree.
+DEFINITIONS: dict[str, tuple[str, str | None]] = {
+    "auroc": ("Mann-Whitney AUROC, ties 1/2; change tested by DeLong with studies clustered in patients", None),
+    "sensitivity": ("TP / (TP + FN) at the operating threshold", None),
+    "specificity": ("TN / (TN + FP) at the operating threshold", None),
+    "dice": ("2|A∩B| / (|A| + |B|), 1 when both masks are empty; mean over studies", None),
+    "dice_patient": ("mean over patients of the median slice Dice", None),
+    "hd95": ("max of the two directed 95th-percentile boundary distances (px); a missed or a false lesion "
+             "counts as the image diagonal (worst case); slices with both masks empty are left out", None),
+    "equalized_odds_difference": ("max(TPR gap, FPR gap), gaps = max_g − min_g (package)",
+                                  "mean(TPR gap, FPR gap) (study)"),
+    "equal_opportunity_difference": ("max_g TPR_g − min_g TPR_g", None),
+    "demographic_parity_difference": ("max_g SR_g − min_g SR_g, SR = (TP + FP) / n", None),
+    "skewed_error_ratio": ("max_g ERR_g / min_g ERR_g, ERR = (FP + FN) / n", None),
+    "auroc_gap": ("max_g AUROC_g − min_g AUROC_g", None),
+    "worst_group_auroc": ("min_g AUROC_g", None),
+    "dice_gap": ("max_g mean Dice_g − min_g mean Dice_g", None),
+    "worst_group_dice": ("min_g mean Dice_g", None),
+    "dice_skewed_error_ratio": ("(1 − min_g mean Dice_g) / (1 − max_g mean Dice_g) (study)", None),
+}
+
+
+def metric_definition(metric: str, definitions: str = "package") -> str:
+    """The formula of ``metric`` under the definitions in force (``"package"`` or ``"study"``)."""
+    package, study = DEFINITIONS.get(metric, (metric, None))
+    return study if definitions == "study" and study else package
+
+
+def definitions_table(s: dict) -> pd.DataFrame:
+    """One row per metric: its name, the formula in force and which definition that is."""
+    rows = []
+    for metric, (_package, study) in DEFINITIONS.items():
+        if metric == "dice_skewed_error_ratio" and s["definitions"] != "study":
+            continue
+        rows.append({"metric": METRIC_NAMES.get(metric, metric), "formula": metric_definition(metric, s["definitions"]),
+                     "definition": s["definitions"] if study or metric == "dice_skewed_error_ratio" else "both"})
+    rows.append({"metric": "operating threshold", "formula": s["threshold_text"], "definition": s["definitions"]})
+    rows.append({"metric": "change / bias change", "formula": "Δ = m_processed − m_clean; "
+                 "Δ% = 100 Δ / |m_clean| (NaN where m_clean = 0)", "definition": "both"})
+    return pd.DataFrame(rows, columns=["metric", "formula", "definition"])
+
+
+def _mark_not_estimable(df: pd.DataFrame, s: dict) -> pd.DataFrame:
+    r"""``undefined_share`` (= ``n_undefined / n_resamples``) and ``estimable``; blank what is not estimable.
+
+    A row is **not estimable** when its estimate is undefined (a group guard or a missing class) or
+    when more than ``max_undefined_share`` of the bootstrap resamples behind its change are
+    undefined.  Its p-value and change interval are set to NaN, so that it stays outside the
+    multiple-comparison family, and ``reason`` says why.
+    """
+    df = df.copy()
+    df["n_undefined"] = pd.to_numeric(df["n_undefined"], errors="coerce").fillna(0).astype(int)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df["undefined_share"] = df["n_undefined"] / df["n_resamples"]
+    undefined = df["clean"].isna() | df["recon"].isna()
+    too_many = df["undefined_share"] > s["max_undefined_share"]
+    df["estimable"] = ~(undefined | too_many)
+    for i in np.flatnonzero((too_many & ~undefined).to_numpy()):
+        why = (f"{df['undefined_share'].iat[i]:.1%} of resamples undefined > max_undefined_share="
+               f"{s['max_undefined_share']:g} (not estimable)")
+        prev = df["reason"].iat[i]
+        df.iat[i, df.columns.get_loc("reason")] = f"{prev} | {why}" if prev else why
+    df.loc[~df["estimable"], ["p_value", "change_ci_low", "change_ci_high"]] = np.nan
+    if "p_permutation" in df:
+        df.loc[~df["estimable"], "p_permutation"] = np.nan
+    return df
+
+
 def _floor_bootstrap_p(df: pd.DataFrame, s: dict) -> None:
     """A bootstrap of B resamples cannot show p below 1/(B+1): floor its p-values there (in place)."""
     m = (df["test"] == "paired bootstrap") & df["p_value"].notna()
@@ -610,6 +762,7 @@ def _refine_bootstrap(fair: pd.DataFrame, fair_rows: list[dict], s: dict) -> pd.
                 if r is not None and np.isfinite(r["p_value"]):
                     fair.at[i, "p_value"] = float(r["p_value"])
                     fair.at[i, "n_resamples"] = b2
+                    fair.at[i, "n_undefined"] = int(r["n_undefined"])
     ok = fair["p_value"].notna()
     fair.loc[ok, "p_value"] = np.maximum(fair.loc[ok, "p_value"], 1.0 / (fair.loc[ok, "n_resamples"] + 1))
     return fair
@@ -689,16 +842,26 @@ def _headlines(a: Analysis) -> pd.DataFrame:
                     f"[{_fmt(dr['recon_ci_low'], 3)}, {_fmt(dr['recon_ci_high'], 3)}], against "
                     f"{_fmt(b.iloc[0]['recon'], 3)} after {best} reconstruction."
                 )
-        f = fair[(fair["cohort"] == cohort) & fair["p_adjusted"].notna()]
+        tested = fair[(fair["cohort"] == cohort) & fair["p_adjusted"].notna()]
+        # the largest change quoted is never a not-estimable row or a gap an operating point closed
+        f = tested[tested["estimable"] & (tested["operating_point_flag"] == "")]
         fam = a.families[a.families["family"] == "fairness"]
         method = fam.iloc[0]["method"] if not fam.empty else a.settings["correction"]
-        if not f.empty:
-            sig = f[f["significant"]]
-            gaps = sig[sig["higher_is_worse"] & (sig["change"] > 0)]
-            text = (f"{len(sig)} of {len(f)} fairness changes tested in this cohort were significant after "
+        if not tested.empty:
+            sig = tested[tested["significant"]]
+            gaps = f[f["significant"] & f["higher_is_worse"] & (f["change"] > 0)]
+            text = (f"{len(sig)} of {len(tested)} fairness changes tested in this cohort were significant after "
                     f"{method} correction (family: all fairness changes in the run)")
-            gaps = gaps[gaps["metric"] != "skewed_error_ratio"]  # a ratio: not on the scale of the differences
-            pool = gaps if not gaps.empty else f[f["higher_is_worse"] & (f["metric"] != "skewed_error_ratio")]
+            n_flag = int((tested["operating_point_flag"] != "").sum())
+            if n_flag:
+                text += (f"; {n_flag} of them sit at an operating point pushed to a corner (a group's "
+                         "sensitivity or specificity 0 or 1 after processing) and are not quoted")
+            n_ne = int((~fair.loc[fair["cohort"] == cohort, "estimable"]).sum())
+            if n_ne:
+                text += f"; {n_ne} fairness rows were not estimable (group guards or undefined resamples)"
+            ratios = ["skewed_error_ratio", "dice_skewed_error_ratio"]  # not on the scale of the differences
+            gaps = gaps[~gaps["metric"].isin(ratios)]
+            pool = gaps if not gaps.empty else f[f["higher_is_worse"] & ~f["metric"].isin(ratios)]
             if not pool.empty and pool["change"].notna().any():
                 top = pool.loc[pool["change"].idxmax()]
                 what = METRIC_NAMES[top["metric"]]
@@ -765,7 +928,7 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
         :math:`m_{recon}`, :math:`\\Delta = m_{recon} - m_{clean}` and
         :math:`\\Delta_\\% = 100\\,\\Delta / |m_{clean}|`, each with a 95 % patient-level paired
         bootstrap interval (:func:`reconaudit.metrics.bootstrap_metrics`); p-values from DeLong's test
-        (AUROC per label), the Wilcoxon signed-rank test over patients (Dice) or the paired
+        with studies clustered in patients (AUROC per label, :func:`reconaudit.metrics.clustered_delong_test`), the Wilcoxon signed-rank test over patients (Dice) or the paired
         bootstrap (fairness changes, refined for extreme ones; the paired permutation test is reported
         next to it as ``p_permutation``), adjusted by Holm or Benjamini-Hochberg within each stated
         family.
@@ -815,23 +978,30 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
                 fair_rows += f
             bar.advance(1)
     cells = pd.DataFrame(cell_rows)
-    task_cols = [*KEY_COLUMNS, "label", "metric", "n", *_STAT_COLUMNS, "p_value", "test", "ci_method", "reason"]
-    task = pd.DataFrame(task_rows, columns=task_cols)
+    task_cols = [*KEY_COLUMNS, "label", "metric", "n", *_STAT_COLUMNS, "p_value", "test", "ci_method",
+                 "n_undefined", "threshold_policy", "operating_point_flag", "reason"]
+    task = _fill_policy(pd.DataFrame(task_rows, columns=task_cols), s)
     fair_cols = [*KEY_COLUMNS, "attribute", "label", "metric", "groups", "n", *_STAT_COLUMNS, "p_value", "test",
-                 "worst_group_clean", "worst_group_recon", "reason"]
+                 "ci_method", "n_undefined", "threshold_policy", "operating_point_flag", "worst_group_clean",
+                 "worst_group_recon", "reason"]
     fair = pd.DataFrame(fair_rows, columns=fair_cols)
+    fair = _fill_policy(fair, s)
+    fair["definition"] = [metric_definition(m, s["definitions"]) for m in fair["metric"]]
+    task["definition"] = [metric_definition(m, s["definitions"]) for m in task["metric"]]
     fair = _permutation_tests(fair, fair_rows, s)
     fair = _refine_bootstrap(fair, fair_rows, s)
     _floor_bootstrap_p(task, s)
+    task["n_resamples"] = np.where(task["test"] != "", s["n_resamples"], np.nan)
+    task, fair = _mark_not_estimable(task, s), _mark_not_estimable(fair, s)
     fair["higher_is_worse"] = fair["metric"].isin(GAP_METRICS)
     fair["bias_increased"] = np.where(fair["higher_is_worse"], fair["change"] > 0, fair["change"] < 0)
     fair.loc[fair["change"].isna(), "bias_increased"] = False
-    fair["reason"] = np.where(fair["recon"].isna() | fair["clean"].isna(), fair["reason"], "")
+    fair["reason"] = np.where(~fair["estimable"], fair["reason"], "")
 
     families = []
     tests = (task["metric"].isin(["auroc", "dice"])) & (task["label"] != MEAN_LABEL)
     tt, fam = _correct(task[tests], "task", "changes from clean to processed images in AUROC per label "
-                       "(DeLong) and in mean Dice (Wilcoxon signed-rank over the patients' mean Dice), every "
+                       "(DeLong, clustered by patient) and in mean Dice (Wilcoxon signed-rank over the patients' mean Dice), every "
                        "cell of this run: {n} tests", s)
     families.append(fam)
     task = task.join(tt[["p_adjusted", "significant"]])
@@ -850,7 +1020,7 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
     fair = fair.sort_values([*sort_keys, "attribute", "label", "metric"]).reset_index(drop=True)
     a = Analysis(cells=cells, task=task, fairness=fair, seeds=_seed_table(cells, task, fair),
                  families=pd.DataFrame(families), headlines=pd.DataFrame(columns=["cohort", "sentence"]),
-                 settings=s, cohorts=cohorts)
+                 settings=s, cohorts=cohorts, definitions=definitions_table(s))
     a.headlines = _headlines(a)
     logger.info("analysis: %d cells, %d task rows, %d fairness rows", len(cells), len(task), len(fair))
     return a

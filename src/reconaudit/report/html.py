@@ -138,6 +138,7 @@ def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path:
         {"id": "fairness", "title": "Fairness", "children": [{"id": "fairness-sig", "title": "Significant bias changes"}]
          + [{"id": f"fairness-{i}", "title": c["cohort"]} for i, c in enumerate(fair_by, 1)]
          + ([{"id": "seeds", "title": "Training seeds"}] if not fmt["seeds"].empty else [])},
+        {"id": "definitions", "title": "Definitions and statistics", "children": []},
         {"id": "data", "title": "Cohorts and data cards", "children": []},
         {"id": "config", "title": "Configuration", "children": []},
         {"id": "versions", "title": "Software versions", "children": []},
@@ -152,7 +153,7 @@ def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path:
         sections=sections, headlines=a.headlines.to_dict("records"),
         families=a.families.to_dict("records"), summary=_table(fmt["summary"]), figures=figs,
         task_by_cohort=task_by, fairness_by_cohort=fair_by, fairness_sig=_table(sig),
-        seeds=_table(fmt["seeds"]), cohorts=cohorts, config_yaml=_yaml_text(meta), versions=_table(versions),
+        seeds=_table(fmt["seeds"]), definitions=_table(a.definitions), cohorts=cohorts, config_yaml=_yaml_text(meta), versions=_table(versions),
         failures=[{"step": str(f.get("step", "")), "error": str(f.get("error", ""))}
                   for f in (meta.get("failures") or [])],
     )

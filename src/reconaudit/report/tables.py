@@ -43,6 +43,26 @@ def _p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _share(r: pd.Series) -> str:
+    """Undefined bootstrap resamples: ``"3 / 1000 (0.3%)"``; ``""`` without a bootstrap."""
+    n, b = r.get("n_undefined"), r.get("n_resamples")
+    if b is None or not np.isfinite(b) or not b:
+        return ""
+    return f"{int(n)} / {int(b)} ({100 * n / b:.1f}%)"
+
+
+def _note(r: pd.Series) -> str:
+    """Why a value is n/a or not estimable, the operating-point flag, and the interval method used."""
+    parts = [str(r["reason"]) if r.get("reason") else ""]
+    if r.get("operating_point_flag"):
+        parts.append(f"operating point: {r['operating_point_flag']}")
+    if str(r.get("ci_method", "")).startswith("percentile (BCa"):
+        parts.append("interval: percentile (BCa undefined)")
+    if r.get("estimable") is not None and not bool(r["estimable"]) and "not estimable" not in parts[0]:
+        parts.insert(0, "not estimable")
+    return " | ".join(p for p in parts if p)
+
+
 def _strength(x: float) -> str:
     return "" if x is None or not np.isfinite(x) else f"{x:g}"
 
@@ -114,6 +134,7 @@ def _task_fmt(a: Analysis) -> pd.DataFrame:
             "change": format_ci(r["change"], r["change_ci_low"], r["change_ci_high"], d, signed=True)
             + ("*" if r["significant"] else ""),
             "p": _p(r["p_value"]), "p (adj.)": _p(r["p_adjusted"]), "test": r["test"],
+            "undefined": _share(r), "threshold": r["threshold_policy"], "note": _note(r),
             "_significant": bool(r["significant"]),
         })
     return pd.DataFrame(rows)
@@ -136,7 +157,8 @@ def _fairness_fmt(a: Analysis) -> pd.DataFrame:
             "change %": "n/a" if not np.isfinite(rel) else f"{rel:+.0f}%",
             "p": _p(r["p_value"]), "p (adj.)": _p(r["p_adjusted"]), "p (perm.)": _p(r["p_permutation"]),
             "worst group": r["worst_group_recon"] or "",
-            "note": r["reason"] or "",
+            "undefined": _share(r), "definition": r["definition"], "threshold": r["threshold_policy"],
+            "note": _note(r),
             "_significant": bool(r["significant"]),
         })
     return pd.DataFrame(rows)
