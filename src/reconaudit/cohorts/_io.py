@@ -410,10 +410,12 @@ def data_card(
     drops: DropReport,
     masks: torch.Tensor | None = None,
     notes: Sequence[str] = (),
+    sections: Sequence[str] = (),
 ) -> str:
     """Markdown data card: counts per split, prevalence of each label per group, mask coverage, drops.
 
-    Prevalence of label ``l`` in group ``g`` is ``sum(y_l == 1) / sum(y_l observed)`` over the
+    ``sections`` (Markdown, e.g. the group-value summary of :mod:`reconaudit.cohorts.groups`) come
+    before the dropped rows.  Prevalence of label ``l`` in group ``g`` is ``sum(y_l == 1) / sum(y_l observed)`` over the
     group's studies (missing labels excluded from the denominator).
     """
     out = [f"# Data card: {_md(title)}", "", f"- Source: `{source}`", f"- Modality: {modality}"]
@@ -454,6 +456,8 @@ def data_card(
             if frac is not None:
                 cells.append(f"{float(frac[table.index.get_indexer(sub.index)].mean()):.4f}")
             out.append("| " + " | ".join(cells) + " |")
+    for sec in sections:
+        out += ["", sec.rstrip()]
     out += ["", drops.markdown()]
     return "\n".join(out)
 

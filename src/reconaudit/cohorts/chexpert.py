@@ -13,11 +13,12 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from ..progress import track
 from . import _io
 from .base import Cohort, CohortError
+from .groups import GroupOptions, GroupReport, band_ages, group_summary, normalise_groups
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def snake_case(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
 
 
-class ChexpertParams(BaseModel):
+class ChexpertParams(GroupOptions):
     """Options of :func:`load_chexpert` (see ``docs/loaders.md``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -63,7 +64,6 @@ class ChexpertParams(BaseModel):
     blank_policy: Literal["zeros", "ignore"] = "zeros"
     frontal_only: bool = True
     demographics_csv: str | None = None
-    age_bands: list[float] = Field(default_factory=lambda: [40.0, 60.0, 80.0])
     max_studies: int | None = Field(None, ge=1)
     on_missing_image: Literal["error", "drop"] = "error"
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
@@ -111,8 +111,7 @@ def _read_demographics(path: Path) -> pd.DataFrame:
         i = int(np.flatnonzero(dup)[0])
         raise CohortError(f"{WHAT} demographics: {_io.where(path, i)}, column 'PATIENT': "
                           f"patient {pid.iloc[i]!r} appears more than once")
-    race = df["PRIMARY_RACE"].astype("string").str.strip().fillna("Unknown")
-    return pd.DataFrame({"patient_id": pid.to_numpy(dtype=object), "race": race.to_numpy(dtype=object)})
+    return pd.DataFrame({"patient_id": pid.to_numpy(dtype=object), "race": df["PRIMARY_RACE"].to_numpy(dtype=object)})
 
 
 def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
@@ -200,15 +199,15 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
         raise CohortError(f"{WHAT}: {_io.where(table['_file'].iloc[i], int(table['_row'].iloc[i]))}, column 'Path': "
                           f"image {paths.iloc[i]!r} repeats study {table['study_id'].iloc[i]!r} of "
                           f"{paths.iloc[first]!r}; each image may be listed once")
-    sex = df["Sex"].astype("string").str.strip().fillna("Unknown") if "Sex" in df else pd.Series(["Unknown"] * len(df))
-    table["sex"] = sex.to_numpy(dtype=object)
+    grep = GroupReport()
+    table["sex"] = normalise_groups(df["Sex"] if "Sex" in df else [None] * len(df), "sex", p.group_synonyms, grep)
     groups = ["sex"]
     if "Age" in df:
         ages = np.full(len(df), np.nan)
         for f, sub in df.groupby("_file", sort=False):
             ages[sub.index] = _io.numeric_column(sub.reset_index(drop=True), "Age", f, what=WHAT)
-        table["age"] = ages
-        table["age_band"] = _io.age_bands(ages, p.age_bands)
+        locs = [f"{_io.where(f, int(r))}, column 'Age'" for f, r in zip(df["_file"], df["_row"])]
+        table["age"], table["age_band"] = band_ages(ages, p.age_bands, grep, where=locs)
         groups.append("age_band")
     for name in names:
         table[name] = _policy_map(raw[name], p.uncertain_policy, p.blank_policy)
@@ -222,7 +221,7 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
         demo = _read_demographics(root / p.demographics_csv)
         demo_ids = set(demo["patient_id"])
         race = table["patient_id"].map(dict(zip(demo["patient_id"], demo["race"])))
-        table["race"] = race.fillna("Unknown").to_numpy(dtype=object)
+        table["race"] = normalise_groups(race, "race", p.group_synonyms, grep)
         groups.append("race")
 
     # selection (not drops): frontal views, then max_studies by patient
@@ -301,9 +300,10 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
     ]
     if p.demographics_csv is not None:
         notes.append(f"Race joined from {p.demographics_csv}; {n_no_demo} row(s) without a demographics entry "
-                     f"are 'Unknown'")
+                     f"are 'unknown'")
+    gmeta, gcard = group_summary(table, groups, p, grep, WHAT)
     card = _io.data_card(title=p.name, source=str(root), modality="xray", table=table, labels=names,
-                         group_attributes=groups, drops=drops, notes=notes)
+                         group_attributes=groups, drops=drops, notes=notes, sections=[gcard])
     meta = {
         "loader": "chexpert",
         "params": p.model_dump(mode="json"),
@@ -312,6 +312,7 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
         "rows_after_frontal_only": n_frontal,
         "rows_without_demographics": n_no_demo,
         "split_rule": split_rule,
+        "groups": gmeta,
         "dropped": drops.as_meta(),
     }
     return Cohort(name=p.name, modality="xray", images=images, table=table, labels=names,

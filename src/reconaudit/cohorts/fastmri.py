@@ -17,18 +17,19 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ..progress import track
 from . import _io
 from .base import Cohort, CohortError
 from .chexpert import snake_case
+from .groups import GroupOptions, GroupReport, band_ages, group_summary, normalise_groups
 
 logger = logging.getLogger(__name__)
 WHAT = "fastmri"
 
 
-class FastmriParams(BaseModel):
+class FastmriParams(GroupOptions):
     """Options of :func:`load_fastmri` (see ``docs/loaders.md``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -40,7 +41,6 @@ class FastmriParams(BaseModel):
     labels_csv: str | None = None
     label_columns: list[str] | None = None
     metadata_csv: str | None = None
-    age_bands: list[float] = Field(default_factory=lambda: [40.0, 60.0, 80.0])
     max_files: int | None = Field(None, ge=1)
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     seed: int = 0
@@ -245,6 +245,7 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
         table, images, kspace = table[keep].reset_index(drop=True), images[ti], kspace[ti]
 
     groups: list[str] = []
+    grep = GroupReport()
     if p.metadata_csv is not None:
         mpath = root / p.metadata_csv
         md = _io.read_table(mpath, what=f"{WHAT} metadata")
@@ -258,11 +259,13 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
             raise CohortError(f"{WHAT} metadata: {_io.where(mpath, i)}, column 'file': {md['file'].iloc[i]!r} "
                               f"appears twice")
         if "sex" in md.columns:
-            sex = dict(zip(mf, md["sex"].astype("string").str.strip()))
-            table["sex"] = table["file"].map(sex).fillna("unknown").astype(object)
+            sex = dict(zip(mf, normalise_groups(md["sex"], "sex", p.group_synonyms, grep)))
+            table["sex"] = normalise_groups(table["file"].map(sex), "sex", p.group_synonyms)
             groups.append("sex")
         if "age" in md.columns:
-            age = dict(zip(mf, _io.numeric_column(md, "age", mpath, what=f"{WHAT} metadata")))
+            ages = _io.numeric_column(md, "age", mpath, what=f"{WHAT} metadata")
+            locs = [f"{_io.where(mpath, i)}, column 'age'" for i in range(len(md))]
+            age = dict(zip(mf, band_ages(ages, p.age_bands, grep, where=locs)[0]))
             table["age"] = table["file"].map(age).astype(np.float64)
             table["age_band"] = _io.age_bands(table["age"].to_numpy(), p.age_bands)
             groups.append("age_band")
@@ -276,9 +279,10 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
     ]
     if not labels:
         notes.append("No labels: reconstruction quality only (give labels_csv for classification targets)")
+    gmeta, gcard = group_summary(table, groups, p, grep, WHAT)
     card = _io.data_card(title=p.name, source=str(root), modality="mri", table=table, labels=labels,
-                         group_attributes=groups, drops=drops, notes=notes)
+                         group_attributes=groups, drops=drops, notes=notes, sections=[gcard] if groups else [])
     meta = {"loader": "fastmri", "params": p.model_dump(mode="json"), "files": len(files),
-            "fairness_auditable": bool(groups), "dropped": drops.as_meta()}
+            "fairness_auditable": bool(groups), "groups": gmeta, "dropped": drops.as_meta()}
     return Cohort(name=p.name, modality="mri", images=images, table=table, labels=labels, group_attributes=groups,
                   kspace=kspace, data_card=card, meta=meta)
