@@ -90,6 +90,14 @@ def validate_cohort_params(name: str, params: dict) -> BaseModel:
         raise ValueError(f"cohort {name!r} params: {bad} (allowed keys: {allowed})") from None
 
 
+def supported_tasks(name: str, params: dict) -> tuple[str, ...]:
+    """The tasks cohort ``name`` offers with ``params``: the loader's ``supported_tasks(params)`` when it
+    has one (e.g. fastMRI offers classification only with a labels CSV), else the registry's list."""
+    entry = _entry(name)
+    hook = getattr(importlib.import_module(entry.module), "supported_tasks", None)
+    return tuple(hook(params)) if hook is not None else entry.tasks
+
+
 def make_cohort(name: str, **params: object) -> Cohort:
     """Build or load the cohort ``name`` with ``params`` (validated by its parameter model)."""
     builder, _ = _entry(name).load_builder()
@@ -105,5 +113,6 @@ __all__ = [
     "CohortError",
     "assign_splits_by_patient",
     "make_cohort",
+    "supported_tasks",
     "validate_cohort_params",
 ]

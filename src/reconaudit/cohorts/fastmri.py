@@ -286,3 +286,8 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
             "fairness_auditable": bool(groups), "groups": gmeta, "dropped": drops.as_meta()}
     return Cohort(name=p.name, modality="mri", images=images, table=table, labels=labels, group_attributes=groups,
                   kspace=kspace, data_card=card, meta=meta)
+
+
+def supported_tasks(params: dict) -> tuple[str, ...]:
+    """Tasks a fastMRI cohort offers: classification with a ``labels_csv``, otherwise none (image quality only)."""
+    return ("classification",) if params.get("labels_csv") else ()

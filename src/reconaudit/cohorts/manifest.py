@@ -176,3 +176,9 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
     return Cohort(name=p.name, modality=p.modality, images=images, table=table, labels=list(p.target_columns),
                   group_attributes=groups, masks=masks if masks is None else masks.to(torch.uint8),
                   data_card=card, meta=meta)
+
+
+def supported_tasks(params: dict) -> tuple[str, ...]:
+    """Tasks a manifest offers: classification with ``target_columns``, segmentation with ``mask_column``."""
+    out = ("classification",) if params.get("target_columns") else ()
+    return out + (("segmentation",) if params.get("mask_column") else ())

@@ -75,13 +75,22 @@ def cohort_meta(plan: Plan, store: ArtifactStore, cfg: AuditConfig) -> dict:
         tasks = sorted({s.spec["task"] for s in plan.steps.values()
                         if s.kind == "task_model" and s.spec["cohort"] == step.key})
         level_names = sorted({getattr(DEGRADATIONS.get(dc.name), "level_name", "level") for dc in cc.degradations})
+        card = (d / "data_card.md").read_text()
+        no_task = ""
+        if not tasks:
+            no_task = ("the config asks for none (`tasks: none`)" if cc.recon_only else
+                       "the cohort offers no diagnostic task with these parameters (no labels and no masks, "
+                       "e.g. fastMRI without `labels_csv`)")
+            card = (card.rstrip() + "\n\n## Diagnostic tasks\n\nNo task metrics: " + no_task + ". This is a "
+                    "reconstruction-quality audit: PSNR, SSIM and NMSE per study and per group.\n")
         out[step.spec["name"]] = {
             "modality": info["modality"],
             "tasks": tasks,
             "labels": info["labels"] if "classification" in tasks else [],
             "group_attributes": info["group_attributes"],
             "level_name": level_names[0] if len(level_names) == 1 else "level",
-            "data_card": (d / "data_card.md").read_text(),
+            "data_card": card,
+            "no_task_reason": no_task,
         }
     return out
 

@@ -347,9 +347,11 @@ def _score_common(
     from reconaudit.tasks import choose_threshold
 
     ev = spec["evaluation"]
-    clean = pd.read_parquet(ctx.store.path("predict_clean", spec["predict_clean"]) / "clean.parquet")
-    if list(clean["study_id"]) != list(df["study_id"]):
-        raise RuntimeError("clean predictions and test studies are not aligned (corrupt store?)")
+    clean = None  # a reconstruction-quality audit (tasks: none) has no clean predictions
+    if spec.get("predict_clean"):
+        clean = pd.read_parquet(ctx.store.path("predict_clean", spec["predict_clean"]) / "clean.parquet")
+        if list(clean["study_id"]) != list(df["study_id"]):
+            raise RuntimeError("clean predictions and test studies are not aligned (corrupt store?)")
     roi = cohort.roi_masks[torch.as_tensor(te)] if (ev["roi"] and cohort.roi_masks is not None) else None
     clean_imgs = cohort.images[torch.as_tensor(te)]
     k = int(recon["samples"].shape[1]) if recon is not None and "samples" in recon else 1

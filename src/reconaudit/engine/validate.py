@@ -51,10 +51,10 @@ def validate_components(cfg: AuditConfig, where: str = "<config>") -> None:
             continue
         entry = COHORTS[cc.name]
         _check(errors, f"{p}.params", validate_cohort_params, cc.name, cc.params)
-        for t in cc.tasks:
+        for t in cc.task_configs:
             if entry.kind == "synthetic" and t not in entry.tasks:
                 errors.append(f"  {p}.tasks.{t}: cohort {cc.name!r} supports only {', '.join(entry.tasks)}")
-        for t, tc in cc.tasks.items():
+        for t, tc in cc.task_configs.items():
             _check(errors, f"{p}.tasks.{t}", validate_task_params, t, tc.arch, tc.params)
         for j, dc in enumerate(cc.degradations):
             dp = f"{p}.degradations.{j}"
@@ -88,6 +88,15 @@ def validate_components(cfg: AuditConfig, where: str = "<config>") -> None:
         for name in mc.cohorts or []:
             if name not in {c.name for c in cfg.cohorts}:
                 errors.append(f"  {p}.cohorts: {name!r} is not a cohort of this config")
+        if mc.name in ("eodd", "adversarial"):
+            from reconaudit.engine.plan import cohort_tasks
+
+            for j, cc in enumerate(cfg.cohorts):
+                applies = mc.cohorts is None or cc.name in mc.cohorts
+                if applies and cc.name in COHORTS and not cohort_tasks(cc):
+                    errors.append(f"  {p}: {mc.name!r} trains against diagnostic models but cohort "
+                                  f"{cc.name!r} (cohorts.{j}) has none (tasks: none, or no labels or masks); "
+                                  f"list the other cohorts in {p}.cohorts")
         try:
             from reconaudit.mitigation import validate_mitigation_params
 

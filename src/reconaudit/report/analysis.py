@@ -808,11 +808,12 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
             info = cohorts[str(keys["cohort"])]
             seed = derive_seed("report/bootstrap", s["seed"], keys["cohort"], keys["seed"]) % (2**32)
             cell_rows.append(_cell_quality(rows, keys, s, seed))
-            cell_tasks = str(keys["task"]).split("+")
+            # "none": a reconstruction-quality audit (tasks: none), image quality only
+            cell_tasks = [] if keys["task"] == "none" else str(keys["task"]).split("+")
             unknown = [t for t in cell_tasks if t not in ("classification", "segmentation")]
-            if unknown or not cell_tasks:
+            if unknown:
                 raise ValueError(f"records.parquet: cell {cell_id!r} has task {keys['task']!r}; expected "
-                                 "'classification', 'segmentation' or both joined by '+'")
+                                 "'classification', 'segmentation', both joined by '+', or 'none'")
             if "classification" in cell_tasks and info["labels"]:
                 t, f = _classification_cell(rows, keys, info["labels"], info["group_attributes"], s, seed)
                 task_rows += t
