@@ -93,3 +93,79 @@ def test_chexpert_age_zero_reported_and_sex_merged(tmp_path):
     assert c.meta["groups"]["impossible_ages"] == 1
     assert "train.csv: row 0 (line 2), column 'Age'" in c.meta["groups"]["impossible_age_entries"][0]["where"]
     assert "1 impossible age(s)" in c.data_card
+
+
+# ------------------------------------------------------------------------------------------ fastMRI
+def _h5(path: Path, img: np.ndarray, *, recon: tuple[int, int] | None = (16, 16), test_file: bool = False,
+        pid: str | None = None) -> None:
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = fx.np_fft2c(img).astype(np.complex64)
+    with h5py.File(path, "w") as f:
+        if test_file:  # singlecoil_test_v2: undersampled k-space, a mask, no reconstruction
+            mask = np.zeros(img.shape[-1], dtype=bool)
+            mask[::4] = True
+            f.create_dataset("kspace", data=k * mask)
+            f.create_dataset("mask", data=mask)
+            f.attrs["acceleration"] = 4
+            f.attrs["num_low_frequency"] = 2
+        else:
+            f.create_dataset("kspace", data=k)
+            if recon is not None:
+                f.create_dataset("reconstruction_esc", data=np.zeros((img.shape[0], *recon), np.float32))
+        f.attrs["acquisition"] = "CORPD_FBK"
+        if pid:
+            f.attrs["patient_id"] = pid
+
+
+def test_fastmri_two_roots_folder_splits_test_files_and_crop(tmp_path):
+    from reconaudit.cohorts.fastmri import load_fastmri
+
+    train, val, test = tmp_path / "singlecoil_train", tmp_path / "singlecoil_val", tmp_path / "singlecoil_test_v2"
+    for i in range(6):
+        _h5(train / f"file10000{i:02d}.h5", fx.fastmri_image(3, 40, 30, seed=i), pid=f"tr{i}")
+    for i in range(2):
+        _h5(val / f"file20000{i:02d}.h5", fx.fastmri_image(3, 40, 30, seed=10 + i), pid=f"va{i}")
+    _h5(val / "file2000099.h5", fx.fastmri_image(3, 40, 30, seed=20), recon=None)
+    _h5(test / "file3000000.h5", fx.fastmri_image(3, 40, 30, seed=30), test_file=True)
+    c = load_fastmri(root=[train, val, test], folder_splits=True, size=16, slices=1)
+    assert len(c) == 8  # 6 train + 2 val; the test file and the file without reconstruction are dropped
+    d = c.meta["dropped"]["by_reason"]
+    assert d == {"undersampled file (test/challenge)": 1, "no reference reconstruction": 1}
+    assert "undersampled file (test/challenge)" in c.data_card
+    entry = next(e for e in c.meta["dropped"]["entries"] if e["reason"].startswith("undersampled"))
+    assert entry["file"].endswith("file3000000.h5") and "mask" in entry["detail"]
+    split = c.table.set_index("file")["split"]
+    assert set(split[[f"file20000{i:02d}" for i in range(2)]]) == {"test"}  # official val held out
+    assert set(split[[f"file10000{i:02d}" for i in range(6)]]) == {"train", "val"}
+    # crop defaults to the reference reconstruction's side (16 here, 320 in the release), not min(H, W) = 30
+    img = fx.fastmri_image(3, 40, 30, seed=0)[1:2, 12:28, 7:23]
+    i0 = int(np.flatnonzero(c.table["file"] == "file1000000")[0])
+    np.testing.assert_allclose(c.images[i0, 0].numpy(), np.abs(img[0]) / np.abs(img).max(), atol=1e-5)
+    ok = load_fastmri(root=[val], size=16, slices=1, allow_missing_reconstruction=True)
+    assert len(ok) == 3 and ok.meta["dropped"]["total"] == 0
+
+
+def test_fastmri_plus_file_list_negatives(tmp_path):
+    from reconaudit.cohorts.fastmri import load_fastmri
+
+    root = tmp_path / "singlecoil_train"
+    for i in range(4):
+        _h5(root / f"file100000{i}.h5", fx.fastmri_image(3, 24, 20, seed=i), recon=(20, 20))
+    pd.DataFrame({"file": ["file1000000", "file1000001"], "slice": [1, 0], "study_level": ["No", "No"],
+                  "x": [1, 2], "y": [1, 2], "width": [3, 3], "height": [3, 3], "label": ["Meniscus Tear"] * 2}
+                 ).to_csv(root / "knee.csv", index=False)
+    # as released: no header, file names (one reviewed without findings), a caption on the last line
+    (root / "knee_file_list.csv").write_text("file1000000\nfile1000001\nfile1000002\nKnee data\n")
+    c = load_fastmri(root=root, size=8, slices=3, labels_csv="knee.csv", file_list_csv="knee_file_list.csv")
+    assert sorted(c.table["file"].unique()) == ["file1000000", "file1000001", "file1000002"]
+    neg = c.table[c.table["file"] == "file1000002"]
+    assert len(neg) == 3 and (neg["meniscus_tear"] == 0).all()
+    assert c.meta["dropped"]["by_reason"] == {"no label": 3}  # file1000003 was never reviewed
+    assert "1 reviewed file(s)" in c.data_card
+    without = load_fastmri(root=root, size=8, slices=3, labels_csv="knee.csv")
+    assert without.meta["dropped"]["by_reason"] == {"no label": 6}
+    (root / "bad_list.csv").write_text("file1000000\nnot a file name\nfile1000001\nKnee data\n")
+    with pytest.raises(CohortError, match=r"bad_list\.csv: line 2: 'not a file name'"):
+        load_fastmri(root=root, labels_csv="knee.csv", file_list_csv="bad_list.csv")

@@ -388,6 +388,28 @@ def split_by_patient(patient_ids: np.ndarray, fractions: Sequence[float], seed: 
     return assign_splits_by_patient(np.asarray(patient_ids, dtype=str), tuple(fractions), seed)  # type: ignore[arg-type]
 
 
+def splits_from_partitions(
+    partitions: np.ndarray, patient_ids: np.ndarray, fractions: Sequence[float], seed: int, *, source: str, what: str
+) -> np.ndarray:
+    """Splits from a dataset's own partitions (``train``/``val``/``test``; ``""`` = unknown → train).
+
+    Without a test partition, ``val`` becomes test (the official validation data are the held-out
+    set) and val is drawn by patient from the train partition with the fraction
+    ``f_val / (f_train + f_val)`` of ``fractions``.  A patient in two partitions is an error.
+    """
+    split = np.asarray(partitions, dtype=object).copy()
+    split[split == ""] = "train"
+    check_patient_splits(np.asarray(patient_ids), split, source, what=what)
+    if "test" not in set(split):
+        split = np.where(split == "val", "test", split).astype(object)
+        tr = split == "train"
+        f_tr, f_val = float(fractions[0]), float(fractions[1])
+        frac = f_val / (f_tr + f_val) if f_tr + f_val > 0 else 0.0
+        sub = split_by_patient(np.asarray(patient_ids)[tr], (1.0 - frac, 0.0, frac), seed)
+        split[tr] = np.where(sub == "test", "val", "train")
+    return split
+
+
 def drop_rows_without_labels(table: pd.DataFrame, labels: Sequence[str], drops: DropReport, *, file: str) -> np.ndarray:
     """Boolean keep-mask: rows with every label missing are dropped with reason ``"no label"``."""
     if not labels:

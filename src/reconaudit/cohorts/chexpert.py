@@ -273,14 +273,8 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
     # splits
     parts = set(table["partition"])
     if len(parts - {""}) > 1:
-        split = table["partition"].replace("", "train").to_numpy(dtype=object)
-        if "test" not in set(split):
-            split = np.where(split == "val", "test", split).astype(object)
-            tr = split == "train"
-            f_tr, f_val = p.split_fractions[0], p.split_fractions[1]
-            frac = f_val / (f_tr + f_val) if f_tr + f_val > 0 else 0.0
-            sub = _io.split_by_patient(table.loc[tr, "patient_id"].to_numpy(), (1.0 - frac, 0.0, frac), p.seed)
-            split[tr] = np.where(sub == "test", "val", "train")
+        split = _io.splits_from_partitions(table["partition"].to_numpy(dtype=object), table["patient_id"].to_numpy(),
+                                           p.split_fractions, p.seed, source=", ".join(csvs), what=WHAT)
         split_rule = "CheXpert partitions from the path"
     else:
         split = _io.split_by_patient(table["patient_id"].to_numpy(), p.split_fractions, p.seed)
