@@ -169,3 +169,46 @@ def test_fastmri_plus_file_list_negatives(tmp_path):
     (root / "bad_list.csv").write_text("file1000000\nnot a file name\nfile1000001\nKnee data\n")
     with pytest.raises(CohortError, match=r"bad_list\.csv: line 2: 'not a file name'"):
         load_fastmri(root=root, labels_csv="knee.csv", file_list_csv="bad_list.csv")
+
+
+# ------------------------------------------------------------------------------------------ UCSF-PDGM
+def test_ucsf_pdgm_shadow_folders_skipped_and_hints(tmp_path):
+    import shutil
+
+    from reconaudit.cohorts.ucsf_pdgm import load_ucsf_pdgm
+
+    root = fx.write_ucsf(tmp_path)
+    # a stale copy beside the real folder, with a broken volume: it must not replace subject 0004
+    old = root / "UCSF-PDGM-0004_nifti_old"
+    shutil.copytree(root / "UCSF-PDGM-0004_nifti", old)
+    (old / "UCSF-PDGM-0004_FLAIR.nii.gz").write_bytes(b"broken")
+    (root / "derivatives_v2").mkdir()
+    c = load_ucsf_pdgm(root=root, size=8)
+    assert set(c.table["patient_id"]) == {"UCSF-PDGM-0004", "UCSF-PDGM-0017"}
+    d = c.meta["dropped"]
+    assert d["by_reason"] == {"not a subject folder": 2, "no image folder": 1}
+    assert sorted(Path(e["file"]).name for e in d["entries"] if e["reason"] == "not a subject folder") == [
+        "UCSF-PDGM-0004_nifti_old", "derivatives_v2"]
+    # root one level too high: the hint names the folder that holds the subjects
+    with pytest.raises(CohortError, match=r"one level down: set 'root' to '.*UCSF-PDGM'"):
+        load_ucsf_pdgm(root=tmp_path)
+    with pytest.raises(CohortError, match=r"is itself a subject folder"):
+        load_ucsf_pdgm(root=root / "UCSF-PDGM-0004_nifti")
+    # a sequence that no subject has: the error lists the sequences present
+    with pytest.raises(CohortError, match=r"sequence 'T1c' is absent, sequences present: FLAIR"):
+        load_ucsf_pdgm(root=root, sequence="T1c")
+
+
+def test_ucsf_pdgm_sex_and_impossible_age(tmp_path):
+    from reconaudit.cohorts.ucsf_pdgm import load_ucsf_pdgm
+
+    root = fx.write_ucsf(tmp_path)
+    md = pd.read_csv(root / "UCSF-PDGM-metadata_v2.csv", dtype=str, keep_default_na=False)
+    md.loc[0, "Sex"], md.loc[1, "Sex"], md.loc[0, "Age at MRI"] = "male ", "Female", "-1"
+    md.to_csv(root / "m.csv", index=False)
+    c = load_ucsf_pdgm(root=root, size=8, metadata_csv="m.csv")
+    t = c.table.groupby("patient_id").first()
+    assert t.loc["UCSF-PDGM-0004", "sex"] == "M" and t.loc["UCSF-PDGM-0017", "sex"] == "F"
+    assert t.loc["UCSF-PDGM-0004", "age_band"] == UNKNOWN
+    assert c.meta["groups"]["impossible_ages"] == 1
+    assert "m.csv: row 0 (line 2), column 'Age at MRI'" in c.meta["groups"]["impossible_age_entries"][0]["where"]
