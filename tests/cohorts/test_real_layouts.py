@@ -212,3 +212,85 @@ def test_ucsf_pdgm_sex_and_impossible_age(tmp_path):
     assert t.loc["UCSF-PDGM-0004", "age_band"] == UNKNOWN
     assert c.meta["groups"]["impossible_ages"] == 1
     assert "m.csv: row 0 (line 2), column 'Age at MRI'" in c.meta["groups"]["impossible_age_entries"][0]["where"]
+
+
+# ------------------------------------------------------------------------------------------ DICOM
+def _testdata(name: str) -> Path:
+    from pydicom.data import get_testdata_file
+
+    f = get_testdata_file(name, download=False)  # files bundled with pydicom; never the network
+    if f is None:
+        pytest.skip(f"pydicom test file {name} is not bundled")
+    return Path(f)
+
+
+def test_read_image_dicom_without_suffix(tmp_path):
+    import shutil
+
+    import pydicom
+
+    from reconaudit.cohorts._io import is_dicom, read_image
+
+    src = _testdata("CT_small.dcm")
+    f = tmp_path / "1.2.840.113619.2.55.3" / "IM000001"
+    f.parent.mkdir(parents=True)
+    shutil.copy(src, f)
+    (tmp_path / "notes").write_bytes(b"x" * 200)
+    assert is_dicom(f) and not is_dicom(tmp_path / "notes")
+    a = read_image(f)
+    ds = pydicom.dcmread(src)
+    v = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    np.testing.assert_allclose(a, (v - v.min()) / (v.max() - v.min()), atol=1e-6)
+    with pytest.raises(ValueError, match="unsupported image format ''"):
+        read_image(tmp_path / "notes")
+
+
+def test_dicom_folder_cohort_from_headers(tmp_path):
+    import shutil
+
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEG2000
+
+    from reconaudit.cohorts.dicom import age_from_dates, load_dicom, parse_age
+
+    root = tmp_path / "export"
+    px = fx.chexpert_dicom_pixels()
+    specs = [  # (path, PatientID, study, sex, age, birth, study date)
+        ("PA000000/ST000000/IM000000", "P1", "1.2.1", "F", "045Y", "", "20200101"),
+        ("PA000000/ST000000/IM000001", "P1", "1.2.1", "F", "045Y", "", "20200101"),
+        ("PA000001/ST000000/IM000000", "P2", "1.2.2", "MALE", "", "19600615", "20200614"),
+        ("PA000002/ST000000/IM000000", "P3", "1.2.3", "O", "018M", "", ""),
+        ("PA000003/ST000000/IM000000", "P4", "1.2.4", "", "000Y", "", ""),
+    ]
+    for i, (rel, pid, st, sex, age, birth, sdate) in enumerate(specs):
+        fx.write_dicom(root / rel, px + 10 * i, PatientID=pid, StudyInstanceUID=st, PatientSex=sex,
+                       PatientAge=age, PatientBirthDate=birth, StudyDate=sdate, InstanceNumber=i)
+    shutil.copy(_testdata("rtplan.dcm"), root / "PA000009_plan")
+    shutil.copy(_testdata("JPEG2000.dcm"), root / "J2K0001")
+    (root / "DICOMDIR.txt").write_text("not a DICOM file")
+    c = load_dicom(root=root, size=8)
+    jpeg2000_decodable = get_decoder(JPEG2000).is_available
+    assert len(c) == 5 + int(jpeg2000_decodable)
+    want = {"not DICOM": 1, "no pixel data": 1}
+    if not jpeg2000_decodable:
+        want["compressed DICOM without decoder"] = 1
+    assert c.meta["dropped"]["by_reason"] == want
+    t = c.table.set_index("path")
+    row = lambda rel: t.loc[str(root / rel)]  # noqa: E731
+    assert row(specs[0][0])["patient_id"] == "P1" and row(specs[0][0])["sex"] == "F"
+    assert row(specs[0][0])["age_band"] == "40-59"
+    assert row(specs[2][0])["sex"] == "M" and row(specs[2][0])["age"] == 59.0  # day before the 60th birthday
+    assert row(specs[3][0])["age"] == pytest.approx(1.5) and row(specs[3][0])["age_band"] == "<40"
+    assert row(specs[4][0])["sex"] == UNKNOWN and row(specs[4][0])["age_band"] == UNKNOWN
+    assert c.meta["groups"]["impossible_ages"] == 1  # "000Y"
+    assert (c.table.groupby("patient_id")["split"].nunique() == 1).all()
+    # one image per study: the two images of study 1.2.1 become one
+    one = load_dicom(root=root, size=8, one_per_study=True)
+    assert len(one) == len(c) - 1 and "1.2.1" in set(one.table["study_id"])
+    assert parse_age("006W") == pytest.approx(6 * 7 / 365.25) and np.isnan(parse_age("45"))
+    assert age_from_dates("19600615", "20200615") == 60.0 and np.isnan(age_from_dates("", "20200101"))
+    # labels keyed by StudyInstanceUID; images without a row are named drops
+    pd.DataFrame({"StudyInstanceUID": ["1.2.1", "1.2.2"], "finding": [1, 0]}).to_csv(root / "labels.csv", index=False)
+    lab = load_dicom(root=root, size=8, labels_csv="labels.csv", target_columns=["finding"])
+    assert sorted(lab.table["finding"]) == [0.0, 1.0, 1.0] and lab.labels == ["finding"]
+    assert lab.meta["dropped"]["by_reason"]["no label"] == 2 + int(jpeg2000_decodable)

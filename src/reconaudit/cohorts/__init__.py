@@ -65,6 +65,11 @@ COHORTS: dict[str, CohortEntry] = {
             "fastMRI single-coil HDF5 (measured k-space), optional labels and metadata CSVs",
         ),
         CohortEntry(
+            "dicom", "reconaudit.cohorts.dicom", "load_dicom", "DicomParams",
+            "loader", "xray|mri", ("classification",), "sex, age_band (from the DICOM headers)",
+            "a folder of DICOM files (any names, recursive); patient, sex and age from the headers",
+        ),
+        CohortEntry(
             "manifest", "reconaudit.cohorts.manifest", "load_manifest", "ManifestParams",
             "loader", "xray|mri", ("classification", "segmentation"), "any columns you name",
             "generic CSV/Parquet manifest: image path, patient id, split, targets, group columns",

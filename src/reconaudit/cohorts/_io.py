@@ -37,6 +37,29 @@ SPLIT_ALIASES = {
 
 
 # ---------------------------------------------------------------------------------------------- images
+class ImageDropError(ValueError):
+    """An image that cannot be decoded for a reason with its own name in the drop report."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def drop_reason(exc: Exception) -> str:
+    """The drop-report reason of a :func:`read_image` failure: its own name, else ``"unreadable image"``."""
+    return getattr(exc, "reason", "unreadable image")
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True when the file starts with the DICOM Part 10 header: a 128-byte preamble, then ``DICM``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
@@ -80,10 +103,32 @@ def _read_raster(path: Path) -> np.ndarray:
         return np.asarray(im.convert("L"), dtype=np.uint8).astype(np.float32) / 255.0
 
 
+def _check_decoder(ds, path: Path) -> None:
+    """Raise :class:`ImageDropError` ``compressed DICOM without decoder`` when pydicom cannot decode ``ds``."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None or not ts.is_compressed:
+        return
+    from pydicom.pixels import get_decoder
+
+    try:
+        ok = get_decoder(ts).is_available
+    except NotImplementedError:
+        ok = False
+    if not ok:
+        raise ImageDropError(
+            "compressed DICOM without decoder",
+            f"transfer syntax {ts.name} ({ts}) needs a pixel-data plugin that is not installed "
+            f"(see pydicom's pixel data handlers: pylibjpeg, pylibjpeg-openjpeg, gdcm)",
+        )
+
+
 def _read_dicom(path: Path) -> np.ndarray:
     import pydicom
 
     ds = pydicom.dcmread(str(path))
+    if "PixelData" not in ds:
+        raise ImageDropError("no pixel data", f"DICOM {ds.get('Modality', '')} object without PixelData")
+    _check_decoder(ds, path)
     a = ds.pixel_array.astype(np.float64)
     a = a * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
     if a.ndim == 3 and a.shape[-1] in (3, 4) and getattr(ds, "SamplesPerPixel", 1) > 1:
@@ -113,7 +158,8 @@ def read_image(path: str | Path) -> np.ndarray:
 
     - PNG/JPEG/TIFF (Pillow): 8-bit ``v / 255``, 16-bit ``v / 65535``; colour is converted to
       luminance (ITU-R 601-2, Pillow's ``"L"`` mode).
-    - DICOM (pydicom): the modality LUT ``v * RescaleSlope + RescaleIntercept``, then min-max to
+    - DICOM (pydicom), recognised by its suffix or, whatever the name, by the ``DICM`` marker after
+      the 128-byte preamble: the modality LUT ``v * RescaleSlope + RescaleIntercept``, then min-max to
       [0, 1]; ``MONOCHROME1`` is inverted so that bright means dense.
     - NIfTI (nibabel) and ``.npy``: unsigned integers ``v / max(dtype)``; floats already in [0, 1]
       are kept, otherwise min-max ``(v - min) / (max - min)``.
@@ -122,14 +168,14 @@ def read_image(path: str | Path) -> np.ndarray:
     ------
     ValueError
         The file exists but cannot be decoded as a single 2D image (the loaders count this as a
-        dropped row).
+        dropped row, under :func:`drop_reason`: e.g. ``compressed DICOM without decoder``).
     """
     p = Path(path)
     suf = _suffix(p)
     try:
         if suf in RASTER_SUFFIXES:
             a = _read_raster(p)
-        elif suf in DICOM_SUFFIXES:
+        elif suf in DICOM_SUFFIXES or (suf not in NIFTI_SUFFIXES and suf != ".npy" and is_dicom(p)):
             a = _read_dicom(p)
         elif suf in NIFTI_SUFFIXES:
             a = _read_nifti(p)

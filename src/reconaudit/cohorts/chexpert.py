@@ -266,7 +266,7 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
             arrays.append(_io.read_image(f))
             ok[i] = True
         except ValueError as exc:
-            drops.add("unreadable image", file=str(f), row=int(table["_row"].iloc[i]), detail=str(exc))
+            drops.add(_io.drop_reason(exc), file=str(f), row=int(table["_row"].iloc[i]), detail=str(exc))
     table = table[ok].reset_index(drop=True)
     images = _io.stack_resized(arrays, p.size)
 

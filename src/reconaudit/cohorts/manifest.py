@@ -137,7 +137,7 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
         try:
             a = _io.read_image(f)
         except ValueError as exc:
-            drops.add("unreadable image", file=str(f), row=row, detail=str(exc))
+            drops.add(_io.drop_reason(exc), file=str(f), row=row, detail=str(exc))
             continue
         if p.mask_column is not None:
             mf = root / table["mask_path"].iloc[i]
