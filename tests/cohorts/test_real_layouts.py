@@ -294,3 +294,17 @@ def test_dicom_folder_cohort_from_headers(tmp_path):
     lab = load_dicom(root=root, size=8, labels_csv="labels.csv", target_columns=["finding"])
     assert sorted(lab.table["finding"]) == [0.0, 1.0, 1.0] and lab.labels == ["finding"]
     assert lab.meta["dropped"]["by_reason"]["no label"] == 2 + int(jpeg2000_decodable)
+
+
+def test_header_only_loads_tables_and_drops_without_voxels(tmp_path):
+    from reconaudit.cohorts._io import header_only
+    from reconaudit.cohorts.ucsf_pdgm import load_ucsf_pdgm
+
+    root = fx.write_ucsf(tmp_path / "u", corrupt=17)
+    full = load_ucsf_pdgm(root=root, size=8)
+    with header_only():
+        quick = load_ucsf_pdgm(root=root, size=8)
+    # the corrupt FLAIR fails on its header too: the same named drops, one placeholder slice per subject
+    assert quick.meta["dropped"]["by_reason"] == full.meta["dropped"]["by_reason"]
+    assert list(quick.table["patient_id"]) == ["UCSF-PDGM-0004"] and float(quick.images.abs().sum()) == 0.0
+    assert list(quick.table["sex"]) == ["M"] and list(quick.table["age_band"]) == ["60-79"]

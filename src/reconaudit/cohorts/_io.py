@@ -6,10 +6,12 @@ tables become the column conventions of :class:`reconaudit.cohorts.base.Cohort`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,56 @@ SPLIT_ALIASES = {
 
 
 # ---------------------------------------------------------------------------------------------- images
+_HEADER_ONLY: ContextVar[bool] = ContextVar("reconaudit_header_only", default=False)
+
+
+@contextlib.contextmanager
+def header_only() -> Iterator[None]:
+    """Within this block loaders check tables, paths and file headers but decode no pixel data.
+
+    :func:`read_image` then checks that a file exists and that its header can be read (and, for
+    DICOM, that a decoder for its transfer syntax is installed) and returns a 1x1 placeholder; the
+    fastMRI and UCSF-PDGM loaders read dataset shapes and NIfTI headers instead of voxels.  The
+    cohort that comes out has the real table, drops and errors but zero images:
+    ``reconaudit check`` uses it.
+    """
+    token = _HEADER_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _HEADER_ONLY.reset(token)
+
+
+def headers_only() -> bool:
+    """True inside :func:`header_only`."""
+    return _HEADER_ONLY.get()
+
+
+def _probe(path: Path, suf: str) -> np.ndarray:
+    """Header-only stand-in for decoding (see :func:`header_only`)."""
+    if suf in RASTER_SUFFIXES:
+        from PIL import Image
+
+        with Image.open(path) as im:  # reads the header only
+            im.verify()
+    elif suf in DICOM_SUFFIXES or is_dicom(path):
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), defer_size="1 KB")
+        if "PixelData" not in ds:
+            raise ImageDropError("no pixel data", f"DICOM {ds.get('Modality', '')} object without PixelData")
+        _check_decoder(ds, path)
+    elif suf in NIFTI_SUFFIXES:
+        import nibabel as nib
+
+        nib.load(str(path))
+    elif suf == ".npy":
+        np.load(path, mmap_mode="r", allow_pickle=False)
+    else:
+        raise ValueError(f"unsupported image format {suf!r} (supported: PNG, JPEG, TIFF, DICOM, NIfTI, .npy)")
+    return np.zeros((1, 1), dtype=np.float32)
+
+
 class ImageDropError(ValueError):
     """An image that cannot be decoded for a reason with its own name in the drop report."""
 
@@ -173,6 +225,8 @@ def read_image(path: str | Path) -> np.ndarray:
     p = Path(path)
     suf = _suffix(p)
     try:
+        if headers_only():
+            return _probe(p, suf)
         if suf in RASTER_SUFFIXES:
             a = _read_raster(p)
         elif suf in DICOM_SUFFIXES or (suf not in NIFTI_SUFFIXES and suf != ".npy" and is_dicom(p)):

@@ -205,8 +205,11 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
                 continue
             idx = _middle(d.shape[0], p.slices)
             try:
-                k = torch.from_numpy(np.asarray(d[int(idx[0]) : int(idx[-1]) + 1], dtype=np.complex64))
-                image, kspace, scale = resample_kspace(k, p.size, p.crop or reference_crop(h))
+                if _io.headers_only():  # reconaudit check: datasets, shapes and attributes; no k-space read
+                    image, kspace, scale = _placeholder(len(idx), p.size)
+                else:
+                    k = torch.from_numpy(np.asarray(d[int(idx[0]) : int(idx[-1]) + 1], dtype=np.complex64))
+                    image, kspace, scale = resample_kspace(k, p.size, p.crop or reference_crop(h))
             except Exception as exc:
                 drops.add("unreadable k-space", file=str(f), detail=f"{type(exc).__name__}: {exc}")
                 continue
@@ -398,3 +401,8 @@ def folder_partition(folder: str) -> str:
         if token in _io.SPLIT_ALIASES:
             return _io.SPLIT_ALIASES[token]
     return ""
+
+
+def _placeholder(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Zero images and k-space of ``n`` slices, for header-only checks (:func:`reconaudit.cohorts._io.header_only`)."""
+    return torch.zeros(n, 1, size, size), torch.zeros(n, 1, size, size, dtype=torch.complex64), 1.0

@@ -82,6 +82,8 @@ def _attempt(step: Step, ctx_spec: ContextSpec, retries: int) -> tuple[bool, flo
         except Exception as e:  # noqa: BLE001 - reported with traceback
             last = StepFailure(step.id, attempt, f"{type(e).__name__}: {e}", traceback.format_exc())
             log.warning("step %s failed (attempt %d/%d): %s", step.id, attempt, retries + 1, last.error)
+            if not getattr(e, "retryable", True):  # a data error (CohortError) fails the same way again
+                break
     return False, 0.0, last
 
 

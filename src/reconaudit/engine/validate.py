@@ -105,3 +105,44 @@ def validate_components(cfg: AuditConfig, where: str = "<config>") -> None:
             pass
     if errors:
         raise ConfigError(f"invalid config {where}:\n" + "\n".join(errors))
+
+
+def check_data(cfg: AuditConfig) -> list[dict]:
+    """Read every loader cohort's tables and file headers (no pixel decoding) and check its tasks.
+
+    Each cohort is built exactly as the ``cohort`` step builds it, inside
+    :func:`reconaudit.cohorts._io.header_only`, so a data error raises the same
+    :class:`~reconaudit.cohorts.base.CohortError` (same message) that ``reconaudit run`` would
+    report; a task the cohort cannot serve (classification without labels, segmentation without
+    masks) raises the message the ``task_model`` step would.  Synthetic cohorts are skipped (their
+    parameters are validated by :func:`load_config`).
+
+    Returns one summary per loader cohort: studies, patients, split sizes, labels, groups, unknown
+    group values, impossible ages and drops by reason.
+    """
+    from reconaudit.cohorts import COHORTS, CohortError, make_cohort
+    from reconaudit.cohorts._io import header_only
+    from reconaudit.engine.plan import cohort_tasks
+    from reconaudit.engine.steps import cohort_params, task_data_problem
+
+    out = []
+    for i, cc in enumerate(cfg.cohorts):
+        if COHORTS[cc.name].kind == "synthetic":
+            continue
+        with header_only():
+            cohort = make_cohort(cc.name, **cohort_params(cc.name, cc.params, cc.data_seed))
+        tasks = sorted(cohort_tasks(cc))
+        for t in tasks:
+            problem = task_data_problem(cohort, t)
+            if problem:
+                raise CohortError(f"cohorts.{i}.tasks.{t}: {problem}")
+        groups = cohort.meta.get("groups", {})
+        out.append({
+            "cohort": cc.name, "key": f"cohorts.{i}", "studies": len(cohort),
+            "patients": int(cohort.table["patient_id"].nunique()),
+            "splits": {s: int((cohort.table["split"] == s).sum()) for s in ("train", "val", "test")},
+            "tasks": tasks or ["none"], "labels": list(cohort.labels), "groups": list(cohort.group_attributes),
+            "unknown": groups.get("unknown", {}), "impossible_ages": groups.get("impossible_ages", 0),
+            "dropped": cohort.meta.get("dropped", {}).get("by_reason", {}),
+        })
+    return out
