@@ -91,6 +91,7 @@ def cohort_meta(plan: Plan, store: ArtifactStore, cfg: AuditConfig) -> dict:
             "level_name": level_names[0] if len(level_names) == 1 else "level",
             "data_card": card,
             "no_task_reason": no_task,
+            "unknown_groups": info.get("meta", {}).get("groups", {}).get("unknown_groups", "keep"),
         }
     return out
 
