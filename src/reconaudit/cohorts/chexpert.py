@@ -206,8 +206,7 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
         ages = np.full(len(df), np.nan)
         for f, sub in df.groupby("_file", sort=False):
             ages[sub.index] = _io.numeric_column(sub.reset_index(drop=True), "Age", f, what=WHAT)
-        locs = [f"{_io.where(f, int(r))}, column 'Age'" for f, r in zip(df["_file"], df["_row"])]
-        table["age"], table["age_band"] = band_ages(ages, p.age_bands, grep, where=locs)
+        table["age"] = ages  # banded once the cohort's rows are known, so only their impossible ages are reported
         groups.append("age_band")
     for name in names:
         table[name] = _policy_map(raw[name], p.uncertain_policy, p.blank_policy)
@@ -269,6 +268,10 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
             drops.add(_io.drop_reason(exc), file=str(f), row=int(table["_row"].iloc[i]), detail=str(exc))
     table = table[ok].reset_index(drop=True)
     images = _io.stack_resized(arrays, p.size)
+    if "age" in table:
+        locs = [f"{_io.where(f, int(r))}, column 'Age'" for f, r in zip(table["_file"], table["_row"])]
+        table["age"], table["age_band"] = band_ages(table["age"].to_numpy(dtype=np.float64), p.age_bands, grep,
+                                                    where=locs)
 
     # splits
     parts = set(table["partition"])

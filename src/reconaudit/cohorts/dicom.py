@@ -167,9 +167,7 @@ def load_dicom(params: DicomParams | None = None, **overrides) -> Cohort:
     age = np.array([parse_age(v) for v in hdr["PatientAge"]], dtype=np.float64)
     from_dates = np.array([age_from_dates(b, s) for b, s in zip(hdr["PatientBirthDate"], hdr["StudyDate"])])
     age_source = np.where(np.isfinite(age), "PatientAge", np.where(np.isfinite(from_dates), "dates", ""))
-    age = np.where(np.isfinite(age), age, from_dates)
-    table["age"], table["age_band"] = band_ages(age, p.age_bands, grep,
-                                                where=[f"{f}: PatientAge / PatientBirthDate" for f in table["path"]])
+    table["age"] = np.where(np.isfinite(age), age, from_dates)  # banded once the cohort's rows are known
     groups = ["sex", "age_band"]
 
     labels: list[str] = []
@@ -206,6 +204,8 @@ def load_dicom(params: DicomParams | None = None, **overrides) -> Cohort:
         drops.log(logger)
         raise CohortError(f"{WHAT}: no image under {str(root)!r} could be loaded; dropped: {drops.counts}")
     images = _io.stack_resized(arrays, p.size)
+    table["age"], table["age_band"] = band_ages(table["age"].to_numpy(dtype=np.float64), p.age_bands, grep,
+                                                where=[f"{f}: PatientAge / PatientBirthDate" for f in table["path"]])
     modality = p.modality
     if modality == "auto":
         modality = "mri" if set(table["dicom_modality"]) <= set(MR_MODALITIES) else "xray"

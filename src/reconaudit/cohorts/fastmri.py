@@ -275,8 +275,9 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
             groups.append("sex")
         if "age" in md.columns:
             ages = _io.numeric_column(md, "age", mpath, what=f"{WHAT} metadata")
+            loaded = mf.isin(set(table["file"])).to_numpy()  # impossible ages reported for loaded files only
             locs = [f"{_io.where(mpath, i)}, column 'age'" for i in range(len(md))]
-            age = dict(zip(mf, band_ages(ages, p.age_bands, grep, where=locs)[0]))
+            age = dict(zip(mf[loaded], band_ages(ages[loaded], p.age_bands, grep, where=list(np.array(locs)[loaded]))[0]))
             table["age"] = table["file"].map(age).astype(np.float64)
             table["age_band"] = _io.age_bands(table["age"].to_numpy(), p.age_bands)
             groups.append("age_band")

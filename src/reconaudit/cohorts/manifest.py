@@ -107,9 +107,7 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
                               f"one group per age; set age_column: {c} (banded by age_bands) instead")
         table[c] = normalise_groups(df[c], c, p.group_synonyms, grep)
     if p.age_column is not None:
-        ages = _io.numeric_column(df, p.age_column, path, csv=csv, what=WHAT)
-        locs = [f"{_io.where(path, i, csv=csv)}, column {p.age_column!r}" for i in range(len(df))]
-        table["age"], table["age_band"] = band_ages(ages, p.age_bands, grep, where=locs)
+        table["age"] = _io.numeric_column(df, p.age_column, path, csv=csv, what=WHAT)  # banded once rows are known
         groups.append("age_band")
     table["_row"] = np.arange(len(df))
 
@@ -157,6 +155,10 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
         raise CohortError(f"{WHAT}: no row of {path} could be loaded; dropped: {drops.counts}")
     images = _io.stack_resized(arrays, p.size)
     masks = _io.stack_resized(mask_arrays, p.size, mask=True) if p.mask_column is not None else None
+    if p.age_column is not None:
+        locs = [f"{_io.where(path, int(i), csv=csv)}, column {p.age_column!r}" for i in table["_row"]]
+        table["age"], table["age_band"] = band_ages(table["age"].to_numpy(dtype=np.float64), p.age_bands, grep,
+                                                    where=locs)
 
     if p.split_column is None:
         table["split"] = _io.split_by_patient(table["patient_id"].to_numpy(), p.split_fractions, p.seed)

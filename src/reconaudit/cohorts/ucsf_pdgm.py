@@ -198,7 +198,6 @@ def _read_metadata(path: Path, options: GroupOptions, report: GroupReport) -> pd
         raise CohortError(f"{WHAT} metadata: {_io.where(path, i)}, column 'ID': subject {int(nums.iloc[i])} appears twice")
     grade = _io.numeric_column(df, "WHO CNS Grade", path, allowed=(1, 2, 3, 4), what=f"{WHAT} metadata")
     age = _io.numeric_column(df, "Age at MRI", path, what=f"{WHAT} metadata")
-    age = clean_ages(age, report, where=[f"{_io.where(path, i)}, column 'Age at MRI'" for i in range(len(df))])
     return pd.DataFrame(
         {
             "num": nums.astype(int).to_numpy(),
@@ -328,6 +327,12 @@ def load_ucsf_pdgm(params: UcsfPdgmParams | None = None, **overrides) -> Cohort:
     roi = torch.cat([_io.resize_batch(x, p.size, mask=True) for x in rois]).bool()
 
     table = pd.DataFrame(rows)
+    # impossible ages of the loaded subjects: reported once per subject, then unknown
+    first = table.drop_duplicates("patient_id")
+    md_row = dict(zip(md["num"].map(lambda n: f"UCSF-PDGM-{n:04d}"), md["_row"]))
+    ages = clean_ages(first["age"].to_numpy(dtype=np.float64), grep,
+                      where=[f"{_io.where(meta_path, int(md_row[q]))}, column 'Age at MRI'" for q in first["patient_id"]])
+    table["age"] = table["patient_id"].map(dict(zip(first["patient_id"], ages))).astype(np.float64)
     table["age_band"] = _io.age_bands(table["age"].to_numpy(dtype=np.float64), p.age_bands)
     g = table["grade"].to_numpy(dtype=np.float64)
     table["high_grade"] = np.where(np.isfinite(g), (g == 4).astype(np.float64), np.nan)
