@@ -167,13 +167,15 @@ def check(
 def plan(
     config: Annotated[str, typer.Argument(help="config YAML file or bundled name")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory to check for finished steps")] = None,
+    check_data: Annotated[bool, typer.Option("--check/--no-check", help="check the data first")] = True,
 ) -> None:
     """Print the grid of cells and which are already done, without running anything.
 
     Loader cohorts are checked first as by `reconaudit check` (tables and headers, no image decoding).
     """
     cfg, _ = _load(config)
-    _check_data(cfg)
+    if check_data:
+        _check_data(cfg)
     from reconaudit.engine.run import plan_status
 
     run_dir = out or Path("runs") / cfg.name

@@ -90,4 +90,10 @@ def test_recon_only_fastmri_audit_end_to_end(fastmri_root, tmp_path):
     assert np.allclose(got, expect, atol=1e-4)
     card = (tmp_path / "run" / "cohorts" / "fastmri" / "data_card.md").read_text()
     assert "No task metrics" in card and "labels_csv" in card
+    # image quality per group: the mean PSNR of each sex group equals the records'
+    assert "## Image quality by group" in card
+    for sex, g in rec.groupby("group:sex"):
+        line = next(ln for ln in card.splitlines() if ln.startswith(f"| identity | none | 4 | sex | {sex} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert int(cells[5]) == len(g) and float(cells[6]) == pytest.approx(g["psnr"].mean(), abs=0.005)
     assert res.report_path is not None and "No task metrics" in res.report_path.read_text()

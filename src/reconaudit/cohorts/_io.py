@@ -348,11 +348,11 @@ class DropReport:
         if not self.entries:
             return "## Dropped rows\n\nNone: every row that passed selection was loaded.\n"
         lines = ["## Dropped rows", "", f"{len(self.entries)} row(s) dropped.", "", "| reason | count |", "| --- | --- |"]
-        lines += [f"| {_md(k)} | {v} |" for k, v in self.counts.items()]
+        lines += [f"| {md_escape(k)} | {v} |" for k, v in self.counts.items()]
         lines += ["", "| reason | file | row | detail |", "| --- | --- | --- | --- |"]
         for e in self.entries[:max_rows]:
             row = "" if e["row"] is None else e["row"]
-            lines.append(f"| {_md(e['reason'])} | {_md(e['file'] or '')} | {row} | {_md(e['detail'])} |")
+            lines.append(f"| {md_escape(e['reason'])} | {md_escape(e['file'] or '')} | {row} | {md_escape(e['detail'])} |")
         if len(self.entries) > max_rows:
             lines.append(f"\n... {len(self.entries) - max_rows} more in `meta['dropped']`.")
         return "\n".join(lines) + "\n"
@@ -363,7 +363,7 @@ def _describe(e: dict) -> str:
     return f"{e['reason']} ({where}){': ' + e['detail'] if e['detail'] else ''}"
 
 
-def _md(s: object) -> str:
+def md_escape(s: object) -> str:
     """Escape a value for a Markdown table cell (pipes, newlines and HTML angle brackets)."""
     return (
         str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|").replace("\n", " ")
@@ -540,9 +540,9 @@ def data_card(
     before the dropped rows.  Prevalence of label ``l`` in group ``g`` is ``sum(y_l == 1) / sum(y_l observed)`` over the
     group's studies (missing labels excluded from the denominator).
     """
-    out = [f"# Data card: {_md(title)}", "", f"- Source: `{source}`", f"- Modality: {modality}"]
+    out = [f"# Data card: {md_escape(title)}", "", f"- Source: `{source}`", f"- Modality: {modality}"]
     out.append(f"- Studies: {len(table)}; patients: {table['patient_id'].nunique() if len(table) else 0}")
-    out += [f"- {_md(n)}" for n in notes]
+    out += [f"- {md_escape(n)}" for n in notes]
     out += ["", "## Splits", "", "| split | studies | patients |", "| --- | --- | --- |"]
     for s in SPLITS:
         sub = table[table["split"] == s]
@@ -558,7 +558,7 @@ def data_card(
             y = table[name].to_numpy(dtype=np.float64)
             obs = np.isfinite(y).sum()
             pos = int((y == 1).sum())
-            out.append(f"| {_md(name)} | {pos} | {obs} | {_rate(pos, obs)} |")
+            out.append(f"| {md_escape(name)} | {pos} | {obs} | {_rate(pos, obs)} |")
     if not group_attributes:
         out += ["", "## Groups", "", "No group attributes: fairness across patient groups cannot be audited "
                 "for this cohort (supply demographic metadata to enable it)."]
@@ -566,12 +566,12 @@ def data_card(
         head = ["group", "studies", "patients", *lab]
         if frac is not None:
             head.append("mean mask fraction")
-        out += ["", f"## By {_md(g)}", "", "| " + " | ".join(_md(h) for h in head) + " |",
+        out += ["", f"## By {md_escape(g)}", "", "| " + " | ".join(md_escape(h) for h in head) + " |",
                 "|" + " --- |" * len(head)]
         parts = dict(list(table.groupby(g, sort=False, dropna=False)))
         for value in sorted(parts, key=_group_key):
             sub = parts[value]
-            cells = [_md(value), str(len(sub)), str(sub["patient_id"].nunique())]
+            cells = [md_escape(value), str(len(sub)), str(sub["patient_id"].nunique())]
             for name in lab:
                 y = sub[name].to_numpy(dtype=np.float64)
                 cells.append(_rate(int((y == 1).sum()), int(np.isfinite(y).sum())))

@@ -101,7 +101,7 @@ class GroupReport:
 
     def markdown(self, table: pd.DataFrame, attributes: Sequence[str], policy: str) -> str:
         """The data card's "Group values" section."""
-        from ._io import _md
+        from ._io import md_escape
 
         lines = ["## Group values", "",
                  "Normalised as in docs/loaders.md (trim, case-fold, synonyms; missing markers → `unknown`).", ""]
@@ -110,15 +110,15 @@ class GroupReport:
                   else "kept as a group of their own (`unknown_groups: keep`)")
         lines.append(f"Studies with an unknown value are {effect}:")
         lines += ["", "| attribute | unknown studies |", "| --- | --- |"]
-        lines += [f"| {_md(a)} | {counts.get(a, 0)} |" for a in attributes]
+        lines += [f"| {md_escape(a)} | {counts.get(a, 0)} |" for a in attributes]
         for attr, groups in self.merged.items():
             for canon, spellings in groups.items():
                 if len(spellings) > 1:
-                    lines.append(f"\n- {_md(attr)}: {', '.join(_md(repr(s)) for s in spellings)} → {_md(canon)}")
+                    lines.append(f"\n- {md_escape(attr)}: {', '.join(md_escape(repr(s)) for s in spellings)} → {md_escape(canon)}")
         if self.impossible_ages:
             lines += ["", f"{len(self.impossible_ages)} impossible age(s) (<= {MIN_AGE:g} or > {MAX_AGE:g} years) "
                       "set to unknown:", "", "| where | value |", "| --- | --- |"]
-            lines += [f"| {_md(e['where'])} | {_md(e['value'])} |" for e in self.impossible_ages[:20]]
+            lines += [f"| {md_escape(e['where'])} | {md_escape(e['value'])} |" for e in self.impossible_ages[:20]]
         return "\n".join(lines) + "\n"
 
 

@@ -151,6 +151,40 @@ def _append_clean_performance(cohorts: dict, records) -> None:
         info["clean_performance"] = perf
 
 
+def _append_quality_by_group(cohorts: dict, records) -> None:
+    """Reconstruction-quality audits (no task): mean PSNR and SSIM of each group, in the cohort's data card.
+
+    Per reconstructor, mitigation and level, over the test studies of every seed; a group's mean is
+    :func:`reconaudit.metrics.by_group` of the study values.  With ``unknown_groups: exclude`` the
+    studies of unknown group are left out of their attribute's table.
+    """
+    from reconaudit.cohorts._io import md_escape
+    from reconaudit.metrics import by_group
+
+    for name, info in cohorts.items():
+        rows = records[(records["cohort"] == name) & (records["arm"] == "reconstruct")] if len(records) else records
+        if info["tasks"] or not info["group_attributes"] or rows.empty:
+            continue
+        lines = ["", "## Image quality by group", "",
+                 "Mean over the test studies of each group (every seed pooled):", "",
+                 "| reconstructor | mitigation | level | attribute | group | studies | PSNR (dB) | SSIM |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for (rec, mit, level), cell in rows.groupby(["reconstructor", "mitigation", "level"], sort=True):
+            for a in info["group_attributes"]:
+                g = cell[f"group:{a}"].astype(str)
+                keep = (g != "unknown").to_numpy() if info.get("unknown_groups") == "exclude" else g.notna().to_numpy()
+                if not keep.any():
+                    continue
+                psnr = by_group(cell["psnr"].to_numpy(float)[keep], sensitive_features=g.to_numpy()[keep])
+                ssim = by_group(cell["ssim"].to_numpy(float)[keep], sensitive_features=g.to_numpy()[keep])
+                sizes = g[keep].value_counts()
+                for grp in psnr:
+                    lines.append(f"| {md_escape(rec)} | {mit} | {level:g} | {md_escape(a)} | {md_escape(grp)} | "
+                                 f"{int(sizes[grp])} | "
+                                 f"{psnr[grp]:.2f} | {ssim[grp]:.3f} |")
+        info["data_card"] = info["data_card"].rstrip() + "\n" + "\n".join(lines) + "\n"
+
+
 def _report_if_changed(run_dir: Path, meta: dict) -> Path:
     """Build the report unless one exists for exactly these records, config and analysis settings."""
     import hashlib
@@ -235,6 +269,7 @@ def run_audit(
             + [{"step": s, "error": "skipped: a step it depends on failed"} for s in summary.skipped],
         }
         _append_clean_performance(meta["cohorts"], records)
+        _append_quality_by_group(meta["cohorts"], records)
         for name, info in meta["cohorts"].items():
             from reconaudit.engine.store import atomic_write_text
 
