@@ -66,6 +66,8 @@ def test_check_and_plan_fail_with_the_run_message(tmp_path):
         flat = " ".join(res.output.split())
         assert "data error" in flat and "value 'yes' is not one of [1, 0, -1]" in flat
         assert "Traceback" not in res.output
+    res = runner.invoke(app, ["plan", str(path), "--no-check", "--out", str(tmp_path / "p")], terminal_width=200)
+    assert res.exit_code == 0 and "cells" in res.output
     # run: the cohort step fails with the same message, once: a data error is not retried
     cfg = load_config(path)
     cfg.execution.retries = 3
