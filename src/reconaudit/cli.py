@@ -123,16 +123,60 @@ def run(
         raise typer.Exit(1)
 
 
+def _check_data(cfg) -> list[dict]:
+    """Run the data check; print the error and exit 1 on a data error (no traceback)."""
+    from reconaudit.cohorts import CohortError
+    from reconaudit.engine.validate import check_data
+
+    try:
+        return check_data(cfg)
+    except CohortError as e:
+        console.print(f"[red]data error: {escape(str(e))}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def check(
+    config: Annotated[str, typer.Argument(help="config YAML file or bundled name")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Check the config and every loader cohort's tables and file headers, without decoding images.
+
+    Fails (exit 1) with the message `run` would give for a data error; exit 2 for a config error.
+    """
+    _logging(verbose)
+    cfg, _ = _load(config)
+    rows = _check_data(cfg)
+    out = Console()
+    out.print(f"[bold]{escape(cfg.name)}[/bold]: data check passed")
+    for r in rows:
+        sp = r["splits"]
+        out.print(
+            f"- {escape(r['cohort'])} ({r['key']}): {r['studies']} studies, {r['patients']} patients "
+            f"(train/val/test {sp['train']}/{sp['val']}/{sp['test']}); tasks: {', '.join(r['tasks'])}; "
+            f"groups: {escape(', '.join(r['groups'])) or '-'}; unknown: "
+            f"{escape(', '.join(f'{k}: {v}' for k, v in r['unknown'].items())) or '-'}; impossible ages: "
+            f"{r['impossible_ages']}; dropped: {escape(', '.join(f'{k}: {v}' for k, v in r['dropped'].items())) or '-'}",
+            soft_wrap=True,
+        )
+    if not rows:
+        console.print("no loader cohorts: synthetic cohorts are generated at run time")
+
+
 @app.command()
 def plan(
     config: Annotated[str, typer.Argument(help="config YAML file or bundled name")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory to check for finished steps")] = None,
+    check_data: Annotated[bool, typer.Option("--check/--no-check", help="check the data first")] = True,
 ) -> None:
     """Print the grid of cells, which are already done and why the others must be computed.
 
     Nothing is run or written, and no user code is called (plug-in factories are not built).
+    Loader cohorts are checked first as by `reconaudit check` (tables and headers, no image decoding).
     """
     cfg, _ = _load(config, build_plugins=False)
+    if check_data:
+        _check_data(cfg)
     from reconaudit.engine.run import plan_status, stale_reasons
 
     run_dir = out or Path("runs") / cfg.name

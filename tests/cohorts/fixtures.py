@@ -21,8 +21,8 @@ def gray(path: Path, value: int, shape: tuple[int, int] = (20, 20)) -> None:
     Image.fromarray(np.full(shape, value, dtype=np.uint8), mode="L").save(path)
 
 
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2") -> None:
-    """Write a minimal uncompressed 16-bit greyscale DICOM with pydicom."""
+def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **tags: object) -> None:
+    """Write a minimal uncompressed 16-bit greyscale DICOM with pydicom; ``tags`` are set as attributes."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -41,6 +41,8 @@ def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2"
     ds.PhotometricInterpretation = photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = pixels.astype("<u2").tobytes()
+    for k, v in tags.items():
+        setattr(ds, k, v)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
 

@@ -58,7 +58,7 @@ def test_chexpert_layout_values_and_drops(chexpert_root, caplog):
     assert r2["patient_id"] == "patient00002" and r2["age_band"] == "60-79" and r2["race"] == "Asian"
     assert _row(c, "patient00001/study1/view1_frontal")["age_band"] == "<40"
     assert _row(c, "patient00003/study1/view1_frontal")["age_band"] == "80+"
-    assert list(c.table.loc[c.table["race"] == "Unknown", "patient_id"]) == ["patient00008"]  # not in DEMO
+    assert list(c.table.loc[c.table["race"] == "unknown", "patient_id"]) == ["patient00008"]  # not in DEMO
     assert c.meta["rows_without_demographics"] == 1
     # image values: constant JPEG/PNG greys survive resizing
     for pat, sid in ((1, "patient00001/study1/view1_frontal"), (2, "patient00002/study2/view1_frontal")):

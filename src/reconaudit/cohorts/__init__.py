@@ -11,10 +11,13 @@ group attributes, description and parameter model.  To add a cohort: one module 
 
 from __future__ import annotations
 
+import importlib
+
 from reconaudit.cohorts.base import SPLITS, Cohort, CohortBuilder, CohortError, assign_splits_by_patient
 from reconaudit.cohorts.brain_glioma import BrainGliomaCohort
 from reconaudit.cohorts.chest_xray import ChestXrayCohort
 from reconaudit.cohorts.chexpert import ChexpertCohort
+from reconaudit.cohorts.dicom import DicomCohort
 from reconaudit.cohorts.fastmri import FastmriCohort
 from reconaudit.cohorts.manifest import ManifestCohort
 from reconaudit.cohorts.ucsf_pdgm import UcsfPdgmCohort
@@ -26,6 +29,7 @@ COHORTS: dict[str, type[CohortBuilder]] = {
     ChexpertCohort.name: ChexpertCohort,
     UcsfPdgmCohort.name: UcsfPdgmCohort,
     FastmriCohort.name: FastmriCohort,
+    DicomCohort.name: DicomCohort,
     ManifestCohort.name: ManifestCohort,
 }
 """Registry: config name -> :class:`CohortBuilder` (one line per cohort)."""
@@ -42,6 +46,14 @@ def validate_cohort_params(name: str, params: dict):
     return validate_params(_builder(name).Params, params, where=f"cohort {name!r} params")
 
 
+def supported_tasks(name: str, params: dict) -> tuple[str, ...]:
+    """The tasks cohort ``name`` offers with ``params``: the loader's ``supported_tasks(params)`` when it
+    has one (e.g. fastMRI offers classification only with a labels CSV), else the registry's list."""
+    entry = _builder(name)
+    hook = getattr(importlib.import_module(entry.__module__), "supported_tasks", None)
+    return tuple(hook(params)) if hook is not None else entry.tasks
+
+
 def make_cohort(name: str, **params: object) -> Cohort:
     """Build or load the cohort ``name`` with ``params`` (validated by its parameter model)."""
     return _builder(name).build(validate_cohort_params(name, dict(params)))
@@ -55,5 +67,6 @@ __all__ = [
     "CohortError",
     "assign_splits_by_patient",
     "make_cohort",
+    "supported_tasks",
     "validate_cohort_params",
 ]

@@ -6,10 +6,12 @@ tables become the column conventions of :class:`reconaudit.cohorts.base.Cohort`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,79 @@ SPLIT_ALIASES = {
 
 
 # ---------------------------------------------------------------------------------------------- images
+_HEADER_ONLY: ContextVar[bool] = ContextVar("reconaudit_header_only", default=False)
+
+
+@contextlib.contextmanager
+def header_only() -> Iterator[None]:
+    """Within this block loaders check tables, paths and file headers but decode no pixel data.
+
+    :func:`read_image` then checks that a file exists and that its header can be read (and, for
+    DICOM, that a decoder for its transfer syntax is installed) and returns a 1x1 placeholder; the
+    fastMRI and UCSF-PDGM loaders read dataset shapes and NIfTI headers instead of voxels.  The
+    cohort that comes out has the real table, drops and errors but zero images:
+    ``reconaudit check`` uses it.
+    """
+    token = _HEADER_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _HEADER_ONLY.reset(token)
+
+
+def headers_only() -> bool:
+    """True inside :func:`header_only`."""
+    return _HEADER_ONLY.get()
+
+
+def _probe(path: Path, suf: str) -> np.ndarray:
+    """Header-only stand-in for decoding (see :func:`header_only`)."""
+    if suf in RASTER_SUFFIXES:
+        from PIL import Image
+
+        with Image.open(path) as im:  # reads the header only
+            im.verify()
+    elif suf in DICOM_SUFFIXES or is_dicom(path):
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), defer_size="1 KB")
+        if "PixelData" not in ds:
+            raise ImageDropError("no pixel data", f"DICOM {ds.get('Modality', '')} object without PixelData")
+        _check_decoder(ds, path)
+    elif suf in NIFTI_SUFFIXES:
+        import nibabel as nib
+
+        nib.load(str(path))
+    elif suf == ".npy":
+        np.load(path, mmap_mode="r", allow_pickle=False)
+    else:
+        raise ValueError(f"unsupported image format {suf!r} (supported: PNG, JPEG, TIFF, DICOM, NIfTI, .npy)")
+    return np.zeros((1, 1), dtype=np.float32)
+
+
+class ImageDropError(ValueError):
+    """An image that cannot be decoded for a reason with its own name in the drop report."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def drop_reason(exc: Exception) -> str:
+    """The drop-report reason of a :func:`read_image` failure: its own name, else ``"unreadable image"``."""
+    return getattr(exc, "reason", "unreadable image")
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True when the file starts with the DICOM Part 10 header: a 128-byte preamble, then ``DICM``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
@@ -80,10 +155,32 @@ def _read_raster(path: Path) -> np.ndarray:
         return np.asarray(im.convert("L"), dtype=np.uint8).astype(np.float32) / 255.0
 
 
+def _check_decoder(ds, path: Path) -> None:
+    """Raise :class:`ImageDropError` ``compressed DICOM without decoder`` when pydicom cannot decode ``ds``."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None or not ts.is_compressed:
+        return
+    from pydicom.pixels import get_decoder
+
+    try:
+        ok = get_decoder(ts).is_available
+    except NotImplementedError:
+        ok = False
+    if not ok:
+        raise ImageDropError(
+            "compressed DICOM without decoder",
+            f"transfer syntax {ts.name} ({ts}) needs a pixel-data plugin that is not installed "
+            f"(see pydicom's pixel data handlers: pylibjpeg, pylibjpeg-openjpeg, gdcm)",
+        )
+
+
 def _read_dicom(path: Path) -> np.ndarray:
     import pydicom
 
     ds = pydicom.dcmread(str(path))
+    if "PixelData" not in ds:
+        raise ImageDropError("no pixel data", f"DICOM {ds.get('Modality', '')} object without PixelData")
+    _check_decoder(ds, path)
     a = ds.pixel_array.astype(np.float64)
     a = a * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
     if a.ndim == 3 and a.shape[-1] in (3, 4) and getattr(ds, "SamplesPerPixel", 1) > 1:
@@ -113,7 +210,8 @@ def read_image(path: str | Path) -> np.ndarray:
 
     - PNG/JPEG/TIFF (Pillow): 8-bit ``v / 255``, 16-bit ``v / 65535``; colour is converted to
       luminance (ITU-R 601-2, Pillow's ``"L"`` mode).
-    - DICOM (pydicom): the modality LUT ``v * RescaleSlope + RescaleIntercept``, then min-max to
+    - DICOM (pydicom), recognised by its suffix or, whatever the name, by the ``DICM`` marker after
+      the 128-byte preamble: the modality LUT ``v * RescaleSlope + RescaleIntercept``, then min-max to
       [0, 1]; ``MONOCHROME1`` is inverted so that bright means dense.
     - NIfTI (nibabel) and ``.npy``: unsigned integers ``v / max(dtype)``; floats already in [0, 1]
       are kept, otherwise min-max ``(v - min) / (max - min)``.
@@ -122,14 +220,16 @@ def read_image(path: str | Path) -> np.ndarray:
     ------
     ValueError
         The file exists but cannot be decoded as a single 2D image (the loaders count this as a
-        dropped row).
+        dropped row, under :func:`drop_reason`: e.g. ``compressed DICOM without decoder``).
     """
     p = Path(path)
     suf = _suffix(p)
     try:
+        if headers_only():
+            return _probe(p, suf)
         if suf in RASTER_SUFFIXES:
             a = _read_raster(p)
-        elif suf in DICOM_SUFFIXES:
+        elif suf in DICOM_SUFFIXES or (suf not in NIFTI_SUFFIXES and suf != ".npy" and is_dicom(p)):
             a = _read_dicom(p)
         elif suf in NIFTI_SUFFIXES:
             a = _read_nifti(p)
@@ -248,11 +348,11 @@ class DropReport:
         if not self.entries:
             return "## Dropped rows\n\nNone: every row that passed selection was loaded.\n"
         lines = ["## Dropped rows", "", f"{len(self.entries)} row(s) dropped.", "", "| reason | count |", "| --- | --- |"]
-        lines += [f"| {_md(k)} | {v} |" for k, v in self.counts.items()]
+        lines += [f"| {md_escape(k)} | {v} |" for k, v in self.counts.items()]
         lines += ["", "| reason | file | row | detail |", "| --- | --- | --- | --- |"]
         for e in self.entries[:max_rows]:
             row = "" if e["row"] is None else e["row"]
-            lines.append(f"| {_md(e['reason'])} | {_md(e['file'] or '')} | {row} | {_md(e['detail'])} |")
+            lines.append(f"| {md_escape(e['reason'])} | {md_escape(e['file'] or '')} | {row} | {md_escape(e['detail'])} |")
         if len(self.entries) > max_rows:
             lines.append(f"\n... {len(self.entries) - max_rows} more in `meta['dropped']`.")
         return "\n".join(lines) + "\n"
@@ -263,7 +363,7 @@ def _describe(e: dict) -> str:
     return f"{e['reason']} ({where}){': ' + e['detail'] if e['detail'] else ''}"
 
 
-def _md(s: object) -> str:
+def md_escape(s: object) -> str:
     """Escape a value for a Markdown table cell (pipes, newlines and HTML angle brackets)."""
     return (
         str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|").replace("\n", " ")
@@ -388,6 +488,28 @@ def split_by_patient(patient_ids: np.ndarray, fractions: Sequence[float], seed: 
     return assign_splits_by_patient(np.asarray(patient_ids, dtype=str), tuple(fractions), seed)  # type: ignore[arg-type]
 
 
+def splits_from_partitions(
+    partitions: np.ndarray, patient_ids: np.ndarray, fractions: Sequence[float], seed: int, *, source: str, what: str
+) -> np.ndarray:
+    """Splits from a dataset's own partitions (``train``/``val``/``test``; ``""`` = unknown → train).
+
+    Without a test partition, ``val`` becomes test (the official validation data are the held-out
+    set) and val is drawn by patient from the train partition with the fraction
+    ``f_val / (f_train + f_val)`` of ``fractions``.  A patient in two partitions is an error.
+    """
+    split = np.asarray(partitions, dtype=object).copy()
+    split[split == ""] = "train"
+    check_patient_splits(np.asarray(patient_ids), split, source, what=what)
+    if "test" not in set(split):
+        split = np.where(split == "val", "test", split).astype(object)
+        tr = split == "train"
+        f_tr, f_val = float(fractions[0]), float(fractions[1])
+        frac = f_val / (f_tr + f_val) if f_tr + f_val > 0 else 0.0
+        sub = split_by_patient(np.asarray(patient_ids)[tr], (1.0 - frac, 0.0, frac), seed)
+        split[tr] = np.where(sub == "test", "val", "train")
+    return split
+
+
 def drop_rows_without_labels(table: pd.DataFrame, labels: Sequence[str], drops: DropReport, *, file: str) -> np.ndarray:
     """Boolean keep-mask: rows with every label missing are dropped with reason ``"no label"``."""
     if not labels:
@@ -410,15 +532,17 @@ def data_card(
     drops: DropReport,
     masks: torch.Tensor | None = None,
     notes: Sequence[str] = (),
+    sections: Sequence[str] = (),
 ) -> str:
     """Markdown data card: counts per split, prevalence of each label per group, mask coverage, drops.
 
-    Prevalence of label ``l`` in group ``g`` is ``sum(y_l == 1) / sum(y_l observed)`` over the
+    ``sections`` (Markdown, e.g. the group-value summary of :mod:`reconaudit.cohorts.groups`) come
+    before the dropped rows.  Prevalence of label ``l`` in group ``g`` is ``sum(y_l == 1) / sum(y_l observed)`` over the
     group's studies (missing labels excluded from the denominator).
     """
-    out = [f"# Data card: {_md(title)}", "", f"- Source: `{source}`", f"- Modality: {modality}"]
+    out = [f"# Data card: {md_escape(title)}", "", f"- Source: `{source}`", f"- Modality: {modality}"]
     out.append(f"- Studies: {len(table)}; patients: {table['patient_id'].nunique() if len(table) else 0}")
-    out += [f"- {_md(n)}" for n in notes]
+    out += [f"- {md_escape(n)}" for n in notes]
     out += ["", "## Splits", "", "| split | studies | patients |", "| --- | --- | --- |"]
     for s in SPLITS:
         sub = table[table["split"] == s]
@@ -434,7 +558,7 @@ def data_card(
             y = table[name].to_numpy(dtype=np.float64)
             obs = np.isfinite(y).sum()
             pos = int((y == 1).sum())
-            out.append(f"| {_md(name)} | {pos} | {obs} | {_rate(pos, obs)} |")
+            out.append(f"| {md_escape(name)} | {pos} | {obs} | {_rate(pos, obs)} |")
     if not group_attributes:
         out += ["", "## Groups", "", "No group attributes: fairness across patient groups cannot be audited "
                 "for this cohort (supply demographic metadata to enable it)."]
@@ -442,18 +566,20 @@ def data_card(
         head = ["group", "studies", "patients", *lab]
         if frac is not None:
             head.append("mean mask fraction")
-        out += ["", f"## By {_md(g)}", "", "| " + " | ".join(_md(h) for h in head) + " |",
+        out += ["", f"## By {md_escape(g)}", "", "| " + " | ".join(md_escape(h) for h in head) + " |",
                 "|" + " --- |" * len(head)]
         parts = dict(list(table.groupby(g, sort=False, dropna=False)))
         for value in sorted(parts, key=_group_key):
             sub = parts[value]
-            cells = [_md(value), str(len(sub)), str(sub["patient_id"].nunique())]
+            cells = [md_escape(value), str(len(sub)), str(sub["patient_id"].nunique())]
             for name in lab:
                 y = sub[name].to_numpy(dtype=np.float64)
                 cells.append(_rate(int((y == 1).sum()), int(np.isfinite(y).sum())))
             if frac is not None:
                 cells.append(f"{float(frac[table.index.get_indexer(sub.index)].mean()):.4f}")
             out.append("| " + " | ".join(cells) + " |")
+    for sec in sections:
+        out += ["", sec.rstrip()]
     out += ["", drops.markdown()]
     return "\n".join(out)
 

@@ -20,7 +20,12 @@ REQUIRED_COLUMNS = ("study_id", "patient_id", "split")
 
 
 class CohortError(ValueError):
-    """A cohort (or the files it was read from) is malformed; the message names what and where."""
+    """A cohort (or the files it was read from) is malformed; the message names what and where.
+
+    A data error fails the same way on every attempt, so executors do not retry it (``retryable``).
+    """
+
+    retryable = False
 
 
 @dataclass

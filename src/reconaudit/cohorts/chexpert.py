@@ -13,11 +13,12 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from ..progress import track
 from . import _io
 from .base import Cohort, CohortBuilder, CohortError
+from .groups import GroupOptions, GroupReport, band_ages, group_summary, normalise_groups
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def snake_case(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
 
 
-class ChexpertParams(BaseModel):
+class ChexpertParams(GroupOptions):
     """Options of :func:`load_chexpert` (see ``docs/loaders.md``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -63,7 +64,6 @@ class ChexpertParams(BaseModel):
     blank_policy: Literal["zeros", "ignore"] = "zeros"
     frontal_only: bool = True
     demographics_csv: str | None = None
-    age_bands: list[float] = Field(default_factory=lambda: [40.0, 60.0, 80.0])
     max_studies: int | None = Field(None, ge=1)
     on_missing_image: Literal["error", "drop"] = "error"
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
@@ -111,8 +111,7 @@ def _read_demographics(path: Path) -> pd.DataFrame:
         i = int(np.flatnonzero(dup)[0])
         raise CohortError(f"{WHAT} demographics: {_io.where(path, i)}, column 'PATIENT': "
                           f"patient {pid.iloc[i]!r} appears more than once")
-    race = df["PRIMARY_RACE"].astype("string").str.strip().fillna("Unknown")
-    return pd.DataFrame({"patient_id": pid.to_numpy(dtype=object), "race": race.to_numpy(dtype=object)})
+    return pd.DataFrame({"patient_id": pid.to_numpy(dtype=object), "race": df["PRIMARY_RACE"].to_numpy(dtype=object)})
 
 
 def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
@@ -200,15 +199,14 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
         raise CohortError(f"{WHAT}: {_io.where(table['_file'].iloc[i], int(table['_row'].iloc[i]))}, column 'Path': "
                           f"image {paths.iloc[i]!r} repeats study {table['study_id'].iloc[i]!r} of "
                           f"{paths.iloc[first]!r}; each image may be listed once")
-    sex = df["Sex"].astype("string").str.strip().fillna("Unknown") if "Sex" in df else pd.Series(["Unknown"] * len(df))
-    table["sex"] = sex.to_numpy(dtype=object)
+    grep = GroupReport()
+    table["sex"] = normalise_groups(df["Sex"] if "Sex" in df else [None] * len(df), "sex", p.group_synonyms, grep)
     groups = ["sex"]
     if "Age" in df:
         ages = np.full(len(df), np.nan)
         for f, sub in df.groupby("_file", sort=False):
             ages[sub.index] = _io.numeric_column(sub.reset_index(drop=True), "Age", f, what=WHAT)
-        table["age"] = ages
-        table["age_band"] = _io.age_bands(ages, p.age_bands)
+        table["age"] = ages  # banded once the cohort's rows are known, so only their impossible ages are reported
         groups.append("age_band")
     for name in names:
         table[name] = _policy_map(raw[name], p.uncertain_policy, p.blank_policy)
@@ -222,7 +220,7 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
         demo = _read_demographics(root / p.demographics_csv)
         demo_ids = set(demo["patient_id"])
         race = table["patient_id"].map(dict(zip(demo["patient_id"], demo["race"])))
-        table["race"] = race.fillna("Unknown").to_numpy(dtype=object)
+        table["race"] = normalise_groups(race, "race", p.group_synonyms, grep)
         groups.append("race")
 
     # selection (not drops): frontal views, then max_studies by patient
@@ -267,21 +265,19 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
             arrays.append(_io.read_image(f))
             ok[i] = True
         except ValueError as exc:
-            drops.add("unreadable image", file=str(f), row=int(table["_row"].iloc[i]), detail=str(exc))
+            drops.add(_io.drop_reason(exc), file=str(f), row=int(table["_row"].iloc[i]), detail=str(exc))
     table = table[ok].reset_index(drop=True)
     images = _io.stack_resized(arrays, p.size)
+    if "age" in table:
+        locs = [f"{_io.where(f, int(r))}, column 'Age'" for f, r in zip(table["_file"], table["_row"])]
+        table["age"], table["age_band"] = band_ages(table["age"].to_numpy(dtype=np.float64), p.age_bands, grep,
+                                                    where=locs)
 
     # splits
     parts = set(table["partition"])
     if len(parts - {""}) > 1:
-        split = table["partition"].replace("", "train").to_numpy(dtype=object)
-        if "test" not in set(split):
-            split = np.where(split == "val", "test", split).astype(object)
-            tr = split == "train"
-            f_tr, f_val = p.split_fractions[0], p.split_fractions[1]
-            frac = f_val / (f_tr + f_val) if f_tr + f_val > 0 else 0.0
-            sub = _io.split_by_patient(table.loc[tr, "patient_id"].to_numpy(), (1.0 - frac, 0.0, frac), p.seed)
-            split[tr] = np.where(sub == "test", "val", "train")
+        split = _io.splits_from_partitions(table["partition"].to_numpy(dtype=object), table["patient_id"].to_numpy(),
+                                           p.split_fractions, p.seed, source=", ".join(csvs), what=WHAT)
         split_rule = "CheXpert partitions from the path"
     else:
         split = _io.split_by_patient(table["patient_id"].to_numpy(), p.split_fractions, p.seed)
@@ -301,9 +297,10 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
     ]
     if p.demographics_csv is not None:
         notes.append(f"Race joined from {p.demographics_csv}; {n_no_demo} row(s) without a demographics entry "
-                     f"are 'Unknown'")
+                     f"are 'unknown'")
+    gmeta, gcard = group_summary(table, groups, p, grep, WHAT)
     card = _io.data_card(title=p.name, source=str(root), modality="xray", table=table, labels=names,
-                         group_attributes=groups, drops=drops, notes=notes)
+                         group_attributes=groups, drops=drops, notes=notes, sections=[gcard])
     meta = {
         "loader": "chexpert",
         "params": p.model_dump(mode="json"),
@@ -312,6 +309,7 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
         "rows_after_frontal_only": n_frontal,
         "rows_without_demographics": n_no_demo,
         "split_rule": split_rule,
+        "groups": gmeta,
         "dropped": drops.as_meta(),
     }
     return Cohort(name=p.name, modality="xray", images=images, table=table, labels=names,

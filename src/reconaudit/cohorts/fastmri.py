@@ -17,30 +17,33 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ..progress import track
 from . import _io
 from .base import Cohort, CohortBuilder, CohortError
 from .chexpert import snake_case
+from .groups import GroupOptions, GroupReport, band_ages, group_summary, normalise_groups
 
 logger = logging.getLogger(__name__)
 WHAT = "fastmri"
 
 
-class FastmriParams(BaseModel):
+class FastmriParams(GroupOptions):
     """Options of :func:`load_fastmri` (see ``docs/loaders.md``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    root: Path
+    root: Path | list[Path]
+    folder_splits: bool = False
     size: int = Field(64, ge=4)
     slices: int = Field(8, ge=1)
     crop: int | None = Field(None, ge=4)
     labels_csv: str | None = None
+    file_list_csv: str | None = None
     label_columns: list[str] | None = None
+    allow_missing_reconstruction: bool = False
     metadata_csv: str | None = None
-    age_bands: list[float] = Field(default_factory=lambda: [40.0, 60.0, 80.0])
     max_files: int | None = Field(None, ge=1)
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     seed: int = 0
@@ -171,15 +174,12 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
     import h5py
 
     p = _io.merge_params(FastmriParams, params, overrides)
-    root = Path(p.root)
-    if not root.is_dir():
-        raise CohortError(f"{WHAT}: root {str(root)!r} is not a directory; set 'root' to the folder of .h5 files")
-    files = sorted(root.glob("*.h5"))
-    if not files:
-        raise CohortError(f"{WHAT}: no .h5 files in {str(root)!r}")
+    roots = [Path(r) for r in (p.root if isinstance(p.root, list) else [p.root])]
+    root = roots[0]  # labels, file list and metadata CSVs are relative to the first root
+    drops = _io.DropReport(source=f"{WHAT} ({', '.join(map(str, roots))})")
+    files, folder_of = _list_files(roots, drops)
     if p.max_files is not None:
         files = files[: p.max_files]
-    drops = _io.DropReport(source=f"{WHAT} ({root})")
 
     imgs, ks, rows = [], [], []
     for f in track(files, description=f"{WHAT}: reading k-space"):
@@ -199,10 +199,17 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
             if d.ndim != 3 or not np.issubdtype(d.dtype, np.complexfloating):
                 raise CohortError(f"{WHAT}: {f}: 'kspace' must be complex (slices, H, W), "
                                   f"got {d.dtype} {d.shape}")
+            why = undersampled_reason(h, p.allow_missing_reconstruction)
+            if why:
+                drops.add(why[0], file=str(f), detail=why[1])
+                continue
             idx = _middle(d.shape[0], p.slices)
             try:
-                k = torch.from_numpy(np.asarray(d[int(idx[0]) : int(idx[-1]) + 1], dtype=np.complex64))
-                image, kspace, scale = resample_kspace(k, p.size, p.crop)
+                if _io.headers_only():  # reconaudit check: datasets, shapes and attributes; no k-space read
+                    image, kspace, scale = _placeholder(len(idx), p.size)
+                else:
+                    k = torch.from_numpy(np.asarray(d[int(idx[0]) : int(idx[-1]) + 1], dtype=np.complex64))
+                    image, kspace, scale = resample_kspace(k, p.size, p.crop or reference_crop(h))
             except Exception as exc:
                 drops.add("unreadable k-space", file=str(f), detail=f"{type(exc).__name__}: {exc}")
                 continue
@@ -216,7 +223,7 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
         ks.append(kspace)
         for s in idx:
             rows.append({"study_id": f"{f.stem}/s{int(s):03d}", "patient_id": pid, "file": f.stem,
-                         "slice": int(s), "acquisition": acq, "kspace_scale": scale})
+                         "slice": int(s), "acquisition": acq, "kspace_scale": scale, "folder": folder_of[f]})
     if not rows:
         drops.log(logger)
         raise CohortError(f"{WHAT}: no file under {str(root)!r} could be loaded; dropped: {drops.counts}")
@@ -227,6 +234,10 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
     if p.labels_csv is not None:
         lpath = root / p.labels_csv
         spec, labels, annotated = _read_labels(lpath, p.label_columns)
+        if p.file_list_csv is not None:
+            reviewed = read_file_list(root / p.file_list_csv)
+            n_reviewed_negative = len(reviewed - annotated)
+            annotated = annotated | reviewed
         for n in labels:
             vals = np.full(len(table), np.nan)
             for i, (fs, s) in enumerate(zip(table["file"], table["slice"])):
@@ -245,6 +256,7 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
         table, images, kspace = table[keep].reset_index(drop=True), images[ti], kspace[ti]
 
     groups: list[str] = []
+    grep = GroupReport()
     if p.metadata_csv is not None:
         mpath = root / p.metadata_csv
         md = _io.read_table(mpath, what=f"{WHAT} metadata")
@@ -258,30 +270,143 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
             raise CohortError(f"{WHAT} metadata: {_io.where(mpath, i)}, column 'file': {md['file'].iloc[i]!r} "
                               f"appears twice")
         if "sex" in md.columns:
-            sex = dict(zip(mf, md["sex"].astype("string").str.strip()))
-            table["sex"] = table["file"].map(sex).fillna("unknown").astype(object)
+            sex = dict(zip(mf, normalise_groups(md["sex"], "sex", p.group_synonyms, grep)))
+            table["sex"] = normalise_groups(table["file"].map(sex), "sex", p.group_synonyms)
             groups.append("sex")
         if "age" in md.columns:
-            age = dict(zip(mf, _io.numeric_column(md, "age", mpath, what=f"{WHAT} metadata")))
+            ages = _io.numeric_column(md, "age", mpath, what=f"{WHAT} metadata")
+            loaded = mf.isin(set(table["file"])).to_numpy()  # impossible ages reported for loaded files only
+            locs = [f"{_io.where(mpath, i)}, column 'age'" for i in range(len(md))]
+            age = dict(zip(mf[loaded], band_ages(ages[loaded], p.age_bands, grep, where=list(np.array(locs)[loaded]))[0]))
             table["age"] = table["file"].map(age).astype(np.float64)
             table["age_band"] = _io.age_bands(table["age"].to_numpy(), p.age_bands)
             groups.append("age_band")
-    table["split"] = _io.split_by_patient(table["patient_id"].to_numpy(), p.split_fractions, p.seed)
+    split_rule = f"assigned by patient (fractions {tuple(p.split_fractions)}, seed {p.seed})"
+    if p.folder_splits:
+        parts = table["folder"].map(folder_partition).to_numpy(dtype=object)
+        table["split"] = _io.splits_from_partitions(parts, table["patient_id"].to_numpy(), p.split_fractions, p.seed,
+                                                    source=", ".join(map(str, roots)), what=WHAT)
+        split_rule = "from the folder names (train/val/test; val → test when no test folder, val drawn from train)"
+    else:
+        table["split"] = _io.split_by_patient(table["patient_id"].to_numpy(), p.split_fractions, p.seed)
 
     drops.log(logger)
     notes = [
         f"Middle {p.slices} slices per volume; image = |x| / s, k-space = fft2c(x / s) with x the centre-cropped "
-        f"(crop={p.crop or 'min(H, W)'}) and resized ifft2c of the measured k-space, s = max |x| per volume",
-        f"Splits assigned by patient (fractions {tuple(p.split_fractions)}, seed {p.seed})",
+        f"(crop={p.crop or 'the reference reconstruction size, else min(H, W)'}) and resized ifft2c of the measured k-space, s = max |x| per volume",
+        f"Splits {split_rule}",
+        f"Folders: {', '.join(map(str, roots))}",
     ]
+    if p.file_list_csv is not None and p.labels_csv is not None:
+        notes.append(f"{n_reviewed_negative} reviewed file(s) listed in {p.file_list_csv} without any finding in "
+                     f"{p.labels_csv} are negatives on every slice")
     if not labels:
         notes.append("No labels: reconstruction quality only (give labels_csv for classification targets)")
+    gmeta, gcard = group_summary(table, groups, p, grep, WHAT)
     card = _io.data_card(title=p.name, source=str(root), modality="mri", table=table, labels=labels,
-                         group_attributes=groups, drops=drops, notes=notes)
+                         group_attributes=groups, drops=drops, notes=notes, sections=[gcard] if groups else [])
     meta = {"loader": "fastmri", "params": p.model_dump(mode="json"), "files": len(files),
-            "fairness_auditable": bool(groups), "dropped": drops.as_meta()}
+            "fairness_auditable": bool(groups), "groups": gmeta, "dropped": drops.as_meta()}
     return Cohort(name=p.name, modality="mri", images=images, table=table, labels=labels, group_attributes=groups,
                   kspace=kspace, data_card=card, meta=meta)
+
+
+def supported_tasks(params: dict) -> tuple[str, ...]:
+    """Tasks a fastMRI cohort offers: classification with a ``labels_csv``, otherwise none (image quality only)."""
+    return ("classification",) if params.get("labels_csv") else ()
+
+
+# ---------------------------------------------------------------------- single-coil release quirks
+#: Attributes and datasets that mark a test/challenge file: undersampled k-space, not a clean reference.
+UNDERSAMPLED_MARKERS = ("mask", "acceleration", "num_low_frequency")
+REFERENCE_DATASETS = ("reconstruction_esc", "reconstruction_rss")
+
+
+def _list_files(roots: list[Path], drops: _io.DropReport) -> tuple[list[Path], dict[Path, str]]:
+    """The ``.h5`` files of every root (sorted per root) and the folder each came from.
+
+    A file name seen in an earlier root is dropped as ``duplicate file`` (study ids are file names).
+    """
+    files: list[Path] = []
+    folder_of: dict[Path, str] = {}
+    seen: dict[str, Path] = {}
+    for r in roots:
+        if not r.is_dir():
+            raise CohortError(f"{WHAT}: root {str(r)!r} is not a directory; set 'root' to the folder of .h5 files "
+                              f"(or a list of folders, e.g. [singlecoil_train, singlecoil_val])")
+        found = sorted(r.glob("*.h5"))
+        if not found:
+            raise CohortError(f"{WHAT}: no .h5 files in {str(r)!r}")
+        for f in found:
+            if f.stem in seen:
+                drops.add("duplicate file", file=str(f), detail=f"{f.name} is already read from {seen[f.stem].parent}")
+                continue
+            seen[f.stem] = f
+            files.append(f)
+            folder_of[f] = r.name
+    return files, folder_of
+
+
+def undersampled_reason(h5, allow_missing_reconstruction: bool = False) -> tuple[str, str] | None:
+    """(drop reason, detail) for a file that must not be loaded as a clean image, else ``None``.
+
+    fastMRI test and challenge files (``singlecoil_test_v2``, ``singlecoil_challenge``) hold
+    undersampled k-space with a ``mask`` dataset and ``acceleration`` / ``num_low_frequency``
+    attributes and no ``reconstruction_esc``: their zero-filled image is aliased, not a reference.
+    A file with no reference reconstruction at all is dropped too, unless
+    ``allow_missing_reconstruction`` (k-space known to be fully sampled).
+    """
+    marks = [m for m in UNDERSAMPLED_MARKERS if m in h5 or m in h5.attrs]
+    if marks:
+        return ("undersampled file (test/challenge)",
+                f"has {', '.join(marks)}: k-space is undersampled, so it cannot serve as a clean reference")
+    if not allow_missing_reconstruction and not any(d in h5 for d in REFERENCE_DATASETS):
+        return ("no reference reconstruction",
+                f"none of {', '.join(REFERENCE_DATASETS)}; set allow_missing_reconstruction: true if its k-space "
+                f"is fully sampled")
+    return None
+
+
+def reference_crop(h5) -> int | None:
+    """Side of the released reference reconstruction (320 for ``reconstruction_esc``), or ``None``."""
+    for name in REFERENCE_DATASETS:
+        if name in h5 and len(h5[name].shape) >= 2:
+            return int(min(h5[name].shape[-2:]))
+    return None
+
+
+def read_file_list(path: Path) -> set[str]:
+    """File names of a fastMRI+ ``knee_file_list.csv`` / ``brain_file_list.csv`` (reviewed files).
+
+    The lists have no header, one file name per line (with or without ``.h5``), and end with a
+    text line such as ``Knee data``; a line with spaces is taken as such a caption and skipped
+    when it is the first or last line, and is an error (naming the line) elsewhere.
+    """
+    if not path.is_file():
+        raise CohortError(f"{WHAT} file list: file {str(path)!r} not found; check 'file_list_csv'")
+    lines = [ln.strip().strip(",").strip() for ln in path.read_text().splitlines()]
+    numbered = [(i + 1, ln) for i, ln in enumerate(lines) if ln]
+    out: set[str] = set()
+    for k, (lineno, ln) in enumerate(numbered):
+        if len(ln.split()) > 1:
+            if k in (0, len(numbered) - 1):
+                continue
+            raise CohortError(f"{WHAT} file list: {path}: line {lineno}: {ln!r} is not a file name")
+        out.add(_stem(ln))
+    return out
+
+
+def folder_partition(folder: str) -> str:
+    """``singlecoil_train`` → ``train``, ``singlecoil_val`` → ``val``, ``..._test...`` → ``test``; else ``""``."""
+    for token in reversed(str(folder).lower().replace("-", "_").split("_")):
+        if token in _io.SPLIT_ALIASES:
+            return _io.SPLIT_ALIASES[token]
+    return ""
+
+
+def _placeholder(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Zero images and k-space of ``n`` slices, for header-only checks (:func:`reconaudit.cohorts._io.header_only`)."""
+    return torch.zeros(n, 1, size, size), torch.zeros(n, 1, size, size, dtype=torch.complex64), 1.0
 
 
 class FastmriCohort(CohortBuilder):

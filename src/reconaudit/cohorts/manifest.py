@@ -9,17 +9,18 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ..progress import track
 from . import _io
 from .base import Cohort, CohortBuilder, CohortError
+from .groups import GroupOptions, GroupReport, band_ages, group_summary, normalise_groups
 
 logger = logging.getLogger(__name__)
 WHAT = "manifest"
 
 
-class ManifestParams(BaseModel):
+class ManifestParams(GroupOptions):
     """Options of :func:`load_manifest` (see ``docs/loaders.md``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -32,6 +33,7 @@ class ManifestParams(BaseModel):
     split_column: str | None = None
     target_columns: list[str] = Field(default_factory=list)
     group_columns: list[str] = Field(default_factory=list)
+    age_column: str | None = None
     mask_column: str | None = None
     modality: Literal["xray", "mri"] = "xray"
     size: int = Field(64, ge=4)
@@ -47,8 +49,10 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
     Each row names an image (``image_column``, relative to ``root``, default the manifest's
     folder), its patient, optionally its study id (default: the image path without its suffix),
     split (``train``/``val``/``test``, aliases ``valid``/``validation``...; default: assigned by
-    patient with ``seed``), targets (0/1/blank → float with NaN), groups (kept as exact strings;
-    blank → ``"unknown"``) and a segmentation mask path (any value > 0 is foreground).  Rows with
+    patient with ``seed``), targets (0/1/blank → float with NaN), groups (normalised by
+    :func:`reconaudit.cohorts.groups.normalise_groups`; blank → ``"unknown"``), an age column
+    (``age_column``, banded by ``age_bands`` into the group ``age_band``) and a segmentation mask path
+    (any value > 0 is foreground).  Paths may use Windows separators (``images\\a.png``).  Rows with
     every target missing, a missing mask path, or an unreadable image or mask are dropped and
     reported.
 
@@ -64,14 +68,14 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
     csv = path.suffix.lower() not in (".parquet", ".pq")
     df = _io.read_table(path, what=WHAT)
     cols = [p.image_column, p.patient_column, *p.target_columns, *p.group_columns]
-    cols += [c for c in (p.study_column, p.split_column, p.mask_column) if c is not None]
+    cols += [c for c in (p.study_column, p.split_column, p.mask_column, p.age_column) if c is not None]
     _io.require_columns(df, cols, path, what=WHAT)
     drops = _io.DropReport(source=f"{WHAT} ({path})")
 
     def strings(col: str) -> pd.Series:
         return df[col].astype("string").str.strip()
 
-    img = strings(p.image_column)
+    img = strings(p.image_column).str.replace("\\", "/", regex=False)
     pid = strings(p.patient_column)
     for col, s in ((p.image_column, img), (p.patient_column, pid)):
         blank = (s.isna() | (s == "")).fillna(True).to_numpy()
@@ -94,13 +98,22 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
         _io.check_patient_splits(table["patient_id"].to_numpy(), table["split"].to_numpy(), path, what=WHAT)
     for c in p.target_columns:
         table[c] = _io.numeric_column(df, c, path, allowed=(0, 1), csv=csv, what=WHAT)
+    grep = GroupReport()
+    groups = list(p.group_columns)
     for c in p.group_columns:
-        table[c] = df[c].astype(object).where(df[c].notna(), "unknown").map(str).to_numpy(dtype=object)
+        if c.strip().casefold().startswith("age") and pd.to_numeric(df[c].dropna(), errors="coerce").notna().all() \
+                and df[c].nunique() > len(p.age_bands) + 1:
+            raise CohortError(f"{WHAT}: {path}, column {c!r} in group_columns holds numeric ages, which would make "
+                              f"one group per age; set age_column: {c} (banded by age_bands) instead")
+        table[c] = normalise_groups(df[c], c, p.group_synonyms, grep)
+    if p.age_column is not None:
+        table["age"] = _io.numeric_column(df, p.age_column, path, csv=csv, what=WHAT)  # banded once rows are known
+        groups.append("age_band")
     table["_row"] = np.arange(len(df))
 
     keep = _io.drop_rows_without_labels(table, p.target_columns, drops, file=str(path))
     if p.mask_column is not None:
-        mcol = strings(p.mask_column)
+        mcol = strings(p.mask_column).str.replace("\\", "/", regex=False)
         nomask = (mcol.isna() | (mcol == "")).fillna(True).to_numpy()
         for i in np.flatnonzero(nomask & keep):
             drops.add("missing mask", file=str(path), row=int(i), detail=f"column {p.mask_column!r} is blank")
@@ -122,7 +135,7 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
         try:
             a = _io.read_image(f)
         except ValueError as exc:
-            drops.add("unreadable image", file=str(f), row=row, detail=str(exc))
+            drops.add(_io.drop_reason(exc), file=str(f), row=row, detail=str(exc))
             continue
         if p.mask_column is not None:
             mf = root / table["mask_path"].iloc[i]
@@ -142,6 +155,10 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
         raise CohortError(f"{WHAT}: no row of {path} could be loaded; dropped: {drops.counts}")
     images = _io.stack_resized(arrays, p.size)
     masks = _io.stack_resized(mask_arrays, p.size, mask=True) if p.mask_column is not None else None
+    if p.age_column is not None:
+        locs = [f"{_io.where(path, int(i), csv=csv)}, column {p.age_column!r}" for i in table["_row"]]
+        table["age"], table["age_band"] = band_ages(table["age"].to_numpy(dtype=np.float64), p.age_bands, grep,
+                                                    where=locs)
 
     if p.split_column is None:
         table["split"] = _io.split_by_patient(table["patient_id"].to_numpy(), p.split_fractions, p.seed)
@@ -152,14 +169,21 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
 
     drops.log(logger)
     notes = [f"Splits {rule}", f"Images: centre-cropped to a square and resized to {p.size}x{p.size}"]
+    gmeta, gcard = group_summary(table, groups, p, grep, WHAT)
     card = _io.data_card(title=p.name, source=str(path), modality=p.modality, table=table,
-                         labels=p.target_columns, group_attributes=p.group_columns, drops=drops,
-                         masks=masks, notes=notes)
+                         labels=p.target_columns, group_attributes=groups, drops=drops,
+                         masks=masks, notes=notes, sections=[gcard])
     meta = {"loader": "manifest", "params": p.model_dump(mode="json"), "split_rule": rule,
-            "dropped": drops.as_meta()}
+            "groups": gmeta, "dropped": drops.as_meta()}
     return Cohort(name=p.name, modality=p.modality, images=images, table=table, labels=list(p.target_columns),
-                  group_attributes=list(p.group_columns), masks=masks if masks is None else masks.to(torch.uint8),
+                  group_attributes=groups, masks=masks if masks is None else masks.to(torch.uint8),
                   data_card=card, meta=meta)
+
+
+def supported_tasks(params: dict) -> tuple[str, ...]:
+    """Tasks a manifest offers: classification with ``target_columns``, segmentation with ``mask_column``."""
+    out = ("classification",) if params.get("target_columns") else ()
+    return out + (("segmentation",) if params.get("mask_column") else ())
 
 
 def input_files(p: ManifestParams) -> list[Path]:

@@ -21,20 +21,22 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ..progress import track
 from . import _io
 from .base import Cohort, CohortBuilder, CohortError
+from .groups import GroupOptions, GroupReport, clean_ages, group_summary, normalise_groups
 
 logger = logging.getLogger(__name__)
 WHAT = "ucsf-pdgm"
 META_COLUMNS = ("ID", "Sex", "Age at MRI", "WHO CNS Grade", "Final pathologic diagnosis (WHO 2021)")
 TUMOUR_TYPES = ("glioblastoma", "astrocytoma", "oligodendroglioma")
 _ID_RE = re.compile(r"(\d+)(?!.*\d)")
+SUBJECT_FOLDER_RE = re.compile(r"^UCSF-PDGM-(\d+)_nifti$")
 
 
-class UcsfPdgmParams(BaseModel):
+class UcsfPdgmParams(GroupOptions):
     """Options of :func:`load_ucsf_pdgm` (see ``docs/loaders.md``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -46,7 +48,6 @@ class UcsfPdgmParams(BaseModel):
     slices: Literal["max_tumor", "every_n", "all_tumor"] = "max_tumor"
     n_slices: int = Field(3, ge=1)
     label_policy: Literal["whole_tumor", "enhancing", "core"] = "whole_tumor"
-    age_bands: list[float] = Field(default_factory=lambda: [40.0, 60.0, 80.0])
     max_subjects: int | None = Field(None, ge=1)
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     seed: int = 0
@@ -129,7 +130,61 @@ def _find(folder: Path, stem: str, suffix: str) -> Path | None:
     return None
 
 
-def _read_metadata(path: Path) -> pd.DataFrame:
+def available_sequences(folder: Path, stem: str) -> list[str]:
+    """Suffixes of the image volumes in a subject folder (``FLAIR``, ``T1c``, ...), segmentations excluded."""
+    out = []
+    for f in sorted(folder.iterdir()):
+        name = f.name
+        for ext in (".nii.gz", ".nii"):
+            if name.startswith(stem + "_") and name.endswith(ext):
+                q = name[len(stem) + 1 : -len(ext)]
+                if not q.endswith("segmentation"):
+                    out.append(q)
+                break
+    return out
+
+
+def _looks_like_root(d: Path) -> bool:
+    try:
+        return any(SUBJECT_FOLDER_RE.match(c.name) and c.is_dir() for c in d.iterdir())
+    except OSError:
+        return False
+
+
+def subject_folders(root: Path, drops: _io.DropReport) -> dict[int, Path]:
+    """Subject number → folder, matching ``UCSF-PDGM-<digits>_nifti`` exactly.
+
+    Other folders (``UCSF-PDGM-0004_nifti_old``, ``derivatives_v2``, ...) are skipped and counted
+    as ``not a subject folder``; a second folder with the same number is counted as ``duplicate
+    subject folder``.  No subject folder at all is an error with a hint: the sub-folder that holds
+    subjects when ``root`` is one level too high, the parent when ``root`` is a subject folder.
+    """
+    by_num: dict[int, Path] = {}
+    for d in sorted(x for x in root.iterdir() if x.is_dir()):
+        m = SUBJECT_FOLDER_RE.match(d.name)
+        if m is None:
+            drops.add("not a subject folder", file=str(d), detail="name is not UCSF-PDGM-<number>_nifti")
+            continue
+        num = int(m.group(1))
+        if num in by_num:
+            drops.add("duplicate subject folder", file=str(d), detail=f"subject {num} is already read from "
+                      f"{by_num[num].name}")
+            continue
+        by_num[num] = d
+    if not by_num:
+        hint = ""
+        if SUBJECT_FOLDER_RE.match(root.name):
+            hint = f"; {str(root)!r} is itself a subject folder: set 'root' to {str(root.parent)!r}"
+        else:
+            below = [d for d in sorted(root.iterdir()) if d.is_dir() and _looks_like_root(d)]
+            if below:
+                hint = (f"; the subject folders are one level down: set 'root' to {str(below[0])!r} "
+                        f"(and 'metadata_csv' relative to it, or absolute)")
+        raise CohortError(f"{WHAT}: no subject folders (e.g. UCSF-PDGM-0004_nifti/) under {str(root)!r}{hint}")
+    return by_num
+
+
+def _read_metadata(path: Path, options: GroupOptions, report: GroupReport) -> pd.DataFrame:
     df = _io.read_table(path, what=f"{WHAT} metadata")
     _io.require_columns(df, META_COLUMNS, path, what=f"{WHAT} metadata")
     nums = df["ID"].map(subject_number)
@@ -143,20 +198,32 @@ def _read_metadata(path: Path) -> pd.DataFrame:
         raise CohortError(f"{WHAT} metadata: {_io.where(path, i)}, column 'ID': subject {int(nums.iloc[i])} appears twice")
     grade = _io.numeric_column(df, "WHO CNS Grade", path, allowed=(1, 2, 3, 4), what=f"{WHAT} metadata")
     age = _io.numeric_column(df, "Age at MRI", path, what=f"{WHAT} metadata")
-    neg = np.isfinite(age) & (age < 0)
-    if neg.any():
-        i = int(np.flatnonzero(neg)[0])
-        raise CohortError(f"{WHAT} metadata: {_io.where(path, i)}, column 'Age at MRI': negative age {age[i]}")
     return pd.DataFrame(
         {
             "num": nums.astype(int).to_numpy(),
-            "sex": df["Sex"].astype("string").str.strip().fillna("unknown").to_numpy(dtype=object),
+            "sex": normalise_groups(df["Sex"], "sex", options.group_synonyms, report),
             "age": age,
             "grade": grade,
             "diagnosis": df["Final pathologic diagnosis (WHO 2021)"].astype("string").fillna("").to_numpy(dtype=object),
             "_row": np.arange(len(df)),
         }
     )
+
+
+def _read_subject(nib, folder: Path, stem: str, f_img: Path, f_seg: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(normalised volume, tumour labels, brain mask) of one subject, RAS+; raises on any inconsistency."""
+    vol = np.asarray(nib.as_closest_canonical(nib.load(str(f_img))).dataobj, dtype=np.float32)
+    seg = np.rint(np.asarray(nib.as_closest_canonical(nib.load(str(f_seg))).dataobj)).astype(np.int16)
+    if vol.ndim != 3 or seg.shape != vol.shape:
+        raise ValueError(f"volume shape {vol.shape} and segmentation shape {seg.shape} must be equal 3D")
+    f_brain = _find(folder, stem, "brain_segmentation")
+    if f_brain is not None:
+        brain = np.asarray(nib.as_closest_canonical(nib.load(str(f_brain))).dataobj) > 0
+        if brain.shape != vol.shape:
+            raise ValueError(f"brain mask shape {brain.shape} differs from volume {vol.shape}")
+    else:
+        brain = vol > 0
+    return normalise_volume(vol, brain), seg, brain
 
 
 def load_ucsf_pdgm(params: UcsfPdgmParams | None = None, **overrides) -> Cohort:
@@ -186,13 +253,10 @@ def load_ucsf_pdgm(params: UcsfPdgmParams | None = None, **overrides) -> Cohort:
     if not root.is_dir():
         raise CohortError(f"{WHAT}: root {str(root)!r} is not a directory; set 'root' to the dataset folder")
     meta_path = root / p.metadata_csv if not Path(p.metadata_csv).is_absolute() else Path(p.metadata_csv)
-    md = _read_metadata(meta_path)
     drops = _io.DropReport(source=f"{WHAT} ({root})")
-
-    folders = sorted(d for d in root.iterdir() if d.is_dir() and subject_number(d.name) is not None)
-    if not folders:
-        raise CohortError(f"{WHAT}: no subject folders (e.g. UCSF-PDGM-0004_nifti/) under {str(root)!r}")
-    by_num = {subject_number(d.name): d for d in folders}
+    by_num = subject_folders(root, drops)
+    grep = GroupReport()
+    md = _read_metadata(meta_path, p, grep)
     md_nums = set(md["num"].tolist())
     for num, d in by_num.items():
         if num not in md_nums:
@@ -214,34 +278,35 @@ def load_ucsf_pdgm(params: UcsfPdgmParams | None = None, **overrides) -> Cohort:
         pid = f"UCSF-PDGM-{r.num:04d}"
         f_img, f_seg = _find(folder, stem, p.sequence), _find(folder, stem, "tumor_segmentation")
         if f_img is None:
-            drops.add("missing sequence", file=str(folder), detail=f"no {stem}_{p.sequence}.nii[.gz]")
+            drops.add("missing sequence", file=str(folder), detail=f"no {stem}_{p.sequence}.nii[.gz]; sequences "
+                      f"present: {', '.join(available_sequences(folder, stem)) or 'none'}")
             continue
         if f_seg is None:
             drops.add("missing segmentation", file=str(folder), detail=f"no {stem}_tumor_segmentation.nii[.gz]")
             continue
-        try:
-            img_nii = nib.as_closest_canonical(nib.load(str(f_img)))
-            vol = np.asarray(img_nii.dataobj, dtype=np.float32)
-            seg = np.rint(np.asarray(nib.as_closest_canonical(nib.load(str(f_seg))).dataobj)).astype(np.int16)
-            if vol.ndim != 3 or seg.shape != vol.shape:
-                raise ValueError(f"volume shape {vol.shape} and segmentation shape {seg.shape} must be equal 3D")
-            f_brain = _find(folder, stem, "brain_segmentation")
-            if f_brain is not None:
-                brain = np.asarray(nib.as_closest_canonical(nib.load(str(f_brain))).dataobj) > 0
-                if brain.shape != vol.shape:
-                    raise ValueError(f"brain mask shape {brain.shape} differs from volume {vol.shape}")
-            else:
-                brain = vol > 0
-            vol = normalise_volume(vol, brain)
-        except Exception as exc:
-            drops.add("unreadable volume", file=str(f_img), detail=f"{type(exc).__name__}: {exc}")
-            continue
-        whole = seg > 0
-        z = choose_slices(whole.sum(axis=(0, 1)), brain.sum(axis=(0, 1)), p.slices, p.n_slices)
-        if len(z) == 0:
-            drops.add("no tumour slices", file=str(f_seg), detail=f"slices={p.slices!r} selected none")
-            continue
-        tgt = target_mask(seg, p.label_policy)
+        if _io.headers_only():  # reconaudit check: NIfTI headers only, one placeholder slice per subject
+            try:
+                shapes = [nib.load(str(f)).shape for f in (f_img, f_seg)]
+                if len(shapes[0]) != 3 or shapes[1] != shapes[0]:
+                    raise ValueError(f"volume shape {shapes[0]} and segmentation shape {shapes[1]} must be equal 3D")
+            except Exception as exc:
+                drops.add("unreadable volume", file=str(f_img), detail=f"{type(exc).__name__}: {exc}")
+                continue
+            z = np.array([shapes[0][2] // 2])
+            vol = np.zeros((2, 2, shapes[0][2]), dtype=np.float32)  # 2x2: numpy keeps strides of 1x1 views
+            brain = tgt = vol > 0
+        else:
+            try:
+                vol, seg, brain = _read_subject(nib, folder, stem, f_img, f_seg)
+            except Exception as exc:
+                drops.add("unreadable volume", file=str(f_img), detail=f"{type(exc).__name__}: {exc}")
+                continue
+            whole = seg > 0
+            z = choose_slices(whole.sum(axis=(0, 1)), brain.sum(axis=(0, 1)), p.slices, p.n_slices)
+            if len(z) == 0:
+                drops.add("no tumour slices", file=str(f_seg), detail=f"slices={p.slices!r} selected none")
+                continue
+            tgt = target_mask(seg, p.label_policy)
         imgs.append(axial_slices(vol, z))
         msks.append(axial_slices(tgt, z))
         rois.append(axial_slices(brain, z))
@@ -251,13 +316,23 @@ def load_ucsf_pdgm(params: UcsfPdgmParams | None = None, **overrides) -> Cohort:
 
     if not rows:
         drops.log(logger)
+        hint = ""
+        if drops.counts.get("missing sequence", 0) and by_num:
+            seqs = sorted({q for d in by_num.values() for q in available_sequences(d, d.name.removesuffix("_nifti"))})
+            hint = f"; sequence {p.sequence!r} is absent, sequences present: {', '.join(seqs) or 'none'}"
         raise CohortError(f"{WHAT}: no subject under {str(root)!r} could be loaded; "
-                          f"dropped: {drops.counts}")
+                          f"dropped: {drops.counts}{hint}")
     images = torch.cat([_io.resize_batch(x, p.size) for x in imgs])
     masks = torch.cat([_io.resize_batch(x, p.size, mask=True) for x in msks])
     roi = torch.cat([_io.resize_batch(x, p.size, mask=True) for x in rois]).bool()
 
     table = pd.DataFrame(rows)
+    # impossible ages of the loaded subjects: reported once per subject, then unknown
+    first = table.drop_duplicates("patient_id")
+    md_row = dict(zip(md["num"].map(lambda n: f"UCSF-PDGM-{n:04d}"), md["_row"]))
+    ages = clean_ages(first["age"].to_numpy(dtype=np.float64), grep,
+                      where=[f"{_io.where(meta_path, int(md_row[q]))}, column 'Age at MRI'" for q in first["patient_id"]])
+    table["age"] = table["patient_id"].map(dict(zip(first["patient_id"], ages))).astype(np.float64)
     table["age_band"] = _io.age_bands(table["age"].to_numpy(dtype=np.float64), p.age_bands)
     g = table["grade"].to_numpy(dtype=np.float64)
     table["high_grade"] = np.where(np.isfinite(g), (g == 4).astype(np.float64), np.nan)
@@ -278,10 +353,11 @@ def load_ucsf_pdgm(params: UcsfPdgmParams | None = None, **overrides) -> Cohort:
         f"Splits assigned by patient (fractions {tuple(p.split_fractions)}, seed {p.seed})",
         f"Images: {p.size}x{p.size}; one study per axial slice",
     ]
+    gmeta, gcard = group_summary(table, groups, p, grep, WHAT)
     card = _io.data_card(title=p.name, source=str(root), modality="mri", table=table, labels=labels,
-                         group_attributes=groups, drops=drops, masks=masks, notes=notes)
+                         group_attributes=groups, drops=drops, masks=masks, notes=notes, sections=[gcard])
     meta = {"loader": "ucsf-pdgm", "params": p.model_dump(mode="json"), "subjects": int(table["patient_id"].nunique()),
-            "dropped": drops.as_meta()}
+            "groups": gmeta, "dropped": drops.as_meta()}
     return Cohort(name=p.name, modality="mri", images=images, table=table, labels=labels, group_attributes=groups,
                   masks=masks, roi_masks=roi, data_card=card, meta=meta)
 

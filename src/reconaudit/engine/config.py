@@ -64,10 +64,35 @@ class CohortConfig(_Strict):
     name: str = Field(description="cohort name, see `reconaudit cohorts`")
     params: dict[str, Any] = Field(default_factory=dict, description="generator or loader parameters")
     data_seed: int = 0
-    tasks: dict[Literal["classification", "segmentation"], TaskConfig] = Field(
-        default_factory=dict, description="diagnostic models; empty = every task the cohort supports"
+    tasks: dict[Literal["classification", "segmentation"], TaskConfig] | Literal["none"] = Field(
+        default_factory=dict,
+        description="diagnostic models; {} = every task the cohort supports; none (or []) = no diagnostic "
+        "model: a reconstruction-quality audit; a list of task names = those tasks with default models",
     )
     degradations: list[DegradationConfig] = Field(min_length=1)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _task_list(cls, v: Any) -> Any:
+        """``[]`` or ``null`` → ``"none"``; ``[classification, ...]`` → those tasks with default models."""
+        if v is None:
+            return "none"
+        if isinstance(v, list | tuple):
+            if not v:
+                return "none"
+            default = {"classification": "small-cnn", "segmentation": "unet"}
+            return {t: {"arch": default.get(t, "small-cnn")} if isinstance(t, str) else t for t in v}
+        return v
+
+    @property
+    def recon_only(self) -> bool:
+        """True when the config asks for no diagnostic model (``tasks: none``)."""
+        return self.tasks == "none"
+
+    @property
+    def task_configs(self) -> dict[str, TaskConfig]:
+        """The configured diagnostic models (empty for ``tasks: none`` and for "every task")."""
+        return {} if self.tasks == "none" else dict(self.tasks)
 
 
 class ReconstructorConfig(_Strict):

@@ -30,6 +30,8 @@ STEP_VERSIONS = {
     "direct_score": 2,
 }
 STEP_KINDS = tuple(STEP_VERSIONS)
+#: The ``task`` of the cells of a cohort audited without any diagnostic model (``tasks: none``).
+NO_TASK = "none"
 
 
 @dataclass(frozen=True)
@@ -145,10 +147,16 @@ def _applies(mitigation, cohort: str, level: float, recon: ReconstructorConfig) 
     return bool(cls is not None and cls.trainable)
 
 
-def cohort_tasks(cohort_cfg, supported: tuple[str, ...]) -> dict[str, dict]:
-    """The diagnostic tasks of a cohort: the config's, or every task the cohort supports."""
-    if cohort_cfg.tasks:
-        return {k: v.model_dump() for k, v in cohort_cfg.tasks.items()}
+def cohort_tasks(cohort_cfg) -> dict[str, dict]:
+    """The diagnostic tasks of a cohort: none for ``tasks: none``, the config's, or (``tasks: {}``)
+    every task the cohort supports with its params (:func:`reconaudit.cohorts.supported_tasks`)."""
+    from reconaudit.cohorts import supported_tasks
+
+    if cohort_cfg.recon_only:
+        return {}
+    if cohort_cfg.task_configs:
+        return {k: v.model_dump() for k, v in cohort_cfg.task_configs.items()}
+    supported = supported_tasks(cohort_cfg.name, cohort_cfg.params)
     return {t: {"arch": "small-cnn" if t == "classification" else "unet", "params": {}} for t in supported}
 
 
@@ -170,7 +178,6 @@ def build_plan(cfg: AuditConfig, digests: InputDigests | None = None) -> Plan:
     :class:`~reconaudit.engine.inputs.InputDigests` when omitted: the keys are the same, only the
     hashing is not cached).
     """
-    from reconaudit.cohorts import COHORTS
     from reconaudit.mitigation import MITIGATIONS
 
     digests = digests if digests is not None else InputDigests()
@@ -185,12 +192,12 @@ def build_plan(cfg: AuditConfig, digests: InputDigests | None = None) -> Plan:
         "examples": ev.examples,
     }
     for cc in cfg.cohorts:
-        entry = COHORTS[cc.name]
         cohort_id = b.add("cohort", {"name": cc.name, "params": cc.params, "data_seed": cc.data_seed,
                                      "inputs": digests.of_paths(cohort_input_files(cc.name, cc.params))})
-        tasks = cohort_tasks(cc, entry.tasks)
+        tasks = cohort_tasks(cc)
         task_inputs = {t: digests.of_params(tc["params"]) for t, tc in tasks.items()}
-        task_label = "+".join(sorted(tasks))
+        # no diagnostic model: a reconstruction-quality audit (no task_model, predict_clean, direct arm)
+        task_label = "+".join(sorted(tasks)) or NO_TASK
         for seed in cfg.seeds:
             task_ids = {
                 t: b.add(
@@ -209,11 +216,14 @@ def build_plan(cfg: AuditConfig, digests: InputDigests | None = None) -> Plan:
                 )
                 for t, tc in sorted(tasks.items())
             }
-            clean_id = b.add(
-                "predict_clean",
-                {"cohort": _key(cohort_id), "task_models": {t: _key(s) for t, s in task_ids.items()}, "roi": ev.roi},
-                [cohort_id, *task_ids.values()],
-            )
+            clean_id = None
+            if tasks:
+                clean_id = b.add(
+                    "predict_clean",
+                    {"cohort": _key(cohort_id), "task_models": {t: _key(s) for t, s in task_ids.items()},
+                     "roi": ev.roi},
+                    [cohort_id, *task_ids.values()],
+                )
             for dc in cc.degradations:
                 for level in dc.levels:
                     deg_id = b.add(
@@ -236,10 +246,10 @@ def build_plan(cfg: AuditConfig, digests: InputDigests | None = None) -> Plan:
                         "cohort": _key(cohort_id),
                         "degrade": _key(deg_id),
                         "task_models": {t: _key(s) for t, s in task_ids.items()},
-                        "predict_clean": _key(clean_id),
+                        "predict_clean": _key(clean_id) if clean_id else None,
                         "evaluation": eval_spec,
                     }
-                    base_deps = [cohort_id, deg_id, clean_id, *task_ids.values()]
+                    base_deps = [cohort_id, deg_id, *([clean_id] if clean_id else []), *task_ids.values()]
                     for rc in cfg.reconstructors:
                         fit_inputs, rec_inputs = _recon_inputs(rc, digests)
                         base_fit = b.add(
@@ -313,7 +323,7 @@ def build_plan(cfg: AuditConfig, digests: InputDigests | None = None) -> Plan:
                                 Cell(cell_id, cc.name, dc.name, float(level), rc.display, "reconstruct",
                                      mname, strength, seed, score_id, task_label)
                             )
-                    if cfg.direct.enabled:
+                    if cfg.direct.enabled and tasks:
                         dm_ids = {
                             t: b.add(
                                 "direct_model",

@@ -198,13 +198,23 @@ def cohort_meta(plan: Plan, store: ArtifactStore, cfg: AuditConfig) -> dict:
         tasks = sorted({s.spec["task"] for s in plan.steps.values()
                         if s.kind == "task_model" and s.spec["cohort"] == step.key})
         level_names = sorted({getattr(DEGRADATIONS.get(dc.name), "level_name", "level") for dc in cc.degradations})
+        card = (d / "data_card.md").read_text()
+        no_task = ""
+        if not tasks:
+            no_task = ("the config asks for none (`tasks: none`)" if cc.recon_only else
+                       "the cohort offers no diagnostic task with these parameters (no labels and no masks, "
+                       "e.g. fastMRI without `labels_csv`)")
+            card = (card.rstrip() + "\n\n## Diagnostic tasks\n\nNo task metrics: " + no_task + ". This is a "
+                    "reconstruction-quality audit: PSNR, SSIM and NMSE per study and per group.\n")
         out[step.spec["name"]] = {
             "modality": info["modality"],
             "tasks": tasks,
             "labels": info["labels"] if "classification" in tasks else [],
             "group_attributes": info["group_attributes"],
             "level_name": level_names[0] if len(level_names) == 1 else "level",
-            "data_card": (d / "data_card.md").read_text(),
+            "data_card": card,
+            "no_task_reason": no_task,
+            "unknown_groups": info.get("meta", {}).get("groups", {}).get("unknown_groups", "keep"),
         }
     return out
 
@@ -262,6 +272,40 @@ def _append_clean_performance(cohorts: dict, records) -> None:
         ]
         info["data_card"] = info["data_card"].rstrip() + "\n" + "\n".join(lines)
         info["clean_performance"] = perf
+
+
+def _append_quality_by_group(cohorts: dict, records) -> None:
+    """Reconstruction-quality audits (no task): mean PSNR and SSIM of each group, in the cohort's data card.
+
+    Per reconstructor, mitigation and level, over the test studies of every seed; a group's mean is
+    :func:`reconaudit.metrics.by_group` of the study values.  With ``unknown_groups: exclude`` the
+    studies of unknown group are left out of their attribute's table.
+    """
+    from reconaudit.cohorts._io import md_escape
+    from reconaudit.metrics import by_group
+
+    for name, info in cohorts.items():
+        rows = records[(records["cohort"] == name) & (records["arm"] == "reconstruct")] if len(records) else records
+        if info["tasks"] or not info["group_attributes"] or rows.empty:
+            continue
+        lines = ["", "## Image quality by group", "",
+                 "Mean over the test studies of each group (every seed pooled):", "",
+                 "| reconstructor | mitigation | level | attribute | group | studies | PSNR (dB) | SSIM |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for (rec, mit, level), cell in rows.groupby(["reconstructor", "mitigation", "level"], sort=True):
+            for a in info["group_attributes"]:
+                g = cell[f"group:{a}"].astype(str)
+                keep = (g != "unknown").to_numpy() if info.get("unknown_groups") == "exclude" else g.notna().to_numpy()
+                if not keep.any():
+                    continue
+                psnr = by_group(cell["psnr"].to_numpy(float)[keep], sensitive_features=g.to_numpy()[keep])
+                ssim = by_group(cell["ssim"].to_numpy(float)[keep], sensitive_features=g.to_numpy()[keep])
+                sizes = g[keep].value_counts()
+                for grp in psnr:
+                    lines.append(f"| {md_escape(rec)} | {mit} | {level:g} | {md_escape(a)} | {md_escape(grp)} | "
+                                 f"{int(sizes[grp])} | "
+                                 f"{psnr[grp]:.2f} | {ssim[grp]:.3f} |")
+        info["data_card"] = info["data_card"].rstrip() + "\n" + "\n".join(lines) + "\n"
 
 
 def report_fingerprint(run_dir: Path, meta: dict) -> str:
@@ -424,6 +468,7 @@ def _run_locked(cfg: AuditConfig, run_dir: Path, *, workers: int | None, executo
             + [{"step": s, "error": "skipped: a step it depends on failed"} for s in summary.skipped],
         }
         _append_clean_performance(meta["cohorts"], records)
+        _append_quality_by_group(meta["cohorts"], records)
         for name, info in meta["cohorts"].items():
             from reconaudit.engine.store import atomic_write_text
 

@@ -73,11 +73,24 @@ def _task_n_outputs(cohort: Cohort, task: str) -> int:
     return len(cohort.labels) if task == "classification" else 1
 
 
+def task_data_problem(cohort: Cohort, task: str) -> str | None:
+    """Why ``cohort`` cannot serve diagnostic ``task`` (no labels, no masks), or ``None``."""
+    if task == "classification" and not cohort.labels:
+        return (f"cohort {cohort.name!r} has no classification labels; give the loader its labels (e.g. "
+                f"fastMRI labels_csv) or set tasks: none for a reconstruction-quality audit")
+    if task == "segmentation" and cohort.masks is None:
+        return f"cohort {cohort.name!r} has no segmentation masks; remove the segmentation task"
+    return None
+
+
 def _task_targets(cohort: Cohort, task: str) -> np.ndarray | torch.Tensor:
+    from reconaudit.cohorts.base import CohortError
+
+    problem = task_data_problem(cohort, task)
+    if problem:
+        raise CohortError(problem)
     if task == "classification":
         return cohort.targets()
-    if cohort.masks is None:
-        raise ValueError(f"cohort {cohort.name!r} has no segmentation masks; remove the segmentation task")
     return cohort.masks.float()
 
 
@@ -139,25 +152,32 @@ def _seed_all(seed: int) -> None:
 # ---------------------------------------------------------------------------------------- steps
 def step_cohort(spec: dict, ctx: StepContext, out: Path) -> None:
     """Build or load a cohort (generator or loader) and store it."""
-    from reconaudit.cohorts import COHORTS, make_cohort
+    from reconaudit.cohorts import make_cohort
 
-    params = dict(spec["params"])
-    model = COHORTS[spec["name"]].Params
-    if "seed" in model.model_fields and "seed" not in params:
-        params["seed"] = spec["data_seed"]
-    cohort = make_cohort(spec["name"], **params)
+    cohort = make_cohort(spec["name"], **cohort_params(spec["name"], spec["params"], spec["data_seed"]))
     cohort.save(out)
+
+
+def cohort_params(name: str, params: dict, data_seed: int) -> dict:
+    """A cohort's builder parameters: the config's, with ``seed`` = ``data_seed`` unless given."""
+    from reconaudit.cohorts import COHORTS
+
+    out = dict(params)
+    model = COHORTS[name].Params
+    if "seed" in model.model_fields and "seed" not in out:
+        out["seed"] = data_seed
+    return out
 
 
 def step_task_model(spec: dict, ctx: StepContext, out: Path) -> None:
     """Train a diagnostic model on the clean train split; thresholds on clean validation data."""
     cohort = load_cohort(ctx, spec["cohort"])
     task = spec["task"]
+    targets = _task_targets(cohort, task)
     n_out = _task_n_outputs(cohort, task)
     _seed_all(spec["seed"])
     model = _make_task(task, spec["arch"], spec["params"], ctx, 1, n_out, spec, cohort.labels)
     tr, va = cohort.indices("train"), cohort.indices("val")
-    targets = _task_targets(cohort, task)
     history = model.fit(
         cohort.images[tr], targets[tr], cohort.images[va], targets[va], seed=spec["seed"]
     )
@@ -347,9 +367,11 @@ def _score_common(
     from reconaudit.tasks import choose_threshold
 
     ev = spec["evaluation"]
-    clean = pd.read_parquet(ctx.store.path("predict_clean", spec["predict_clean"]) / "clean.parquet")
-    if list(clean["study_id"]) != list(df["study_id"]):
-        raise RuntimeError("clean predictions and test studies are not aligned (corrupt store?)")
+    clean = None  # a reconstruction-quality audit (tasks: none) has no clean predictions
+    if spec.get("predict_clean"):
+        clean = pd.read_parquet(ctx.store.path("predict_clean", spec["predict_clean"]) / "clean.parquet")
+        if list(clean["study_id"]) != list(df["study_id"]):
+            raise RuntimeError("clean predictions and test studies are not aligned (corrupt store?)")
     roi = cohort.roi_masks[torch.as_tensor(te)] if (ev["roi"] and cohort.roi_masks is not None) else None
     clean_imgs = cohort.images[torch.as_tensor(te)]
     k = int(recon["samples"].shape[1]) if recon is not None and "samples" in recon else 1

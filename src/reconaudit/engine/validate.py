@@ -137,10 +137,10 @@ def validate_components(cfg: AuditConfig, where: str = "<config>", build_plugins
         validated = _check(errors, f"{p}.params", validate_cohort_params, cc.name, cc.params)
         if validated is not None:
             _check(errors, f"{p}.params", check_split_sizes, validated)
-        for t in cc.tasks:
+        for t in cc.task_configs:
             if entry.kind == "synthetic" and t not in entry.tasks:
                 errors.append(f"  {p}.tasks.{t}: cohort {cc.name!r} supports only {', '.join(entry.tasks)}")
-        for t, tc in cc.tasks.items():
+        for t, tc in cc.task_configs.items():
             _check(errors, f"{p}.tasks.{t}", validate_task_params, t, tc.arch, tc.params, build_plugins)
         for j, dc in enumerate(cc.degradations):
             dp = f"{p}.degradations.{j}"
@@ -178,6 +178,56 @@ def validate_components(cfg: AuditConfig, where: str = "<config>", build_plugins
         if mc.name not in MITIGATIONS:
             errors.append(f"  {p}.name: unknown mitigation {mc.name!r}; allowed: {', '.join(MITIGATIONS)}")
             continue
+        if MITIGATIONS[mc.name].fine_tunes:
+            from reconaudit.engine.plan import cohort_tasks
+
+            for j, cc in enumerate(cfg.cohorts):
+                applies = mc.cohorts is None or cc.name in mc.cohorts
+                if applies and cc.name in COHORTS and not cohort_tasks(cc):
+                    errors.append(f"  {p}: {mc.name!r} trains against diagnostic models but cohort "
+                                  f"{cc.name!r} (cohorts.{j}) has none (tasks: none, or no labels or masks); "
+                                  f"list the other cohorts in {p}.cohorts")
         _check(errors, f"{p}.params", validate_mitigation_params, mc.name, mc.params)
     if errors:
         raise ConfigError(f"invalid config {where}:\n" + "\n".join(errors))
+
+
+def check_data(cfg: AuditConfig) -> list[dict]:
+    """Read every loader cohort's tables and file headers (no pixel decoding) and check its tasks.
+
+    Each cohort is built exactly as the ``cohort`` step builds it, inside
+    :func:`reconaudit.cohorts._io.header_only`, so a data error raises the same
+    :class:`~reconaudit.cohorts.base.CohortError` (same message) that ``reconaudit run`` would
+    report; a task the cohort cannot serve (classification without labels, segmentation without
+    masks) raises the message the ``task_model`` step would.  Synthetic cohorts are skipped (their
+    parameters are validated by :func:`load_config`).
+
+    Returns one summary per loader cohort: studies, patients, split sizes, labels, groups, unknown
+    group values, impossible ages and drops by reason.
+    """
+    from reconaudit.cohorts import COHORTS, CohortError, make_cohort
+    from reconaudit.cohorts._io import header_only
+    from reconaudit.engine.plan import cohort_tasks
+    from reconaudit.engine.steps import cohort_params, task_data_problem
+
+    out = []
+    for i, cc in enumerate(cfg.cohorts):
+        if COHORTS[cc.name].kind == "synthetic":
+            continue
+        with header_only():
+            cohort = make_cohort(cc.name, **cohort_params(cc.name, cc.params, cc.data_seed))
+        tasks = sorted(cohort_tasks(cc))
+        for t in tasks:
+            problem = task_data_problem(cohort, t)
+            if problem:
+                raise CohortError(f"cohorts.{i}.tasks.{t}: {problem}")
+        groups = cohort.meta.get("groups", {})
+        out.append({
+            "cohort": cc.name, "key": f"cohorts.{i}", "studies": len(cohort),
+            "patients": int(cohort.table["patient_id"].nunique()),
+            "splits": {s: int((cohort.table["split"] == s).sum()) for s in ("train", "val", "test")},
+            "tasks": tasks or ["none"], "labels": list(cohort.labels), "groups": list(cohort.group_attributes),
+            "unknown": groups.get("unknown", {}), "impossible_ages": groups.get("impossible_ages", 0),
+            "dropped": cohort.meta.get("dropped", {}).get("by_reason", {}),
+        })
+    return out

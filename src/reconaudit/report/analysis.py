@@ -57,6 +57,8 @@ __all__ = [
 KEY_COLUMNS, CONFIG_COLUMNS, QUALITY, _COUNT_METRICS = CELL_KEYS, CONFIG_KEYS, QUALITY_METRICS, COUNT_METRICS
 #: ``label`` of the rows averaging AUROC over a cohort's labels.
 MEAN_LABEL = "(mean)"
+#: The group value of a study whose attribute is missing (``reconaudit.cohorts.groups.UNKNOWN``).
+UNKNOWN_GROUP = "unknown"
 
 METRIC_NAMES = {
     "psnr": "PSNR (dB)", "ssim": "SSIM", "nmse": "NMSE",
@@ -449,6 +451,29 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
         task_rows.append(dict(keys, label=MEAN_LABEL, n=len(rows), metric="auroc", **st, test="paired bootstrap",
                               reason=""))
     return task_rows, fair_rows
+
+
+def _excluding_unknown(
+    cell_fn, rows: pd.DataFrame, attrs: list[str], policy: str, before: tuple, after: tuple
+) -> tuple[list[dict], list[dict]]:
+    """A cell's (task rows, fairness rows) under the cohort's ``unknown_groups`` policy.
+
+    ``cell_fn(rows, *before, attrs, *after)`` computes the statistics.  With ``"exclude"`` the fairness rows of an
+    attribute that has studies of group ``unknown`` come from the cell's studies with a known value
+    of that attribute (task performance still uses every study); with ``"keep"`` ``unknown`` is a
+    group like any other.
+    """
+    task, fair = cell_fn(rows, *before, attrs, *after)
+    if policy != "exclude":
+        return task, fair
+    for a in attrs:
+        known = (rows[f"group:{a}"].astype(str) != UNKNOWN_GROUP).to_numpy()
+        if known.all():
+            continue
+        fair = [r for r in fair if r.get("attribute") != a]
+        if known.any():
+            fair += [r for r in cell_fn(rows[known], *before, [a], *after)[1] if r.get("attribute") == a]
+    return task, fair
 
 
 def _worst_group_auroc(fbase: dict, y, sc, sr, g, res: M.BootstrapResult, t: dict, s: dict) -> dict:
@@ -953,6 +978,7 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
             "task": task, "labels": labels, "group_attributes": attrs,
             "level_name": cm.get("level_name", ""), "modality": cm.get("modality", ""),
             "levels": severity_order(cr, cm.get("level_name")), "primary": primary_task_metric(task),
+            "unknown_groups": cm.get("unknown_groups", "keep"),
         }
     with progress.task("analysis", len(groups)) as bar:
         for cell_id, rows in groups:
@@ -963,17 +989,19 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
             info = cohorts[str(keys["cohort"])]
             seed = derive_seed("report/bootstrap", s["seed"], keys["cohort"], keys["seed"]) % (2**32)
             cell_rows.append(_cell_quality(rows, keys, s, seed))
-            cell_tasks = str(keys["task"]).split("+")
+            # "none": a reconstruction-quality audit (tasks: none), image quality only
+            cell_tasks = [] if keys["task"] == "none" else str(keys["task"]).split("+")
             unknown = [t for t in cell_tasks if t not in ("classification", "segmentation")]
-            if unknown or not cell_tasks:
+            if unknown:
                 raise ValueError(f"records.parquet: cell {cell_id!r} has task {keys['task']!r}; expected "
-                                 "'classification', 'segmentation' or both joined by '+'")
+                                 "'classification', 'segmentation', both joined by '+', or 'none'")
+            attrs, policy = info["group_attributes"], info["unknown_groups"]
             if "classification" in cell_tasks and info["labels"]:
-                t, f = _classification_cell(rows, keys, info["labels"], info["group_attributes"], s, seed)
+                t, f = _excluding_unknown(_classification_cell, rows, attrs, policy, (keys, info["labels"]), (s, seed))
                 task_rows += t
                 fair_rows += f
             if "segmentation" in cell_tasks:
-                t, f = _segmentation_cell(rows, keys, info["group_attributes"], s, seed)
+                t, f = _excluding_unknown(_segmentation_cell, rows, attrs, policy, (keys,), (s, seed))
                 task_rows += t
                 fair_rows += f
             bar.advance(1)
