@@ -174,7 +174,7 @@ def calibration_size(mask: torch.Tensor) -> torch.Tensor:
 
 
 def estimate_sensitivities(
-    kspace: torch.Tensor, mask: torch.Tensor, *, threshold: float = 0.0, min_calibration: int = 4
+    kspace: torch.Tensor, mask: torch.Tensor, *, threshold: float = 0.0, min_calibration: int = 2
 ) -> torch.Tensor:
     """Coil sensitivities from the fully sampled calibration region by the low-resolution ratio method.
 
