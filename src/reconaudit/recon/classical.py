@@ -181,6 +181,7 @@ class ClassicalReconstructor(ParamsMixin, Reconstructor):
     """
 
     name: ClassVar[str] = "classical"
+    progress_label: ClassVar[str] = "classical TV"
 
     class Params(ReconParams):
         """Hyperparameters of :class:`ClassicalReconstructor`."""
@@ -230,11 +231,11 @@ class ClassicalReconstructor(ParamsMixin, Reconstructor):
         study_ids: Sequence[str] | None = None,
     ) -> torch.Tensor:
         """TV reconstruction of each study, float32 (N, 1, H, W) (repeated to K samples if asked)."""
-        check_degraded(degraded, "classical.reconstruct")
+        check_degraded(degraded, f"{self.name}.reconstruct")
         n = len(degraded)
         outs = []
         bs = self.hp.batch_size
-        with torch.no_grad(), task("reconstruct (classical TV)", total=n) as bar:
+        with torch.no_grad(), task(f"reconstruct ({self.progress_label})", total=n) as bar:
             for start in range(0, n, bs):
                 sl = list(range(start, min(n, start + bs)))
                 outs.append(self._solve(degraded.subset(sl)).to(torch.float32).cpu())

@@ -13,7 +13,6 @@ estimated from the fully sampled calibration region of each study
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -21,9 +20,8 @@ from pydantic import Field
 
 from reconaudit.physics.base import Degraded
 from reconaudit.physics.coils import coil_adjoint, coil_forward, estimate_sensitivities
-from reconaudit.progress import task
-from reconaudit.recon.base import Reconstructor
-from reconaudit.recon.training import ParamsMixin, ReconParams, as_samples, check_degraded
+from reconaudit.recon.classical import ClassicalReconstructor
+from reconaudit.recon.training import ReconParams
 
 __all__ = ["SenseReconstructor", "cg_sense"]
 
@@ -92,8 +90,11 @@ def cg_sense(
     return x
 
 
-class SenseReconstructor(ParamsMixin, Reconstructor):
+class SenseReconstructor(ClassicalReconstructor):
     """CG-SENSE from the measured coil k-space (module docstring); the magnitude, float32 (N, 1, H, W).
+
+    ``reconstruct`` is the classical reconstructor's batched loop over :meth:`solve` (``|x|``,
+    clipped to [0, 1], repeated to K samples if asked).
 
     Parameters (``Params``)
     -----------------------
@@ -110,6 +111,7 @@ class SenseReconstructor(ParamsMixin, Reconstructor):
     """
 
     name: ClassVar[str] = "sense"
+    progress_label: ClassVar[str] = "CG-SENSE"
 
     class Params(ReconParams):
         """Hyperparameters of :class:`SenseReconstructor`."""
@@ -120,9 +122,6 @@ class SenseReconstructor(ParamsMixin, Reconstructor):
         threshold: float = Field(0.05, ge=0, lt=1)
         batch_size: int = Field(32, ge=1)
 
-    def __init__(self, device: str | torch.device = "cpu", **params: object) -> None:
-        self._init_params(device, dict(params))
-
     def solve(self, degraded: Degraded) -> torch.Tensor:
         """The complex CG-SENSE image (N, 1, H, W) of one batch, on the reconstructor's device."""
         if degraded.kspace is None or degraded.mask is None:
@@ -132,22 +131,5 @@ class SenseReconstructor(ParamsMixin, Reconstructor):
         maps = estimate_sensitivities(y, m, threshold=self.hp.threshold) if y.shape[1] > 1 else None
         return cg_sense(y, m, maps, lam=self.hp.lam, iterations=self.hp.iterations, tol=self.hp.tol)
 
-    def reconstruct(
-        self,
-        degraded: Degraded,
-        *,
-        seeds: Sequence[int] | None = None,
-        samples: int = 1,
-        study_ids: Sequence[str] | None = None,
-    ) -> torch.Tensor:
-        """:math:`|x|` of CG-SENSE per study, float32 (N, 1, H, W) (repeated to K samples if asked)."""
-        check_degraded(degraded, "sense.reconstruct")
-        n = len(degraded)
-        outs = []
-        bs = self.hp.batch_size
-        with torch.no_grad(), task("reconstruct (CG-SENSE)", total=n) as bar:
-            for start in range(0, n, bs):
-                sl = list(range(start, min(n, start + bs)))
-                outs.append(self.solve(degraded.subset(sl)).abs().clamp(0.0, 1.0).to(torch.float32).cpu())
-                bar.advance(len(sl))
-        return as_samples(torch.cat(outs, 0), samples)
+    def _solve(self, d: Degraded) -> torch.Tensor:
+        return self.solve(d).abs().clamp(0.0, 1.0)
