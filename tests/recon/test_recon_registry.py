@@ -17,7 +17,7 @@ from reconaudit.recon import RECONSTRUCTORS, make_reconstructor
 
 
 def test_registry_names_and_errors() -> None:
-    assert set(RECONSTRUCTORS) == {"identity", "classical", "unet", "pix2pix", "irsde", "plugin", "folder"}
+    assert set(RECONSTRUCTORS) == {"identity", "classical", "unet", "pix2pix", "irsde", "plugin", "folder", "sense", "varnet"}
     with pytest.raises(ValueError, match=r"unknown reconstructor 'unett'.*did you mean 'unet'.*allowed"):
         make_reconstructor("unett")
     with pytest.raises(ValueError, match=r"unknown parameter 'epoch'.*did you mean 'epochs'.*allowed parameters: .*epochs"):

@@ -53,7 +53,8 @@ class Cohort:
     roi_masks:
         Region of interest (body or brain) as bool (N, 1, H, W) for image quality within it, or None.
     kspace:
-        Measured complex64 k-space (N, 1, H, W) when the cohort comes from raw data, else ``None``.
+        Measured complex64 k-space (N, C, H, W) (C receive coils; 1 single-coil) when the cohort
+        comes from raw data, else ``None``.
     data_card:
         Markdown description (size, prevalence per group, bias mechanisms).
     meta:
@@ -105,7 +106,14 @@ class Cohort:
         if (per_patient > 1).any():
             pid = per_patient[per_patient > 1].index[0]
             raise CohortError(f"cohort {self.name!r}: patient {pid!r} spans more than one split")
-        for name, t in (("masks", self.masks), ("roi_masks", self.roi_masks), ("kspace", self.kspace)):
+        if self.kspace is not None and (
+            self.kspace.ndim != 4 or self.kspace.shape[0] != n or tuple(self.kspace.shape[2:]) != tuple(self.images.shape[2:])
+        ):
+            raise CohortError(
+                f"cohort {self.name!r}: kspace shape {tuple(self.kspace.shape)} must be (N, C, H, W) with N, H, W "
+                f"of images {tuple(self.images.shape)}"
+            )
+        for name, t in (("masks", self.masks), ("roi_masks", self.roi_masks)):
             if t is not None and tuple(t.shape) != tuple(self.images.shape):
                 raise CohortError(
                     f"cohort {self.name!r}: {name} shape {tuple(t.shape)} differs from images {tuple(self.images.shape)}"

@@ -1,8 +1,9 @@
-"""fastMRI single-coil HDF5 files as a cohort that keeps measured k-space.
+"""fastMRI single- and multi-coil HDF5 files as a cohort that keeps measured k-space.
 
-Each ``fileNNNNNNN.h5`` holds ``kspace`` (complex, slices x H x W), usually
-``reconstruction_esc`` or ``reconstruction_rss``, and attributes such as ``max``, ``norm``,
-``acquisition`` and ``patient_id`` (any may be absent).
+Each ``fileNNNNNNN.h5`` holds ``kspace`` (complex, slices x H x W single-coil, or slices x coils
+x H x W multi-coil), usually ``reconstruction_esc`` or ``reconstruction_rss``, and attributes such
+as ``max``, ``norm``, ``acquisition`` and ``patient_id`` (any may be absent). A folder may mix both
+kinds: each file is read by its own layout (see :func:`resample_multicoil` for multi-coil files).
 
 Reference: Zbontar et al., "fastMRI: An Open Dataset and Benchmarks for Accelerated MRI",
 arXiv:1811.08839; fastMRI+ (Zhao et al., Sci. Data 2022) for slice-level finding labels.
@@ -97,6 +98,52 @@ def resample_kspace(
     return xr.abs().clamp(0.0, 1.0).to(torch.float32), fft2c(xr).to(torch.complex64), float(scale)
 
 
+def multicoil_rss(kspace: torch.Tensor, crop: tuple[int, int] | None = None) -> torch.Tensor:
+    """fastMRI's ``reconstruction_rss``: :math:`\\sqrt{\\sum_c |\\mathrm{ifft2c}(k_c)|^2}`, centre-cropped.
+
+    ``kspace`` (S, C, H, W) complex; ``crop`` (h, w) is cut from the centre as
+    ``fastmri.data.transforms.center_crop`` does (``top = (H - h) // 2``). Returns float32 (S, h, w).
+    """
+    x = ifft2c(kspace.to(torch.complex64))
+    r = torch.sqrt((x.abs() ** 2).sum(1))
+    if crop is None:
+        return r
+    h, w = r.shape[-2:]
+    ch, cw = min(int(crop[0]), h), min(int(crop[1]), w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return r[..., top : top + ch, left : left + cw]
+
+
+def resample_multicoil(
+    kspace: torch.Tensor, size: int, crop: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Measured multi-coil k-space (S, C, H, W) → RSS image (S, 1, size, size) and coil k-space (S, C, size, size).
+
+    Each coil image goes through :func:`resample_kspace` (centre crop to ``crop``, resize to
+    ``size``); with ``x_c`` the resampled coil images and ``s = max_slices RSS(x)``, the outputs
+    are ``image = RSS(x) / s`` and ``k_c = fft2c(x_c / s)``, so ``sqrt(sum_c |ifft2c(k_c)|^2) ==
+    image``; ``scale`` returns to the measured units (``RSS(measured) = scale * image``).
+    """
+    n_s, n_c, h, w = kspace.shape
+    _, kc, s1 = resample_kspace(kspace.reshape(n_s * n_c, h, w), size, crop)
+    kc = kc.reshape(n_s, n_c, size, size)
+    r = torch.sqrt((ifft2c(kc).abs() ** 2).sum(1, keepdim=True))
+    s2 = r.amax()
+    if not torch.isfinite(s2) or s2 <= 0:
+        raise ValueError("k-space is zero or not finite")
+    return (r / s2).clamp(0.0, 1.0).to(torch.float32), (kc / s2).to(torch.complex64), float(s1 * s2)
+
+
+def _stack_coils(ks: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate k-space blocks (S_i, C_i, H, W) along slices, zero-padding to the most coils.
+
+    A zero coil receives nothing: it changes no RSS image, SENSE solution or sensitivity estimate.
+    """
+    c = max(int(k.shape[1]) for k in ks)
+    return torch.cat([k if k.shape[1] == c else torch.nn.functional.pad(k, (0, 0, 0, 0, 0, c - k.shape[1]))
+                      for k in ks])
+
+
 def _middle(n: int, k: int) -> np.ndarray:
     """Indices of the middle ``k`` of ``n`` slices: ``start = (n - k) // 2``."""
     k = min(k, n)
@@ -155,11 +202,16 @@ def _read_labels(path: Path, label_columns: list[str] | None) -> tuple[dict, lis
 
 
 def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
-    """Load fastMRI single-coil volumes (middle ``slices`` of each) with their measured k-space.
+    """Load fastMRI single- or multi-coil volumes (middle ``slices`` of each) with their measured k-space.
 
     ``kspace`` of the cohort is the measured k-space resampled to ``size`` and ``images`` its
     normalised magnitude, exactly as :func:`resample_kspace`: ``|ifft2c(cohort.kspace)| ==
     cohort.images``; the scale ``s`` per volume is in the table column ``kspace_scale``.
+    Multi-coil files (``kspace`` (slices, coils, H, W)) go through :func:`resample_multicoil`:
+    ``images`` is the root-sum-of-squares image (cropped to the file's ``reconstruction_rss`` side
+    unless ``crop`` is given, as fastMRI does) and ``kspace`` keeps every coil, (N, C, size, size),
+    zero-padded to the most coils of any file (a single-coil file is coil 0); the table column
+    ``coils`` holds each study's own count. Undersample it with ``kspace`` ``coils: 0``.
     Patient id: the ``patient_id`` attribute, else the file name without ``.h5``.  Labels come only
     from ``labels_csv``; groups (``sex``, ``age_band``) only from ``metadata_csv`` (columns
     ``file``, ``sex`` and/or ``age``); without it the cohort has no groups.  Splits are assigned by
@@ -168,8 +220,8 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
     Raises
     ------
     CohortError
-        No ``.h5`` file under ``root``; a file without a ``kspace`` dataset, or with multi-coil or
-        real-valued k-space; malformed labels or metadata CSV (file, row, column).
+        No ``.h5`` file under ``root``; a file without a ``kspace`` dataset, or with real-valued
+        k-space or another layout; malformed labels or metadata CSV (file, row, column).
     """
     import h5py
 
@@ -191,14 +243,11 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
         with h:
             if "kspace" not in h:
                 raise CohortError(f"{WHAT}: {f} has no 'kspace' dataset (datasets present: {sorted(h.keys())}); "
-                                  f"fastMRI single-coil files are expected")
+                                  f"fastMRI single- or multi-coil files are expected")
             d = h["kspace"]
-            if d.ndim == 4:
-                raise CohortError(f"{WHAT}: {f}: 'kspace' has shape {d.shape} (multi-coil); "
-                                  f"single-coil (slices, H, W) is expected")
-            if d.ndim != 3 or not np.issubdtype(d.dtype, np.complexfloating):
-                raise CohortError(f"{WHAT}: {f}: 'kspace' must be complex (slices, H, W), "
-                                  f"got {d.dtype} {d.shape}")
+            if d.ndim not in (3, 4) or not np.issubdtype(d.dtype, np.complexfloating):
+                raise CohortError(f"{WHAT}: {f}: 'kspace' must be complex (slices, H, W) or multi-coil "
+                                  f"(slices, coils, H, W), got {d.dtype} {d.shape}")
             why = undersampled_reason(h, p.allow_missing_reconstruction)
             if why:
                 drops.add(why[0], file=str(f), detail=why[1])
@@ -206,10 +255,13 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
             idx = _middle(d.shape[0], p.slices)
             try:
                 if _io.headers_only():  # reconaudit check: datasets, shapes and attributes; no k-space read
-                    image, kspace, scale = _placeholder(len(idx), p.size)
+                    image, kspace, scale = _placeholder(len(idx), p.size, d.shape[1] if d.ndim == 4 else 1)
                 else:
                     k = torch.from_numpy(np.asarray(d[int(idx[0]) : int(idx[-1]) + 1], dtype=np.complex64))
-                    image, kspace, scale = resample_kspace(k, p.size, p.crop or reference_crop(h))
+                    if d.ndim == 4:  # multi-coil: RSS image, cropped as fastMRI crops reconstruction_rss
+                        image, kspace, scale = resample_multicoil(k, p.size, p.crop or reference_crop(h))
+                    else:
+                        image, kspace, scale = resample_kspace(k, p.size, p.crop or reference_crop(h))
             except Exception as exc:
                 drops.add("unreadable k-space", file=str(f), detail=f"{type(exc).__name__}: {exc}")
                 continue
@@ -223,11 +275,12 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
         ks.append(kspace)
         for s in idx:
             rows.append({"study_id": f"{f.stem}/s{int(s):03d}", "patient_id": pid, "file": f.stem,
-                         "slice": int(s), "acquisition": acq, "kspace_scale": scale, "folder": folder_of[f]})
+                         "slice": int(s), "acquisition": acq, "kspace_scale": scale, "folder": folder_of[f],
+                         "coils": int(kspace.shape[1])})
     if not rows:
         drops.log(logger)
         raise CohortError(f"{WHAT}: no file under {str(root)!r} could be loaded; dropped: {drops.counts}")
-    images, kspace = torch.cat(imgs), torch.cat(ks)
+    images, kspace = torch.cat(imgs), _stack_coils(ks)
     table = pd.DataFrame(rows)
 
     labels: list[str] = []
@@ -404,9 +457,9 @@ def folder_partition(folder: str) -> str:
     return ""
 
 
-def _placeholder(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _placeholder(n: int, size: int, coils: int = 1) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Zero images and k-space of ``n`` slices, for header-only checks (:func:`reconaudit.cohorts._io.header_only`)."""
-    return torch.zeros(n, 1, size, size), torch.zeros(n, 1, size, size, dtype=torch.complex64), 1.0
+    return torch.zeros(n, 1, size, size), torch.zeros(n, coils, size, size, dtype=torch.complex64), 1.0
 
 
 class FastmriCohort(CohortBuilder):

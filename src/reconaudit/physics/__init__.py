@@ -6,8 +6,9 @@ images (N, 1, H, W) float32 in [0, 1] and one integer seed per study; it returns
 
 - :class:`LowDoseXray` (``"lowdose-xray"``, level ``photons``): photon-count noise on a
   radiograph (projection model) or a CT-style sinogram with FBP (the MIDL 2026 study's model).
-- :class:`KspaceUndersampling` (``"kspace"``, level ``acceleration``): single-coil MRI with
-  random / equispaced Cartesian, Gaussian variable-density or radial masks, zero-filled.
+- :class:`KspaceUndersampling` (``"kspace"``, level ``acceleration``): single- or multi-coil MRI
+  (``coils=``; sensitivities, phase and noise in :mod:`reconaudit.physics.coils`) with random /
+  equispaced Cartesian, Gaussian variable-density or radial masks, zero-filled.
 - :class:`RandomMasking` (``"masking"``, level ``ratio``): patch masking for inpainting.
 
 :data:`DEGRADATIONS` maps config names to classes; :func:`make_degradation` builds one.
@@ -18,6 +19,14 @@ from __future__ import annotations
 import inspect
 
 from reconaudit.physics.base import Degradation, Degraded
+from reconaudit.physics.coils import (
+    birdcage_maps,
+    coil_adjoint,
+    coil_forward,
+    estimate_sensitivities,
+    rss,
+    sensitivity_correlation,
+)
 from reconaudit.physics.masking import RandomMasking
 from reconaudit.physics.mri import KspaceUndersampling, default_center_fraction, fft2c, ifft2c, radial_mask
 from reconaudit.physics.radon import iradon, radon
@@ -30,7 +39,11 @@ __all__ = [
     "KspaceUndersampling",
     "LowDoseXray",
     "RandomMasking",
+    "birdcage_maps",
     "bowtie_profile",
+    "coil_adjoint",
+    "coil_forward",
+    "estimate_sensitivities",
     "default_center_fraction",
     "fft2c",
     "ifft2c",
@@ -38,6 +51,8 @@ __all__ = [
     "make_degradation",
     "radial_mask",
     "radon",
+    "rss",
+    "sensitivity_correlation",
 ]
 
 DEGRADATIONS: dict[str, type[Degradation]] = {

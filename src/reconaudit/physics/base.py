@@ -28,7 +28,8 @@ class Degraded:
         (the filtered back-projection for X-ray, the zero-filled magnitude for MRI, the masked
         image for inpainting).
     kspace:
-        Measured (undersampled, zero where not sampled) complex64 k-space (N, 1, H, W), or None.
+        Measured (undersampled, zero where not sampled) complex64 k-space (N, C, H, W) with C
+        receive coils (C = 1 single-coil), or None. Memory: 8 N C H W bytes.
     mask:
         Sampling / observation mask, float32 broadcastable to (N, 1, H, W) (1 = measured), or None.
     info:

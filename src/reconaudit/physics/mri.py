@@ -1,4 +1,4 @@
-"""Accelerated MRI: single-coil Cartesian, variable-density and radial k-space undersampling."""
+"""Accelerated MRI: Cartesian, variable-density and radial k-space undersampling, single- or multi-coil."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 
 from reconaudit.physics._common import check_images, generators, seed_list
 from reconaudit.physics.base import Degradation, Degraded
+from reconaudit.seeding import derive_seed
 
 __all__ = [
     "fft2c",
@@ -86,7 +87,7 @@ def radial_mask(shape: tuple[int, int], spokes: int, offset: float = 0.0) -> tor
 
 
 class KspaceUndersampling(Degradation):
-    """Single-coil accelerated MRI: mask the centred k-space of each study and zero-fill.
+    """Accelerated MRI: mask the centred k-space of each study (one or several coils) and zero-fill.
 
     For a magnitude image :math:`x` (or measured k-space :math:`K`, see :meth:`from_kspace`),
 
@@ -122,6 +123,25 @@ class KspaceUndersampling(Degradation):
         not exceed ``acceleration`` at the image size. Spoke count is not acceleration: 60 spokes
         at 256 x 256 are about 9.3x.
 
+    Multi-coil (``coils`` = C > 1, see :mod:`reconaudit.physics.coils`): the object is
+    :math:`x = m \\, e^{i\\varphi}` (magnitude image :math:`m`, smooth synthetic phase
+    :math:`\\varphi` of amplitude ``phase``, :func:`~reconaudit.physics.coils.smooth_phase`), seen
+    by ``coils`` birdcage sensitivities :math:`S_c` (:func:`~reconaudit.physics.coils.birdcage_maps`,
+    :math:`\\sum_c |S_c|^2 = 1`):
+
+    .. math::
+
+        y_c = M \\big(\\mathrm{fft2c}(S_c x) + \\sigma n_c\\big), \\qquad
+        \\hat x = \\mathrm{clip}\\Big(\\sqrt{\\textstyle\\sum_c |\\mathrm{ifft2c}(y_c)|^2}, 0, 1\\Big)
+
+    with :math:`n_c` unit complex Gaussian noise and :math:`\\sigma` set by the per-coil ``snr``
+    (:func:`~reconaudit.physics.coils.noise_sigma`; ``None``: noise-free). ``kspace`` is then
+    complex64 (N, C, H, W), ``image`` the coil-combined (root-sum-of-squares) zero-filled image.
+    The single-coil model is the case C = 1, :math:`S_1 = 1`, :math:`\\varphi = 0`.
+    ``coils=0`` undersamples the cohort's own measured coil k-space (e.g. fastMRI multi-coil)
+    instead of simulating coils. Phase and noise are drawn from generators seeded by
+    ``derive_seed("coil-phase" / "coil-noise", study seed)``, so masks do not change with them.
+
     The effective acceleration (all points / sampled points) is reported per batch in
     ``Degraded.info["effective_acceleration"]`` and by :meth:`effective_acceleration`.
 
@@ -143,6 +163,14 @@ class KspaceUndersampling(Degradation):
         ``True``: one mask for every study, drawn from ``mask_seed``.
     mask_seed:
         The seed of the shared mask.
+    coils:
+        Receive coils C (1: single-coil; 0: the cohort's measured multi-coil k-space).
+    snr:
+        Per-coil signal-to-noise ratio of the complex Gaussian noise, or ``None`` (noise-free).
+    phase:
+        Amplitude (radians) of the smooth synthetic object phase (0: real object).
+    coil_radius:
+        Radius of the birdcage coil circle in half fields of view (> 1).
 
     Notes
     -----
@@ -164,7 +192,19 @@ class KspaceUndersampling(Degradation):
         sigma: float = 0.3,
         shared_mask: bool = False,
         mask_seed: int = 0,
+        coils: int = 1,
+        snr: float | None = None,
+        phase: float = 0.0,
+        coil_radius: float = 1.5,
     ) -> None:
+        if isinstance(coils, bool) or not isinstance(coils, int) or coils < 0:
+            raise ValueError(f"KspaceUndersampling: coils must be an integer >= 0 (0 = measured coils), got {coils!r}")
+        if snr is not None and not (isinstance(snr, int | float) and math.isfinite(snr) and snr > 0):
+            raise ValueError(f"KspaceUndersampling: snr must be a positive number or null (noise-free), got {snr!r}")
+        if not (isinstance(phase, int | float) and math.isfinite(phase) and phase >= 0):
+            raise ValueError(f"KspaceUndersampling: phase must be a number >= 0 (radians), got {phase!r}")
+        if not (isinstance(coil_radius, int | float) and coil_radius > 1):
+            raise ValueError(f"KspaceUndersampling: coil_radius must be > 1 (half fields of view), got {coil_radius!r}")
         if pattern not in PATTERNS:
             raise ValueError(f"KspaceUndersampling: pattern must be one of {PATTERNS}, got {pattern!r}")
         if spokes is not None and pattern != "radial":
@@ -191,6 +231,10 @@ class KspaceUndersampling(Degradation):
         self.sigma = float(sigma)
         self.shared_mask = bool(shared_mask)
         self.mask_seed = int(mask_seed)
+        self.coils = int(coils)
+        self.snr = None if snr is None else float(snr)
+        self.phase = float(phase)
+        self.coil_radius = float(coil_radius)
         self._spokes_for: dict[tuple[int, int], int] = {}
 
     @property
@@ -200,9 +244,15 @@ class KspaceUndersampling(Degradation):
             return self.acceleration
         return self.effective_acceleration((256, 256))
 
+    @property
+    def accepts_kspace(self) -> bool:
+        """True for ``coils=0``: the engine then passes the cohort's measured k-space as ``kspace=``."""
+        return self.coils == 0
+
     def __repr__(self) -> str:
         lvl = f"spokes={self.spokes}" if self.spokes is not None else f"acceleration={self.acceleration:g}"
-        return f"KspaceUndersampling({lvl}, pattern={self.pattern!r})"
+        extra = "" if self.coils == 1 else f", coils={self.coils}"
+        return f"KspaceUndersampling({lvl}, pattern={self.pattern!r}{extra})"
 
     # ------------------------------------------------------------------ masks
     def spokes_for(self, shape: tuple[int, int]) -> int:
@@ -314,48 +364,77 @@ class KspaceUndersampling(Degradation):
     ) -> Degraded:
         """Undersample ``fft2c(images)`` with one integer seed per study.
 
-        With ``kspace=`` (complex (N, 1, H, W), already in image units) that k-space is undersampled
+        With ``kspace=`` (complex (N, C, H, W), already in image units) that k-space is undersampled
         instead and ``images`` may be ``None``; see :meth:`from_kspace` to normalise measured data.
+        With ``coils`` > 1 the coil k-space is simulated from ``images`` (class docstring).
         """
         if kspace is not None:
-            if images is not None and tuple(images.shape) != tuple(kspace.shape):
+            if images is not None and (
+                images.shape[0] != kspace.shape[0] or tuple(images.shape[2:]) != tuple(kspace.shape[2:])
+            ):
                 raise ValueError(
                     f"KspaceUndersampling: images {tuple(images.shape)} and kspace {tuple(kspace.shape)} differ in shape"
                 )
             return self.from_kspace(kspace, seeds, normalize=False)
         if images is None:
             raise ValueError("KspaceUndersampling: pass images (N, 1, H, W) or kspace=")
+        if self.coils == 0:
+            raise ValueError(
+                "KspaceUndersampling: coils=0 undersamples the cohort's measured multi-coil k-space, but none was "
+                "given (this cohort has no k-space); set coils to the number of coils to simulate"
+            )
         images = check_images(images, "KspaceUndersampling")
-        return self._apply(fft2c(images), seeds)
+        if self.coils == 1 and self.phase == 0:
+            return self._apply(fft2c(images), seeds)
+        from reconaudit.physics.coils import birdcage_maps, coil_forward, smooth_phase
+
+        seeds_ = seed_list(seeds, images.shape[0], "KspaceUndersampling")
+        x = images.to(torch.complex64)
+        if self.phase > 0:
+            gens = generators([derive_seed("coil-phase", s) for s in seeds_])
+            x = x * torch.polar(torch.ones(()), smooth_phase(images.shape[-2:], gens, self.phase)).to(x.device)
+        maps = None
+        if self.coils > 1:
+            maps = birdcage_maps(self.coils, tuple(images.shape[-2:]), self.coil_radius).unsqueeze(0)
+        return self._apply(coil_forward(x, maps), seeds_)
 
     def from_kspace(
         self, kspace: torch.Tensor, seeds: Sequence[int] | torch.Tensor, *, normalize: bool = True
     ) -> Degraded:
-        """Undersample measured complex k-space (N, 1, H, W) (e.g. a fastMRI cohort).
+        """Undersample measured complex k-space (N, C, H, W) (e.g. a fastMRI cohort; C = 1 single-coil).
 
-        With ``normalize=True`` each study's k-space is first divided by
-        :math:`\\max |\\mathrm{ifft2c}(K)|`, so the fully sampled magnitude image lies in [0, 1] (the
-        clean image such a cohort pairs with the degraded one is :math:`|\\mathrm{ifft2c}(K)| / \\max`).
+        With ``normalize=True`` each study's k-space is first divided by the maximum of its fully
+        sampled root-sum-of-squares image :math:`\\max \\sqrt{\\sum_c |\\mathrm{ifft2c}(K_c)|^2}`, so
+        that image lies in [0, 1] (it is the clean image such a cohort pairs with the degraded one).
         """
-        if not isinstance(kspace, torch.Tensor) or kspace.ndim != 4 or kspace.shape[1] != 1:
+        if not isinstance(kspace, torch.Tensor) or kspace.ndim != 4 or kspace.shape[1] < 1:
             shape = tuple(kspace.shape) if isinstance(kspace, torch.Tensor) else type(kspace).__name__
-            raise ValueError(f"KspaceUndersampling.from_kspace: kspace must be a tensor (N, 1, H, W), got {shape}")
+            raise ValueError(f"KspaceUndersampling.from_kspace: kspace must be a tensor (N, C, H, W), got {shape}")
         k = kspace.to(torch.complex64)
         if normalize:
-            scale = ifft2c(k).abs().amax(dim=(1, 2, 3), keepdim=True)
+            from reconaudit.physics.coils import rss
+
+            scale = rss(ifft2c(k)).amax(dim=(1, 2, 3), keepdim=True)
             k = k / torch.where(scale > 0, scale, torch.ones_like(scale))
         return self._apply(k, seeds)
 
     def _apply(self, k: torch.Tensor, seeds: Sequence[int] | torch.Tensor) -> Degraded:
-        n, _, h, w = k.shape
+        n, _, h, w = k.shape  # k: fully sampled (N, C, H, W)
         seeds_ = seed_list(seeds, n, "KspaceUndersampling")
         if self.shared_mask:
             mask = self.masks((h, w), [self.mask_seed])
         else:
             mask = self.masks((h, w), seeds_)
         mask = mask.to(k.device)
+        if self.snr is not None:
+            from reconaudit.physics.coils import complex_noise, noise_sigma
+
+            noise = complex_noise(tuple(k.shape[1:]), generators([derive_seed("coil-noise", s) for s in seeds_]))
+            k = k + noise_sigma(k, self.snr) * noise.to(k.device)  # Parseval: k-space power = coil-image power
         ku = (k * mask).to(torch.complex64)
-        image = ifft2c(ku).abs().clamp_(0.0, 1.0).to(torch.float32)
+        from reconaudit.physics.coils import rss
+
+        image = rss(ifft2c(ku)).clamp_(0.0, 1.0).to(torch.float32)
         sampled = float(mask.sum()) * (n if mask.shape[0] == 1 else 1)
         info = {
             "acceleration": self.acceleration,
@@ -364,4 +443,7 @@ class KspaceUndersampling(Degradation):
         }
         if self.pattern == "radial":
             info["spokes"] = self.spokes_for((h, w))
+        if k.shape[1] != 1 or self.snr is not None:
+            info["coils"] = int(k.shape[1])
+            info["snr"] = self.snr if self.snr is not None else "none"
         return Degraded(image, ku, mask, info)

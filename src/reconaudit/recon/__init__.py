@@ -2,7 +2,7 @@
 
 >>> rec = make_reconstructor("classical", weight=0.1)
 >>> sorted(RECONSTRUCTORS)
-['classical', 'folder', 'identity', 'irsde', 'pix2pix', 'plugin', 'unet']
+['classical', 'folder', 'identity', 'irsde', 'pix2pix', 'plugin', 'sense', 'unet', 'varnet']
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from reconaudit.recon.identity import IdentityReconstructor
 from reconaudit.recon.irsde import IRSDEReconstructor
 from reconaudit.recon.pix2pix import Pix2PixReconstructor
 from reconaudit.recon.plugins import FolderReconstructor, PluginReconstructor
+from reconaudit.recon.sense import SenseReconstructor
 from reconaudit.recon.training import LearnedReconstructor
 from reconaudit.recon.unet import UNetReconstructor
+from reconaudit.recon.varnet import VarNetReconstructor
 
 RECONSTRUCTORS: dict[str, type[Reconstructor]] = {
     IdentityReconstructor.name: IdentityReconstructor,
@@ -28,6 +30,8 @@ RECONSTRUCTORS: dict[str, type[Reconstructor]] = {
     IRSDEReconstructor.name: IRSDEReconstructor,
     PluginReconstructor.name: PluginReconstructor,
     FolderReconstructor.name: FolderReconstructor,
+    SenseReconstructor.name: SenseReconstructor,
+    VarNetReconstructor.name: VarNetReconstructor,
 }
 """Registry: config name -> reconstructor class (one line per reconstructor, as in ``physics``)."""
 
@@ -59,7 +63,9 @@ __all__ = [
     "Pix2PixReconstructor",
     "PluginReconstructor",
     "Reconstructor",
+    "SenseReconstructor",
     "TrainingHooks",
     "UNetReconstructor",
+    "VarNetReconstructor",
     "make_reconstructor",
 ]

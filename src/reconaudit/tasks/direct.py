@@ -5,8 +5,10 @@ themselves (and its thresholds chosen on degraded validation inputs).  What it s
 
 - ``mode="image"`` (1 channel): the degraded image: the noisy filtered back-projection for low-dose
   X-ray, the zero-filled magnitude image for undersampled MRI.  Passed on unchanged (float32).
-- ``mode="kspace"`` (2 channels, MRI): the measured k-space as its real and imaginary parts, each
-  compressed by a signed logarithm (:func:`kspace_channels`).
+- ``mode="kspace"`` (2 channels, MRI; 2C for C receive coils): the measured k-space as its real
+  and imaginary parts, each compressed by a signed logarithm (:func:`kspace_channels`); with
+  multi-coil data the coils are channels. ``mode="image"`` of multi-coil data is the coil-combined
+  (root-sum-of-squares) zero-filled image.
 
 Both are computed study by study from that study's data and fixed constants, never from batch
 statistics, so a study's input does not depend on which batch it lands in.
@@ -27,7 +29,10 @@ KSPACE_SCALE = 0.01
 
 
 def kspace_channels(kspace: torch.Tensor, scale: float = KSPACE_SCALE) -> torch.Tensor:
-    """K-space (N, 1, H, W) complex to two real channels (N, 2, H, W) of unit-ish range.
+    """K-space (N, C, H, W) complex to 2C real channels (N, 2C, H, W) of unit-ish range.
+
+    Channels ``0 .. C-1`` are the real parts of coils ``1 .. C``, channels ``C .. 2C-1`` the
+    imaginary parts (C = 1 single-coil: real, imaginary).
 
     .. math::
 
@@ -46,8 +51,8 @@ def kspace_channels(kspace: torch.Tensor, scale: float = KSPACE_SCALE) -> torch.
     """
     if not torch.is_complex(kspace):
         raise TypeError(f"kspace must be a complex tensor (N, 1, H, W), got dtype {kspace.dtype}")
-    if kspace.ndim != 4 or kspace.shape[1] != 1:
-        raise ValueError(f"kspace must be (N, 1, H, W), got {tuple(kspace.shape)}")
+    if kspace.ndim != 4 or kspace.shape[1] < 1:
+        raise ValueError(f"kspace must be (N, C, H, W), got {tuple(kspace.shape)}")
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale!r}")
     norm = math.asinh(1.0 / scale)
@@ -69,10 +74,10 @@ def direct_inputs(
     degraded_image:
         The degraded image (N, 1, H, W) (``Degraded.image``): noisy X-ray or zero-filled MRI.
     kspace:
-        The measured k-space (N, 1, H, W) complex (``Degraded.kspace``); needed for ``mode="kspace"``.
+        The measured k-space (N, C, H, W) complex (``Degraded.kspace``); needed for ``mode="kspace"``.
     mode:
         ``"image"``: ``degraded_image`` as float32 (1 channel); ``"kspace"``:
-        :func:`kspace_channels` of ``kspace`` (2 channels).
+        :func:`kspace_channels` of ``kspace`` (2C channels).
     scale:
         The k-space compression constant :math:`s` of :func:`kspace_channels`.
 
