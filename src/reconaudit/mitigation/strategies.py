@@ -174,8 +174,9 @@ class MitigationStrategy(ABC):
     Built as ``cls(params)`` (the config's ``mitigations[i].params``, validated by ``Params``);
     the engine's :func:`apply_mitigation` calls :meth:`hooks` and then :meth:`fit`.  A strategy
     with ``fine_tunes = True`` continues from the standard (unmitigated) reconstructor of the same
-    cell, whose weights the engine loads first (the plan adds that fit as a dependency);
-    otherwise it trains from scratch.
+    cell, whose weights the engine loads first (the plan adds that fit as a dependency), for the
+    ``epochs`` at ``lr`` of its ``Params`` (which then has these two fields); otherwise it trains
+    from scratch.
     """
 
     name: ClassVar[str]
