@@ -15,6 +15,7 @@ weight (paired).  Every statistic is a function of weighted sufficient statistic
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ __all__ = [
     "weighted_auroc",
     "percentile_interval",
     "bootstrap_p_value",
+    "floor_p_value",
+    "two_stage_resamples",
+    "needs_second_stage",
     "bca_interval",
     "BootstrapResult",
     "bootstrap_metrics",
@@ -177,6 +181,32 @@ def bootstrap_p_value(dist: np.ndarray) -> float:
         return float("nan")
     ok = d[~bad]
     return float(min(1.0, 2 * min(np.sum(ok <= 0) + u, np.sum(ok >= 0) + u) / b))
+
+
+def floor_p_value(p: object, n_resamples: object) -> np.ndarray:
+    r"""A Monte Carlo p-value from :math:`B` resamples cannot be below :math:`1/(B+1)`: :math:`\max(p, 1/(B+1))`.
+
+    NaN stays NaN; broadcasts over arrays.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(p), np.nan, np.maximum(p, 1.0 / (np.asarray(n_resamples, dtype=np.float64) + 1)))
+
+
+def two_stage_resamples(n_tests: int, alpha: float, cap: int = 100_000) -> int:
+    r"""Resamples of the second stage of a two-stage bootstrap test: :math:`B_2 = \lceil 4m/\alpha \rceil` (at most ``cap``).
+
+    The smallest of :math:`m` p-values must reach :math:`\alpha/m` under Holm; a bootstrap p-value
+    :math:`2\min(P^*(\Delta^* \le 0), P^*(\Delta^* \ge 0))` from :math:`B` resamples cannot resolve values below
+    about :math:`2/B`, so changes with at most two first-stage resamples on the far side of zero
+    (:func:`needs_second_stage`) are bootstrapped again with :math:`B_2` resamples.
+    """
+    return int(min(cap, math.ceil(4 * max(n_tests, 1) / alpha)))
+
+
+def needs_second_stage(p: float, n_resamples: int) -> bool:
+    """True when a first-stage bootstrap p-value has at most two resamples on the far side of zero."""
+    return bool(np.isfinite(p) and p * n_resamples / 2 <= 2)
 
 
 def bca_interval(
