@@ -102,3 +102,13 @@ def test_yaml_file_and_bad_yaml(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="neither a file nor a bundled config"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_analysis_definitions_and_guards():
+    cfg = load_config(tiny_config(analysis={"definitions": "study", "min_group_patients": 3}))
+    assert cfg.analysis.definitions == "study" and cfg.analysis.min_group_patients == 3
+    assert cfg.analysis.min_group_positives == 2 and cfg.analysis.max_undefined_share == 0.01
+    with pytest.raises(ConfigError, match="analysis.definitions"):
+        load_config(tiny_config(analysis={"definitions": "paper"}))
+    with pytest.raises(ConfigError, match="analysis.max_undefined_share"):
+        load_config(tiny_config(analysis={"max_undefined_share": 2}))
