@@ -162,3 +162,13 @@ def test_degradation_parameter_errors_are_reported_under_params_once():
     with pytest.raises(ConfigError) as e:
         load_config(raw)
     assert "cohorts.0.degradations.0.levels.1: LowDoseXray: photons must be" in str(e.value)
+
+
+def test_analysis_definitions_and_guards():
+    cfg = load_config(tiny_config(analysis={"definitions": "study", "min_group_patients": 3}))
+    assert cfg.analysis.definitions == "study" and cfg.analysis.min_group_patients == 3
+    assert cfg.analysis.min_group_positives == 2 and cfg.analysis.max_undefined_share == 0.01
+    with pytest.raises(ConfigError, match="analysis.definitions"):
+        load_config(tiny_config(analysis={"definitions": "paper"}))
+    with pytest.raises(ConfigError, match="analysis.max_undefined_share"):
+        load_config(tiny_config(analysis={"max_undefined_share": 2}))

@@ -138,3 +138,11 @@ def test_corrections_match_statsmodels_and_leave_nan_rows_out(method, sm):
     np.testing.assert_array_equal(res["significant"].to_numpy()[ok], rej)
     assert res["p_adjusted"].isna().sum() == 3 and not res["significant"][~ok].any()
     assert res["family_size"].iloc[0] == 37
+
+
+def test_two_stage_bootstrap_helpers():
+    # Holm over m = 500 tests at alpha 0.05 needs p < 1e-4: B2 = 4 m / alpha = 40,000 resamples
+    assert M.two_stage_resamples(500, 0.05) == 40_000 and M.two_stage_resamples(10**6, 0.05) == 100_000
+    assert M.needs_second_stage(2 * 2 / 1000, 1000) and not M.needs_second_stage(2 * 3 / 1000, 1000)
+    assert not M.needs_second_stage(float("nan"), 1000)
+    np.testing.assert_array_equal(M.floor_p_value([0.0, 0.5, np.nan], 999), [0.001, 0.5, np.nan])

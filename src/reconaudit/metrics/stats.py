@@ -1,6 +1,7 @@
-r"""Statistics: vectorized patient-level bootstrap (percentile and BCa intervals), DeLong's test,
-paired permutation tests for a change in a fairness gap, multiple-comparison corrections, and
-aggregation across training seeds.
+r"""Statistics: vectorized patient-level bootstrap (percentile and BCa intervals, p-values, group
+guards), paired permutation tests for a change in a fairness gap, and aggregation across training
+seeds.  DeLong's tests live in :mod:`.delong` and the multiple-comparison corrections in
+:mod:`.corrections`; both are re-exported here and from :mod:`reconaudit.metrics`.
 
 The bootstrap resamples *patients* with replacement; a study's weight in a resample is the number
 of times its patient was drawn.  Clean and reconstructed predictions of a study always share the
@@ -15,6 +16,7 @@ weight (paired).  Every statistic is a function of weighted sufficient statistic
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +28,10 @@ from scipy import stats as sps
 
 from .. import progress
 from ..schema import COUNT_METRICS  # the records schema's metric family
-from ._auroc import SortedScores, jackknife_auroc, placement_counts
+from ._auroc import SortedScores, jackknife_auroc
 from ._utils import as_1d, as_binary, check_same_length, group_codes
+from .corrections import adjust_pvalues, benjamini_hochberg, holm
+from .delong import DeLongResult, clustered_delong_test, delong_test, placement_values
 from .fairness import (
     METRIC_NEEDS,
     confusion_cells,
@@ -48,6 +52,9 @@ __all__ = [
     "weighted_auroc",
     "percentile_interval",
     "bootstrap_p_value",
+    "floor_p_value",
+    "two_stage_resamples",
+    "needs_second_stage",
     "bca_interval",
     "BootstrapResult",
     "bootstrap_metrics",
@@ -171,6 +178,32 @@ def bootstrap_p_value(dist: np.ndarray) -> float:
         return float("nan")
     ok = d[~bad]
     return float(min(1.0, 2 * min(np.sum(ok <= 0) + u, np.sum(ok >= 0) + u) / b))
+
+
+def floor_p_value(p: object, n_resamples: object) -> np.ndarray:
+    r"""A Monte Carlo p-value from :math:`B` resamples cannot be below :math:`1/(B+1)`: :math:`\max(p, 1/(B+1))`.
+
+    NaN stays NaN; broadcasts over arrays.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(p), np.nan, np.maximum(p, 1.0 / (np.asarray(n_resamples, dtype=np.float64) + 1)))
+
+
+def two_stage_resamples(n_tests: int, alpha: float, cap: int = 100_000) -> int:
+    r"""Resamples of the second stage of a two-stage bootstrap test: :math:`B_2 = \lceil 4m/\alpha \rceil` (at most ``cap``).
+
+    The smallest of :math:`m` p-values must reach :math:`\alpha/m` under Holm; a bootstrap p-value
+    :math:`2\min(P^*(\Delta^* \le 0), P^*(\Delta^* \ge 0))` from :math:`B` resamples cannot resolve values below
+    about :math:`2/B`, so changes with at most two first-stage resamples on the far side of zero
+    (:func:`needs_second_stage`) are bootstrapped again with :math:`B_2` resamples.
+    """
+    return int(min(cap, math.ceil(4 * max(n_tests, 1) / alpha)))
+
+
+def needs_second_stage(p: float, n_resamples: int) -> bool:
+    """True when a first-stage bootstrap p-value has at most two resamples on the far side of zero."""
+    return bool(np.isfinite(p) and p * n_resamples / 2 <= 2)
 
 
 def bca_interval(
@@ -564,122 +597,6 @@ def _guards(y, pcode, attrs, preds, scores, vals, values_name, auroc_gap, min_si
 
 
 # --------------------------------------------------------------------------------------------
-# DeLong
-
-
-class DeLongResult(NamedTuple):
-    """Result of :func:`delong_test`: AUROC(a) - AUROC(b), its standard error, two-sided p-value."""
-
-    difference: float
-    standard_error: float
-    p_value: float
-
-
-def placement_values(y_true: object, y_score: object) -> tuple[np.ndarray, np.ndarray]:
-    r"""DeLong placement values.
-
-    .. math:: V_{10}(i) = \frac{1}{n_0}\sum_{j: y_j=0} \psi(s_i, s_j), \quad
-              V_{01}(j) = \frac{1}{n_1}\sum_{i: y_i=1} \psi(s_i, s_j), \quad
-              \psi(a, b) = [a > b] + \tfrac12 [a = b]
-
-    Returns ``(V10 over positives, V01 over negatives)`` in study order; AUROC is the mean of either.
-    """
-    y = as_binary(y_true, "y_true")
-    s = as_1d(y_score, "y_score", np.float64)
-    check_same_length(y_true=y, y_score=s)
-    n1, n0 = int(y.sum()), int(len(y) - y.sum())
-    if n1 == 0 or n0 == 0:
-        raise ValueError(f"placement values need positives and negatives; got {n1} and {n0}")
-    c = placement_counts(y, s)
-    return c[y == 1] / n0, c[y == 0] / n1
-
-
-def delong_test(y_true: object, score_a: object, score_b: object) -> DeLongResult:
-    r"""DeLong's test for two correlated AUROCs on the same studies (DeLong et al. 1988).
-
-    With placement values :math:`V_{10}, V_{01}` of each score (see :func:`placement_values`) and
-    :math:`S_{10}, S_{01}` their 2x2 sample covariance matrices over the :math:`n_1` positives and
-    :math:`n_0` negatives:
-
-    .. math:: \mathrm{Var}(\hat A_a - \hat A_b) = \frac{S_{10}^{aa} + S_{10}^{bb} - 2S_{10}^{ab}}{n_1}
-              + \frac{S_{01}^{aa} + S_{01}^{bb} - 2S_{01}^{ab}}{n_0},
-              \quad z = \frac{\hat A_a - \hat A_b}{\sqrt{\mathrm{Var}}}, \quad p = 2(1 - \Phi(|z|))
-
-    Returns
-    -------
-    DeLongResult
-        ``(difference, standard_error, p_value)``; p is 1 when the two scores order every pair alike.
-    """
-    v10a, v01a = placement_values(y_true, score_a)
-    v10b, v01b = placement_values(y_true, score_b)
-    diff = float(v10a.mean() - v10b.mean())
-    s10 = np.cov(np.vstack([v10a, v10b])) if len(v10a) > 1 else np.zeros((2, 2))
-    s01 = np.cov(np.vstack([v01a, v01b])) if len(v01a) > 1 else np.zeros((2, 2))
-    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / len(v10a) + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / len(
-        v01a
-    )
-    se = float(np.sqrt(max(var, 0.0)))
-    if se == 0:
-        return DeLongResult(diff, 0.0, 1.0 if diff == 0 else 0.0)
-    return DeLongResult(diff, se, float(2 * sps.norm.sf(abs(diff) / se)))
-
-
-def clustered_delong_test(y_true: object, score_a: object, score_b: object, *, patient_ids: object) -> DeLongResult:
-    r"""DeLong's test for two correlated AUROCs with studies clustered in patients (Obuchowski 1997).
-
-    Placement values are summed per patient :math:`k` (the cluster): with :math:`m_k` positive and
-    :math:`n_k` negative studies of patient :math:`k`, :math:`M = \sum_k m_k`, :math:`N = \sum_k n_k`,
-
-    .. math:: X_k = \sum_{i \in k,\, y_i = 1} V_{10}(i), \quad Y_k = \sum_{j \in k,\, y_j = 0} V_{01}(j),
-              \quad \hat A = rac{\sum_k X_k}{M} = rac{\sum_k Y_k}{N}
-
-    and, for the difference of the two scores, :math:`D^X_k = (X^a_k - m_k\hat A_a) - (X^b_k - m_k\hat A_b)`,
-    :math:`D^Y_k` alike:
-
-    .. math:: \mathrm{Var}(\hat A_a - \hat A_b) = rac{K_1}{K_1 - 1}rac{\sum_k (D^X_k)^2}{M^2}
-              + rac{K_0}{K_0 - 1}rac{\sum_k (D^Y_k)^2}{N^2}
-              + rac{2K}{K - 1}rac{\sum_k D^X_k D^Y_k}{M N}
-
-    with :math:`K_1` (:math:`K_0`) the patients with a positive (negative) study and :math:`K` all
-    patients: Obuchowski's clustered variance with DeLong's per-class small-sample factors, so that
-    it **equals** :func:`delong_test` when every patient has one study.  :math:`z = \Delta / SE`,
-    :math:`p = 2(1 - \Phi(|z|))`.
-
-    Returns
-    -------
-    DeLongResult
-        ``(difference, standard_error, p_value)``; p is 1 when the two scores order every pair alike.
-    """
-    y = as_binary(y_true, "y_true")
-    pcode, k = _patient_codes(patient_ids)
-    check_same_length(y_true=y, patient_ids=pcode)
-    pos = y == 1
-    m, n = int(pos.sum()), int((~pos).sum())
-    if m == 0 or n == 0:
-        raise ValueError(f"clustered_delong_test: needs positives and negatives; got {m} and {n}")
-    mk = np.bincount(pcode[pos], minlength=k).astype(np.float64)
-    nk = np.bincount(pcode[~pos], minlength=k).astype(np.float64)
-    dx, dy, diff = np.zeros(k), np.zeros(k), 0.0
-    for sign, sc in ((1.0, score_a), (-1.0, score_b)):
-        v10, v01 = placement_values(y, sc)
-        a = float(v10.mean())
-        dx += sign * (np.bincount(pcode[pos], weights=v10, minlength=k) - mk * a)
-        dy += sign * (np.bincount(pcode[~pos], weights=v01, minlength=k) - nk * a)
-        diff += sign * a
-    k1, k0 = int((mk > 0).sum()), int((nk > 0).sum())
-
-    def factor(c: int) -> float:
-        return c / (c - 1) if c > 1 else 0.0
-
-    var = (factor(k1) * float((dx**2).sum()) / m**2 + factor(k0) * float((dy**2).sum()) / n**2
-           + 2 * factor(k) * float((dx * dy).sum()) / (m * n))
-    se = float(np.sqrt(max(var, 0.0)))
-    if se == 0:
-        return DeLongResult(diff, 0.0, 1.0 if diff == 0 else 0.0)
-    return DeLongResult(diff, se, float(2 * sps.norm.sf(abs(diff) / se)))
-
-
-# --------------------------------------------------------------------------------------------
 # paired permutation test
 
 
@@ -807,94 +724,6 @@ def paired_permutation_test(
     # undefined permutations count against the statistic, as in bootstrap_p_value
     p = (1 + np.sum(np.abs(t[ok]) >= abs(obs) - 1e-12) + np.sum(~ok)) / (1 + len(t))
     return PermutationResult(obs, float(p), n_permutations, int((~ok).sum()))
-
-
-# --------------------------------------------------------------------------------------------
-# multiple comparisons
-
-
-def holm(p: Sequence[float] | np.ndarray) -> np.ndarray:
-    r"""Holm step-down adjusted p-values (family-wise error rate).
-
-    With :math:`p_{(1)} \le \dots \le p_{(m)}`:
-    :math:`\tilde p_{(i)} = \max_{j \le i} \min(1, (m - j + 1)\, p_{(j)})`.  NaN entries are left out
-    of the family and stay NaN.
-    """
-    p = np.asarray(p, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = ~np.isnan(p)
-    q = p[ok]
-    m = len(q)
-    if m == 0:
-        return out
-    order = np.argsort(q, kind="stable")
-    adj = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * q[order]))
-    res = np.empty(m)
-    res[order] = adj
-    out[ok] = res
-    return out
-
-
-def benjamini_hochberg(p: Sequence[float] | np.ndarray) -> np.ndarray:
-    r"""Benjamini-Hochberg adjusted p-values (false discovery rate).
-
-    :math:`\tilde p_{(i)} = \min_{j \ge i} \min(1, \frac{m}{j} p_{(j)})`.  NaN entries are left out
-    of the family and stay NaN.
-    """
-    p = np.asarray(p, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = ~np.isnan(p)
-    q = p[ok]
-    m = len(q)
-    if m == 0:
-        return out
-    order = np.argsort(q, kind="stable")
-    raw = q[order] * m / np.arange(1, m + 1)
-    adj = np.minimum(1.0, np.minimum.accumulate(raw[::-1])[::-1])
-    res = np.empty(m)
-    res[order] = adj
-    out[ok] = res
-    return out
-
-
-def adjust_pvalues(
-    p: Sequence[float] | np.ndarray,
-    *,
-    comparisons: Sequence[str] | None = None,
-    method: str = "holm",
-    family: str = "all comparisons",
-    alpha: float = 0.05,
-) -> pd.DataFrame:
-    """Adjust a family of p-values and state the family.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``comparison, p, p_adjusted, method, family, family_size, significant``
-        (``significant``: ``p_adjusted < alpha``); ``family_size`` counts the non-NaN p-values.
-    """
-    p = np.asarray(p, dtype=np.float64)
-    if comparisons is None:
-        comparisons = [f"comparison {i}" for i in range(len(p))]
-    if len(comparisons) != len(p):
-        raise ValueError(f"comparisons: expected {len(p)} names (one per p-value), got {len(comparisons)}")
-    if method == "holm":
-        adj = holm(p)
-    elif method in ("bh", "fdr_bh", "benjamini_hochberg"):
-        adj, method = benjamini_hochberg(p), "benjamini_hochberg"
-    else:
-        raise ValueError(f"method: expected 'holm' or 'bh', got {method!r}")
-    return pd.DataFrame(
-        {
-            "comparison": list(comparisons),
-            "p": p,
-            "p_adjusted": adj,
-            "method": method,
-            "family": family,
-            "family_size": int((~np.isnan(p)).sum()),
-            "significant": adj < alpha,
-        }
-    )
 
 
 # --------------------------------------------------------------------------------------------

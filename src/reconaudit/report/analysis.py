@@ -16,7 +16,6 @@ the same tables, and the clean-image bootstrap of a cohort is the same in every 
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -736,7 +735,7 @@ def _mark_not_estimable(df: pd.DataFrame, s: dict) -> pd.DataFrame:
 def _floor_bootstrap_p(df: pd.DataFrame, s: dict) -> None:
     """A bootstrap of B resamples cannot show p below 1/(B+1): floor its p-values there (in place)."""
     m = (df["test"] == "paired bootstrap") & df["p_value"].notna()
-    df.loc[m, "p_value"] = np.maximum(df.loc[m, "p_value"].to_numpy(float), 1.0 / (s["n_resamples"] + 1))
+    df.loc[m, "p_value"] = M.floor_p_value(df.loc[m, "p_value"].to_numpy(float), s["n_resamples"])
 
 
 def _permutation_tests(fair: pd.DataFrame, fair_rows: list[dict], s: dict) -> pd.DataFrame:
@@ -769,13 +768,13 @@ def _refine_bootstrap(fair: pd.DataFrame, fair_rows: list[dict], s: dict) -> pd.
     b1 = s["n_resamples"]
     fair["n_resamples"] = np.where(fair["p_value"].notna(), b1, np.nan)
     m = int(fair["p_value"].notna().sum())
-    b2 = int(min(100_000, math.ceil(4 * max(m, 1) / s["alpha"])))
+    b2 = M.two_stage_resamples(m, s["alpha"])
     if b2 > b1:
         todo: dict[int, tuple[dict, list[tuple[int, str, str]]]] = {}
         for i, r in enumerate(fair_rows):
             spec = r.get("_refine")
             p = fair.at[i, "p_value"]
-            if spec is None or not np.isfinite(p) or p * b1 / 2 > 2:
+            if spec is None or not M.needs_second_stage(p, b1):
                 continue
             kwargs, metric, attribute = spec
             todo.setdefault(id(kwargs), (kwargs, []))[1].append((i, metric, attribute))
@@ -789,7 +788,8 @@ def _refine_bootstrap(fair: pd.DataFrame, fair_rows: list[dict], s: dict) -> pd.
                     fair.at[i, "n_resamples"] = b2
                     fair.at[i, "n_undefined"] = int(r["n_undefined"])
     ok = fair["p_value"].notna()
-    fair.loc[ok, "p_value"] = np.maximum(fair.loc[ok, "p_value"], 1.0 / (fair.loc[ok, "n_resamples"] + 1))
+    fair.loc[ok, "p_value"] = M.floor_p_value(fair.loc[ok, "p_value"].to_numpy(float),
+                                              fair.loc[ok, "n_resamples"].to_numpy(float))
     return fair
 
 
