@@ -69,6 +69,11 @@ def _cli(cfg_path, out, env, **kw):
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
 
 
+def _committed(store: Path) -> list[Path]:
+    """Committed artifacts ``KIND/KEY/_COMMITTED``; not a marker inside ``.tmp/`` that a kill left before its rename."""
+    return [p for p in store.glob("*/*/_COMMITTED") if not p.parts[-3].startswith(".")]
+
+
 def test_kill_midway_then_resume_gives_same_records(tmp_path):
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(tiny_config()))
@@ -83,7 +88,7 @@ def test_kill_midway_then_resume_gives_same_records(tmp_path):
     deadline = time.time() + 120
     # wait until some but not all steps are committed (the unet fits are the slow ones)
     while time.time() < deadline:
-        done = list(store.glob("*/*/_COMMITTED")) if store.exists() else []
+        done = _committed(store) if store.exists() else []
         if len(done) >= 5 or proc.poll() is not None:
             break
         time.sleep(0.05)
@@ -91,7 +96,7 @@ def test_kill_midway_then_resume_gives_same_records(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "records.parquet").exists()
-    partial = len(list(store.glob("*/*/_COMMITTED")))
+    partial = len(_committed(store))
     assert 0 < partial < 21
     assert _cli(cfg_path, out, env).wait() == 0
     log = (out / "run.log").read_text()
