@@ -96,30 +96,37 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(q) - np.log1p(-q)
 
 
-def _recalibration_fit(y: np.ndarray, x: np.ndarray, w: np.ndarray, max_iter: int = 50,
+def _recalibration_fit(y: np.ndarray, x: np.ndarray, w: np.ndarray, max_iter: int = 30,
                        tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
-    """Batched Newton-Raphson for ``logit P(y=1) = a + b x`` with study weights ``w`` ``(B, n)``."""
+    """Batched Newton-Raphson for ``logit P(y=1) = a + b x`` with study weights ``w`` ``(B, n)``.
+
+    Only the rows not yet converged are iterated; rows that do not converge in ``max_iter`` steps
+    (separable or empty data) are NaN.
+    """
     b_ = len(w)
     a, b = np.zeros(b_), np.ones(b_)
+    active = np.flatnonzero(w.sum(axis=1) > 0)
     done = np.zeros(b_, bool)
-    for _ in range(max_iter):
-        with np.errstate(invalid="ignore", over="ignore"):
-            eta = a[:, None] + b[:, None] * x[None, :]
-        mu = expit(eta)
-        r = w * (y[None, :] - mu)
-        h = w * mu * (1 - mu)
-        g0, g1 = r.sum(1), (r * x).sum(1)
-        h00, h01, h11 = h.sum(1), (h * x).sum(1), (h * x * x).sum(1)
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+    x2 = x * x
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for _ in range(max_iter):
+            if len(active) == 0:
+                break
+            wa = w[active]
+            mu = expit(a[active, None] + b[active, None] * x[None, :])
+            r = wa * (y[None, :] - mu)
+            h = wa * mu * (1 - mu)
+            g0, g1 = r.sum(1), r @ x
+            h00, h01, h11 = h.sum(1), h @ x, h @ x2
             det = h00 * h11 - h01**2
             da = (h11 * g0 - h01 * g1) / det
             db = (h00 * g1 - h01 * g0) / det
-        da, db = np.where(done, 0.0, da), np.where(done, 0.0, db)
-        with np.errstate(invalid="ignore", over="ignore"):
-            a, b = a + da, b + db
-            done |= (np.abs(da) < tol * (1 + np.abs(a))) & (np.abs(db) < tol * (1 + np.abs(b)))
-        if done.all() or not np.isfinite(a).any():
-            break
+            a[active] += da
+            b[active] += db
+            conv = (np.abs(da) < tol * (1 + np.abs(a[active]))) & (np.abs(db) < tol * (1 + np.abs(b[active])))
+            done[active[conv]] = True
+            keep = ~conv & np.isfinite(a[active]) & np.isfinite(b[active])
+            active = active[keep]
     bad = ~done | ~np.isfinite(a) | ~np.isfinite(b)
     return np.where(bad, np.nan, a), np.where(bad, np.nan, b)
 

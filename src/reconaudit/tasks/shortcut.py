@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from reconaudit.metrics._utils import group_codes
 from reconaudit.metrics.shortcut import probe_folds
-from torch import nn
 
 __all__ = ["cnn_probe_scores", "probe_network"]
 
