@@ -112,3 +112,20 @@ def test_report_shows_the_depth_sections(built_report):
     for name in ("calibration", "operating_point", "onset", "ranking", "power"):
         assert (tables / f"depth_{name}.csv").exists() and (tables / f"depth_{name}.tex").exists()
         assert not pd.read_csv(tables / f"depth_{name}.csv").empty
+
+
+def test_power_command(fake_run, analysis, tmp_path):
+    from typer.testing import CliRunner
+
+    from reconaudit.cli import app
+
+    out = tmp_path / "power.csv"
+    res = CliRunner().invoke(app, ["power", str(fake_run), "--effect", "0.05", "--csv", str(out)])
+    assert res.exit_code == 0, res.output
+    got = pd.read_csv(out)
+    want = power_table(analysis, 0.05)
+    np.testing.assert_allclose(got["required_patients"].to_numpy(float), want["required_patients"].to_numpy(float))
+    bad = CliRunner().invoke(app, ["power", str(fake_run), "--effect", "0"])
+    assert bad.exit_code == 2
+    missing = CliRunner().invoke(app, ["power", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "records.parquet" in missing.output

@@ -97,14 +97,15 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def _recalibration_fit(y: np.ndarray, x: np.ndarray, w: np.ndarray, max_iter: int = 30,
-                       tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+                       tol: float = 1e-10, start: tuple[float, float] = (0.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
     """Batched Newton-Raphson for ``logit P(y=1) = a + b x`` with study weights ``w`` ``(B, n)``.
 
-    Only the rows not yet converged are iterated; rows that do not converge in ``max_iter`` steps
+    Starts at ``start`` (the identity recalibration by default; the full-sample fit for resamples);
+    only the rows not yet converged are iterated; rows that do not converge in ``max_iter`` steps
     (separable or empty data) are NaN.
     """
     b_ = len(w)
-    a, b = np.zeros(b_), np.ones(b_)
+    a, b = np.full(b_, float(start[0])), np.full(b_, float(start[1]))
     active = np.flatnonzero(w.sum(axis=1) > 0)
     done = np.zeros(b_, bool)
     x2 = x * x
@@ -212,6 +213,13 @@ def calibration_by_group(
                 b[sel] = calibration_bins(p[sel], n_bins, strategy)
             bins[(arm, k)] = b
     xs = {arm: _logit(p) for arm, p in arms.items()}
+    # resample fits start from the full-sample fit: a few Newton steps instead of a dozen
+    start = {}
+    for arm in arms:
+        for k, m in enumerate([*masks, None]):
+            wk = np.ones((1, len(y))) if m is None else m[None].astype(np.float64)
+            a0, b0 = _recalibration_fit(y, xs[arm], wk)
+            start[(arm, k)] = (a0[0], b0[0]) if np.isfinite(a0[0]) and np.isfinite(b0[0]) else (0.0, 1.0)
     names: list[tuple[str, str, str]] = []
     for arm in arms:
         for grp in [*labels.tolist(), "(all)"]:
@@ -225,7 +233,7 @@ def calibration_by_group(
             for k, m in enumerate([*masks, None]):
                 wk = w if m is None else w * m
                 ece = _ece_weighted(y, p, bins[(arm, k)], n_bins, wk)
-                a, b = _recalibration_fit(y, xs[arm], wk)
+                a, b = _recalibration_fit(y, xs[arm], wk, start=start[(arm, k)])
                 if m is not None and not ok_group[k]:
                     ece, a, b = (np.full(len(w), np.nan),) * 3
                 if m is not None:

@@ -51,6 +51,8 @@ __all__ = ["Depth", "analyse_depth", "write_depth", "power_table", "DEPTH_TABLES
 #: Tables of :class:`Depth`, in report order.
 DEPTH_TABLES = ("calibration", "operating_point", "intersections", "intersection_groups", "onset", "shortcut",
                 "ranking", "friedman", "segmentation_equity", "power")
+#: At most this many bootstrap resamples per interval of the analyses in depth (bounds the report's cost).
+DEPTH_RESAMPLES = 400
 _CELL = ["cohort", "level", "reconstructor", "arm", "mitigation", "mitigation_strength", "seed"]
 _PRIMARY_FAIRNESS = {"classification": "equalized_odds_difference", "segmentation": "dice_gap"}
 
@@ -68,7 +70,7 @@ def _settings(meta: dict, analysis: Analysis) -> dict:
     a = dict(meta.get("analysis") or {})
     s = dict(analysis.settings)
     s["min_group_patients"] = int(a.get("min_group_patients", s.get("min_group_patients", s["min_group_size"])))
-    s["depth_resamples"] = int(a.get("depth_resamples", min(s["n_resamples"], 400)))
+    s["depth_resamples"] = min(s["n_resamples"], DEPTH_RESAMPLES)
     s["calibration_bins"] = int(a.get("calibration_bins", 10))
     s["calibration_strategy"] = str(a.get("calibration_strategy", "uniform"))
     s["power_effect"] = float(a.get("power_effect", 0.05))
@@ -469,6 +471,11 @@ def analyse_depth(records: pd.DataFrame, meta: dict, analysis: Analysis) -> Dept
         adj = M.adjust_pvalues(inter_df["p_value"].to_numpy(float), method=s["correction"], alpha=s["alpha"])
         inter_df["p_adjusted"] = adj["p_adjusted"].to_numpy()
         inter_df["significant"] = adj["significant"].to_numpy()
+    asked = s["intersections"] or []
+    found = {g["intersection"].iloc[0] for g in guards if len(g)}
+    for combo in asked:
+        if M.intersection_name(combo) not in found:
+            logger.warning("analysis.intersections: %s matches no cohort's group attributes", combo)
     gdf = cat(guards, ["cohort", "intersection"])
     if not gdf.empty:
         gdf = gdf.drop_duplicates(["cohort", "intersection", "group"]).reset_index(drop=True)
