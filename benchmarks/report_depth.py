@@ -27,6 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=None, help="an audit run directory (default: fake records)")
     ap.add_argument("--patients", type=int, default=60, help="fake records: test patients per cohort")
+    ap.add_argument("--keep", type=Path, default=None, help="build the copy (and its report) here instead of a temp dir")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "report_depth.json")
     args = ap.parse_args()
     from reconaudit.report.analysis import analyse
@@ -36,7 +37,8 @@ def main() -> None:
     from reconaudit.report.tables import write_tables
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
+        run = (args.keep if args.keep is not None else Path(tmp)) / "run"
+        shutil.rmtree(run, ignore_errors=True)
         if args.run is not None:
             run.mkdir()
             for name in ("records.parquet", "run.json"):

@@ -22,13 +22,17 @@ def bootstrap_statistic(
     *,
     n_resamples: int = 1000,
     seed: int = 0,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Point estimate ``(K,)`` and patient-level bootstrap distribution ``(n_resamples, K)`` of ``stat``.
 
     ``stat`` maps float study weights ``(b, n)`` to ``(b, K)`` values (NaN where undefined).
+    ``chunk_size`` resamples are evaluated at once (default: as many as keep a weight chunk near
+    2 million entries, between 16 and 256).
     """
     n = len(np.asarray(patient_ids))
+    if chunk_size is None:
+        chunk_size = int(min(256, max(16, 2_000_000 // max(n, 1))))
     point = np.asarray(stat(np.ones((1, n))), dtype=np.float64)[0]
     rng = np.random.default_rng(seed)
     dist = [np.asarray(stat(w.astype(np.float64)), dtype=np.float64)

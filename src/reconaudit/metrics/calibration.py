@@ -226,17 +226,22 @@ def calibration_by_group(
             names += [(str(grp), "ece", arm), (str(grp), "slope", arm), (str(grp), "intercept", arm)]
         names.append(("(gap)", "ece_gap", arm))
 
+    # each group's fit runs on the group's own studies only (columns of the weight matrix)
+    cols_of = [np.flatnonzero(m) for m in masks] + [np.arange(len(y))]
+
     def stat(w: np.ndarray) -> np.ndarray:
         cols = []
         for arm, p in arms.items():
             eces = []
-            for k, m in enumerate([*masks, None]):
-                wk = w if m is None else w * m
-                ece = _ece_weighted(y, p, bins[(arm, k)], n_bins, wk)
-                a, b = _recalibration_fit(y, xs[arm], wk, start=start[(arm, k)])
-                if m is not None and not ok_group[k]:
-                    ece, a, b = (np.full(len(w), np.nan),) * 3
-                if m is not None:
+            for k, idx in enumerate(cols_of):
+                is_group = k < g
+                if is_group and not ok_group[k]:
+                    ece = a = b = np.full(len(w), np.nan)
+                else:
+                    wk = w[:, idx]
+                    ece = _ece_weighted(y[idx], p[idx], bins[(arm, k)][idx], n_bins, wk)
+                    a, b = _recalibration_fit(y[idx], xs[arm][idx], wk, start=start[(arm, k)])
+                if is_group:
                     eces.append(ece)
                 cols += [ece, b, a]
             e = np.stack(eces, axis=1)

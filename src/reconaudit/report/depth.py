@@ -550,17 +550,19 @@ def _calibration_fmt(df: pd.DataFrame) -> pd.DataFrame:
 
 def _operating_fmt(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    keys = [*_CELL, "label", "attribute"]
-    for _, g in df.groupby(keys + ["group"], sort=False, dropna=False):
-        q = {r["quantity"]: r for r in g.to_dict("records")}
+    by: dict = {}
+    keys = [*_CELL, "label", "attribute", "group"]
+    for r in df.to_dict("records"):
+        key = tuple(None if isinstance(r[k], float) and np.isnan(r[k]) else r[k] for k in keys)
+        by.setdefault(key, {})[r["quantity"]] = r
+    for q in by.values():
         first = q["sensitivity_clean"]
-        ch = q["sensitivity_change"]
         rows.append({**_cell_fmt(first), "label": first["label"], "attribute": first["attribute"],
                      "group": first["group"], "patients (pos/neg)": f"{first['n_patients']} "
                      f"({first['n_positive']}/{first['n_negative']})",
                      "threshold": _f(q["restoring_threshold"]["clean_threshold"], 3),
                      "Se clean": _est(q["sensitivity_clean"]), "Se processed": _est(q["sensitivity_recon"]),
-                     "Se change": _ci(ch, signed=True),
+                     "Se change": _ci(q["sensitivity_change"], signed=True),
                      "Sp clean": _est(q["specificity_clean"]), "Sp processed": _est(q["specificity_recon"]),
                      "Sp change": _ci(q["specificity_change"], signed=True),
                      "decision flips": _est(q["flip_rate"]),
@@ -696,10 +698,10 @@ def _fig_reliability(d: Depth, a: Analysis, out_dir: Path) -> Figure | None:
             ax.set_ylim(0, 1)
         axes[0][0].set_ylabel("observed rate")
         h, lab = axes[0][0].get_legend_handles_labels()
-        fig.legend(h, lab, loc="lower center", ncol=min(len(lab), 4), frameon=False, bbox_to_anchor=(0.5, -0.02))
+        fig.legend(h, lab, loc="lower center", ncol=min(len(lab), 4), frameon=False, bbox_to_anchor=(0.5, 0.0))
         fig.suptitle(_t(f"{cohort}: reliability of '{label}' by {attr} at "
                         f"{level_text(keys[0][3], info['level_name'])}"))
-        fig.tight_layout(rect=(0, 0.12, 1, 1))
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
         png, pdf = _save(fig, out_dir, "depth-reliability")
     return Figure("depth-reliability", png, pdf, "Reliability by group, clean vs processed",
                   f"Observed positive rate against the mean predicted probability per bin "
@@ -809,16 +811,18 @@ def _fig_onset(d: Depth, a: Analysis, styles: _Styles, out_dir: Path) -> Figure 
                   "fairness-family correction.")
 
 
-def _fig_ranking(d: Depth, out_dir: Path) -> Figure | None:
+def _fig_ranking(d: Depth, a: Analysis, out_dir: Path) -> Figure | None:
     r = d.tables["ranking"]
     if r.empty:
         return None
     panels = r[["cohort", "criterion"]].drop_duplicates().to_records(index=False)
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.4, 3.0), squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.0), squeeze=False,
+                                 layout="constrained")
         for ax, (cohort, crit) in zip(axes[0], panels):
             sub = r[(r["cohort"] == cohort) & (r["criterion"] == crit)]
             piv = sub.pivot_table(index="method", columns="level", values="p_first", aggfunc="mean")
+            piv = piv[[lv for lv in a.cohorts[cohort]["levels"] if lv in piv.columns]]  # mildest first
             im = ax.imshow(piv.to_numpy(), vmin=0, vmax=1, cmap="Blues", aspect="auto")
             ax.set_yticks(range(len(piv.index)), [_t(m) for m in piv.index])
             ax.set_xticks(range(len(piv.columns)), [f"{c:g}" for c in piv.columns])
@@ -827,8 +831,8 @@ def _fig_ranking(d: Depth, out_dir: Path) -> Figure | None:
                     ax.text(xx, yy, f"{100 * v:.0f}%", ha="center", va="center", fontsize=7,
                             color="white" if v > 0.6 else "black")
             ax.set_title(_t(f"{cohort}\n{crit}"))
-            ax.set_xlabel("level")
-        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="share of resamples ranked first")
+            ax.set_xlabel(f"{a.cohorts[cohort]['level_name'] or 'level'} (mildest first)")
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="share ranked first")
         png, pdf = _save(fig, out_dir, "depth-ranking")
     return Figure("depth-ranking", png, pdf, "Ranking with uncertainty",
                   "Share of patient-level bootstrap resamples in which each method ranks first, per cohort, criterion "
@@ -929,7 +933,7 @@ def write_depth(d: Depth, a: Analysis, tables_dir: Path | str, figures_dir: Path
             encoding="utf-8")
     styles = _Styles(list(a.cells["reconstructor"].unique()))
     figs = {"calibration": _fig_reliability(d, a, fdir), "operating_point": _fig_operating(d, a, styles, fdir),
-            "onset": _fig_onset(d, a, styles, fdir), "ranking": _fig_ranking(d, fdir)}
+            "onset": _fig_onset(d, a, styles, fdir), "ranking": _fig_ranking(d, a, fdir)}
     empty = {
         "calibration": "No classification cell: calibration needs scores and targets.",
         "operating_point": "No classification cell: the operating point needs scores, targets and thresholds.",
