@@ -40,7 +40,7 @@ def main() -> None:
         run = (args.keep if args.keep is not None else Path(tmp)) / "run"
         shutil.rmtree(run, ignore_errors=True)
         if args.run is not None:
-            run.mkdir()
+            run.mkdir(parents=True)
             for name in ("records.parquet", "run.json"):
                 shutil.copy(args.run / name, run / name)
             if (args.run / "examples").exists():
@@ -50,6 +50,7 @@ def main() -> None:
             sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "report"))
             from fake_records import make_fake_run
 
+            run.parent.mkdir(parents=True, exist_ok=True)
             make_fake_run(run, n_patients=args.patients, n_resamples=1000)
             source = f"fake records, {args.patients} patients per cohort"
         out = run / "report"

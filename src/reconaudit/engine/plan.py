@@ -23,9 +23,9 @@ STEP_VERSIONS = {
     "degrade": 1,
     "fit_recon": 1,
     "reconstruct": 1,
-    "score": 1,
+    "score": 2,  # 2: penultimate features (feature:<k>, clean_feature:<k>)
     "direct_model": 1,
-    "direct_score": 1,
+    "direct_score": 2,
 }
 STEP_KINDS = tuple(STEP_VERSIONS)
 
