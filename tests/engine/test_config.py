@@ -102,3 +102,13 @@ def test_yaml_file_and_bad_yaml(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="neither a file nor a bundled config"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_analysis_intersections_need_two_distinct_attributes():
+    from reconaudit.engine.config import AnalysisConfig
+
+    assert AnalysisConfig(intersections=[["sex", "age_band"]]).intersections == [["sex", "age_band"]]
+    assert AnalysisConfig().intersections is None
+    for bad in ([["sex"]], [["sex", "sex"]]):
+        with pytest.raises(ValueError, match=r"analysis.intersections\[0\]"):
+            AnalysisConfig(intersections=bad)
