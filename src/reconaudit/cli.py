@@ -226,6 +226,41 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run directory holding
 
 
 @app.command()
+def power(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory holding records.parquet")],
+    effect: Annotated[float, typer.Option("--effect", help="bias change to detect (e.g. 0.05)")] = 0.05,
+    power_: Annotated[float, typer.Option("--power", help="power of the test")] = 0.8,
+    alpha: Annotated[float | None, typer.Option("--alpha", help="test level (default: the run's analysis.alpha)")] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="also write the table to this CSV file")] = None,
+) -> None:
+    """Test patients needed to detect a bias change of EFFECT, from the variance observed in a run."""
+    if not (run_dir / "records.parquet").exists():
+        console.print(f"[red]{run_dir} has no records.parquet: run an audit there first[/red]")
+        raise typer.Exit(2)
+    if effect <= 0 or not 0 < power_ < 1 or (alpha is not None and not 0 < alpha < 1):
+        console.print("[red]--effect must be > 0, --power and --alpha in (0, 1)[/red]")
+        raise typer.Exit(2)
+    from reconaudit.report import analyse
+    from reconaudit.report.depth import power_table
+    from reconaudit.report.html import load_run
+
+    records, meta = load_run(run_dir)
+    df = power_table(analyse(records, meta), effect, power=power_, alpha=alpha)
+    table = Table(title=f"patients needed to detect a bias change of {effect:g} at {100 * power_:.0f}% power")
+    cols = ["cohort", "level", "reconstructor", "attribute", "label", "metric", "observed_change", "standard_error",
+            "n_patients", "power_now", "required_patients"]
+    for c in cols:
+        table.add_column(c.replace("_", " "), overflow="fold")
+    for r in df.to_dict("records"):
+        table.add_row(*[("n/a" if isinstance(r[c], float) and r[c] != r[c] else
+                         f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])) for c in cols])
+    console.print(table)
+    if csv is not None:
+        df.to_csv(csv, index=False)
+        console.print(f"written: {escape(str(csv))}")
+
+
+@app.command()
 def cohorts() -> None:
     """List the cohorts reconaudit knows, with their tasks and group attributes."""
     from reconaudit.cohorts import COHORTS

@@ -117,3 +117,20 @@ def test_plan_command_shows_done_cells(tiny_run, tmp_path):
     res = CliRunner().invoke(app, ["plan", str(cfg_path), "--out", str(tiny_run.run_dir)])
     assert res.exit_code == 0, res.output
     assert res.output.count("done") >= len(tiny_run.plan.cells)
+
+
+def test_records_carry_penultimate_features_for_the_shortcut_probe(tiny_run):
+    from reconaudit.report.depth import shortcut_table
+
+    rec = pd.read_parquet(tiny_run.records_path)
+    feats = [c for c in rec.columns if c.startswith("feature:")]
+    assert feats and all(f"clean_{c}" in rec.columns for c in feats)
+    assert rec[feats].notna().all().all()
+    # the clean model's features of the clean images are the same in every reconstruct cell
+    recon = rec[rec["arm"] == "reconstruct"]
+    spread = recon.groupby("study_id")["clean_feature:0"].agg(lambda s: s.max() - s.min())
+    assert spread.max() < 1e-6
+    tab = shortcut_table(rec, {"seed": 0, "depth_resamples": 20})
+    assert set(tab["input"]) == {"clean", "recon", "change"}
+    arms = tab[tab["input"] != "change"]
+    assert arms["estimate"].between(0, 1).all() and set(arms["attribute"]) >= {"sex"}

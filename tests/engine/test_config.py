@@ -172,3 +172,13 @@ def test_analysis_definitions_and_guards():
         load_config(tiny_config(analysis={"definitions": "paper"}))
     with pytest.raises(ConfigError, match="analysis.max_undefined_share"):
         load_config(tiny_config(analysis={"max_undefined_share": 2}))
+
+
+def test_analysis_intersections_need_two_distinct_attributes():
+    from reconaudit.engine.config import AnalysisConfig
+
+    assert AnalysisConfig(intersections=[["sex", "age_band"]]).intersections == [["sex", "age_band"]]
+    assert AnalysisConfig().intersections is None
+    for bad in ([["sex"]], [["sex", "sex"]]):
+        with pytest.raises(ValueError, match=r"analysis.intersections\[0\]"):
+            AnalysisConfig(intersections=bad)

@@ -170,6 +170,21 @@ class AnalysisConfig(_Strict):
         "test set, segmentation SER = (1 - min Dice)/(1 - max Dice)); see docs/metrics.md",
     )
     seed: int = 0
+    # the fairness audit in depth (docs/report.md)
+    intersections: list[list[str]] | None = Field(
+        default=None, description="attribute combinations, e.g. [[sex, age_band]]; default: a cohort's first two")
+    calibration_bins: int = Field(default=10, ge=2)
+    calibration_strategy: Literal["uniform", "quantile"] = "uniform"
+    power_effect: float = Field(default=0.05, gt=0, description="bias change the sample-size planner plans for")
+
+    @field_validator("intersections")
+    @classmethod
+    def _two_or_more(cls, v: list[list[str]] | None) -> list[list[str]] | None:
+        for i, combo in enumerate(v or []):
+            if len(combo) < 2 or len(set(combo)) != len(combo):
+                raise ValueError(f"analysis.intersections[{i}]: expected two or more distinct group attributes, "
+                                 f"got {combo}")
+        return v
 
 
 class ResourceConfig(_Strict):

@@ -25,7 +25,7 @@ STEP_VERSIONS = {
     "degrade": 2,
     "fit_recon": 2,
     "reconstruct": 2,
-    "score": 2,
+    "score": 2,  # also: penultimate features (feature:<k>, clean_feature:<k>)
     "direct_model": 2,
     "direct_score": 2,
 }

@@ -122,6 +122,31 @@ def _predict_batched(model, images: torch.Tensor, batch_size: int = 64) -> np.nd
     return np.concatenate(outs, 0) if outs else np.zeros((0,))
 
 
+#: Penultimate features wider than this are stored through a fixed random projection (shortcut probe).
+FEATURE_COLUMNS = 64
+
+
+def _features_batched(model, images: torch.Tensor, batch_size: int = 64) -> np.ndarray | None:
+    """Penultimate features ``(N, F)`` of a diagnostic model for the shortcut probe; None when it has none.
+
+    More than :data:`FEATURE_COLUMNS` features are projected onto that many with a fixed Gaussian
+    matrix (seed 0, scaled by 1/sqrt(k): distances kept in expectation, Johnson-Lindenstrauss).
+    """
+    if not hasattr(model, "features"):
+        return None
+    try:
+        with torch.no_grad():
+            f = torch.cat([model.features(images[i : i + batch_size]).detach().float().cpu()
+                           for i in range(0, len(images), batch_size)]).flatten(1).numpy()
+    except (NotImplementedError, RuntimeError, TypeError, AttributeError) as exc:
+        log.info("no penultimate features for the shortcut probe (%s)", exc)
+        return None
+    if f.shape[1] > FEATURE_COLUMNS:
+        proj = np.random.default_rng(0).standard_normal((f.shape[1], FEATURE_COLUMNS)) / np.sqrt(FEATURE_COLUMNS)
+        f = f @ proj
+    return f.astype(np.float32)
+
+
 def _seg_scores(prob: np.ndarray, threshold: float, truth: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from reconaudit.metrics import dice, hd95
 
@@ -396,6 +421,12 @@ def _score_common(
                                                        ev["threshold_policy"], ev.get("target_sensitivity")))
                 df[f"threshold:{label}"] = thr
                 df[f"clean_threshold:{label}"] = clean_thr
+            feats = _features_batched(model, inputs)
+            clean_feats = _features_batched(clean_models["classification"], clean_imgs)
+            if feats is not None and clean_feats is not None:
+                df = pd.concat([df, pd.DataFrame(feats, columns=[f"feature:{i}" for i in range(feats.shape[1])]),
+                                pd.DataFrame(clean_feats, columns=[f"clean_feature:{i}" for i in
+                                                                   range(clean_feats.shape[1])])], axis=1)
             if k > 1:
                 for s in range(k):
                     ps = _predict_batched(model, recon["samples"][:, s])

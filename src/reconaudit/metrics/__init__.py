@@ -127,3 +127,29 @@ __all__ = [
     "weighted_confusion_counts",
     "worst_group",
 ]
+
+# the fairness audit in depth (docs/metrics.md, "Fairness audit in depth")
+from ._resample import bootstrap_statistic  # noqa: E402
+from .calibration import (  # noqa: E402
+    calibration_bins,
+    calibration_by_group,
+    calibration_slope_intercept,
+    expected_calibration_error,
+    reliability_curve,
+)
+from .intersections import INTERSECTION_SEPARATOR, group_guard, intersect_groups, intersection_name  # noqa: E402
+from .onset import OnsetResult, onset_level  # noqa: E402
+from .operating_point import OPERATING_POINT_QUANTITIES, operating_point_audit, restoring_threshold  # noqa: E402
+from .power import power_at, required_patients, se_from_interval  # noqa: E402
+from .ranking import FriedmanResult, bootstrap_ranks, friedman_test, overlap_text  # noqa: E402
+from .segmentation_equity import SEGMENTATION_EQUITY_METRICS, equity_scaled, segmentation_equity  # noqa: E402
+from .shortcut import probe_auroc, probe_folds, probe_scores, shortcut_probe  # noqa: E402
+
+__all__ += [
+    "INTERSECTION_SEPARATOR", "OPERATING_POINT_QUANTITIES", "SEGMENTATION_EQUITY_METRICS", "FriedmanResult",
+    "OnsetResult", "bootstrap_ranks", "calibration_bins", "calibration_by_group", "calibration_slope_intercept",
+    "equity_scaled", "expected_calibration_error", "friedman_test", "group_guard", "intersect_groups",
+    "intersection_name", "onset_level", "operating_point_audit", "overlap_text", "power_at", "reliability_curve",
+    "required_patients", "restoring_threshold", "se_from_interval", "segmentation_equity", "bootstrap_statistic",
+    "probe_auroc", "probe_folds", "probe_scores", "shortcut_probe",
+]

@@ -25,6 +25,7 @@ from markupsafe import Markup
 
 from .. import __version__
 from .analysis import Analysis, analyse
+from .depth import analyse_depth, write_depth
 from .figures import Figure, render_figures
 from .markdown import render_markdown
 from .tables import formatted_tables, write_tables
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["build_report", "load_run", "render_html"]
 
 _TEMPLATES = Path(__file__).parent / "templates"
-_WRAP_COLUMNS = {"note", "groups (n)", "description"}
+_WRAP_COLUMNS = {"note", "groups (n)", "description", "in words", "methods"}
 
 
 def load_run(run_dir: Path | str) -> tuple[pd.DataFrame, dict]:
@@ -94,8 +95,28 @@ def _yaml_text(meta: dict) -> str:
         return json.dumps(cfg, indent=2, default=str)
 
 
-def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path: Path | str) -> Path:
-    """Render ``report.html`` from an analysis, the run description and the written figures."""
+def _figure_dict(f: Figure, number: int) -> dict:
+    data = base64.b64encode(f.png.read_bytes()).decode("ascii")
+    width = _png_width(f.png)
+    return {"id": f"fig-{f.key}", "number": number, "title": f.title, "caption": f.caption, "data": data,
+            "files": f"figures/{f.png.name}, figures/{f.pdf.name}", "width": min(width, 1100) if width else 1000}
+
+
+def _depth_sections(depth: list[dict], first_figure: int) -> list[dict]:
+    """The sections of :func:`reconaudit.report.depth.write_depth`, tables and figures ready for the template."""
+    out, n = [], first_figure
+    for sec in depth:
+        figs = []
+        for f in sec["figures"]:
+            figs.append(_figure_dict(f, n))
+            n += 1
+        out.append({**sec, "figures": figs, "tables": [{"title": t, "table": _table(df)} for t, df in sec["tables"]]})
+    return out
+
+
+def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path: Path | str,
+                depth: list[dict] | None = None) -> Path:
+    """Render ``report.html`` from an analysis, the run description, the written figures and the depth sections."""
     a = analysis
     fmt = formatted_tables(a)
     env = jinja2.Environment(
@@ -103,13 +124,8 @@ def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path:
         trim_blocks=True, lstrip_blocks=True,
     )
     tmpl = env.get_template("report.html.j2")
-    figs = []
-    for i, f in enumerate(figures, start=1):
-        data = base64.b64encode(f.png.read_bytes()).decode("ascii")
-        width = _png_width(f.png)
-        figs.append({"id": f"fig-{f.key}", "number": i, "title": f.title, "caption": f.caption, "data": data,
-                     "files": f"figures/{f.png.name}, figures/{f.pdf.name}",
-                     "width": min(width, 1100) if width else 1000})
+    figs = [_figure_dict(f, i) for i, f in enumerate(figures, start=1)]
+    depth_secs = _depth_sections(depth or [], len(figs) + 1)
     task_by, fair_by = [], []
     for cohort in a.cohorts:
         t = fmt["task"][fmt["task"]["cohort"] == cohort] if not fmt["task"].empty else fmt["task"]
@@ -139,6 +155,8 @@ def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path:
          + [{"id": f"fairness-{i}", "title": c["cohort"]} for i, c in enumerate(fair_by, 1)]
          + ([{"id": "seeds", "title": "Training seeds"}] if not fmt["seeds"].empty else [])},
         {"id": "definitions", "title": "Definitions and statistics", "children": []},
+        *([{"id": "depth", "title": "Fairness audit in depth",
+            "children": [{"id": d["id"], "title": d["title"]} for d in depth_secs]}] if depth_secs else []),
         {"id": "data", "title": "Cohorts and data cards", "children": []},
         {"id": "config", "title": "Configuration", "children": []},
         {"id": "versions", "title": "Software versions", "children": []},
@@ -153,7 +171,7 @@ def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path:
         sections=sections, headlines=a.headlines.to_dict("records"),
         families=a.families.to_dict("records"), summary=_table(fmt["summary"]), figures=figs,
         task_by_cohort=task_by, fairness_by_cohort=fair_by, fairness_sig=_table(sig),
-        seeds=_table(fmt["seeds"]), definitions=_table(a.definitions), cohorts=cohorts, config_yaml=_yaml_text(meta), versions=_table(versions),
+        seeds=_table(fmt["seeds"]), definitions=_table(a.definitions), depth=depth_secs, cohorts=cohorts, config_yaml=_yaml_text(meta), versions=_table(versions),
         failures=[{"step": str(f.get("step", "")), "error": str(f.get("error", ""))}
                   for f in (meta.get("failures") or [])],
     )
@@ -184,6 +202,7 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Path
     analysis = analyse(records, meta)
     write_tables(analysis, out / "tables")
     figures = render_figures(records, meta, analysis, run_dir, out / "figures")
-    path = render_html(analysis, meta, figures, out / "report.html")
+    depth = write_depth(analyse_depth(records, meta, analysis), analysis, out / "tables", out / "figures")
+    path = render_html(analysis, meta, figures, out / "report.html", depth=depth)
     logger.info("report written to %s", path)
     return path
