@@ -147,7 +147,7 @@ def test_a_kill_during_the_report_leaves_no_truncated_report_and_a_rerun_complet
     shutil.copytree(src, run)
     real = html.render_html
 
-    def killed(analysis, meta, figures, out_path):
+    def killed(analysis, meta, figures, out_path, **kwargs):
         Path(out_path).write_text("<!doctype html><html><body>half")
         raise KeyboardInterrupt  # the process is stopped mid-write
 

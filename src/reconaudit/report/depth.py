@@ -322,6 +322,8 @@ def _ranking_tables(records: pd.DataFrame, a: Analysis, s: dict) -> tuple[pd.Dat
     rank_rows, fried_rows = [], []
     cells = _main_seed(a.cells[a.cells["mitigation"] == "none"])
     for cohort, info in a.cohorts.items():
+        if info["task"] not in _PRIMARY_FAIRNESS:  # a reconstruction-quality audit: no task
+            continue
         cr = records[records["cohort"] == cohort]
         task = info["task"]
         crit_names = {"task": "mean AUROC" if task == "classification" else "mean Dice",
@@ -350,6 +352,8 @@ def _ranking_tables(records: pd.DataFrame, a: Analysis, s: dict) -> tuple[pd.Dat
     t = _main_seed(a.task[a.task["mitigation"] == "none"])
     f = _main_seed(a.fairness[a.fairness["mitigation"] == "none"])
     for cohort, info in a.cohorts.items():
+        if info["task"] not in _PRIMARY_FAIRNESS:  # a reconstruction-quality audit: no task
+            continue
         metric = "auroc" if info["task"] == "classification" else "dice"
         tt = t[(t["cohort"] == cohort) & (t["metric"] == metric) & (t["label"] != "(mean)")]
         ff = f[(f["cohort"] == cohort) & (f["metric"] == _PRIMARY_FAIRNESS[info["task"]])]
@@ -421,6 +425,8 @@ def power_table(analysis: Analysis, effect: float, *, power: float = 0.8, alpha:
     npat = a.cells.set_index("cell_id")["n_patients"]
     rows = []
     for cohort, info in a.cohorts.items():
+        if info["task"] not in _PRIMARY_FAIRNESS:  # a reconstruction-quality audit: no task
+            continue
         worst = info["levels"][-1] if info["levels"] else None
         ff = f[(f["cohort"] == cohort) & (f["level"] == worst) & (f["metric"] == _PRIMARY_FAIRNESS[info["task"]])]
         for r in ff.itertuples():
