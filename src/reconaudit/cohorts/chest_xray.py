@@ -417,8 +417,13 @@ def _gaussian_blur_fft(img: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tenso
     return out[..., pad : pad + h, pad : pad + w]
 
 
-def _render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render a batch of studies from their parameter tensors; returns (images, body masks).
+def _render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Render a batch of studies from their parameter tensors; returns (images, body masks, finding regions).
+
+    The finding region of a study is the union of where its present findings are drawn: each
+    nodule's disc of radius ``2 sigma`` of its Gaussian, and the pixels where the effusion,
+    consolidation (over the lung) or pneumothorax gap reach half their full opacity.
+    Cardiomegaly changes the heart's size rather than adding an opacity, so it has no region.
 
     Every entry of ``p`` is a tensor with the batch as first dimension (shape (B,) or (B, 2) per
     hemithorax, side 0 = image left = patient's right), or a low-resolution noise field.
@@ -556,6 +561,7 @@ def _render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.
 
     # nodules: Gaussian of sigma = max(r / 1.5, 0.6 px) carrying the mass of a sphere of radius r
     nod = torch.zeros_like(x)
+    nod_region = torch.zeros_like(x, dtype=torch.bool)
     for k in range(p["nodule_x"].shape[1]):
         r = p["nodule_r"][:, k].to(_F32).view(b, 1, 1, 1)
         sg = torch.clamp(r / 1.5, min=0.6 * e_px / s)
@@ -564,6 +570,7 @@ def _render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.
             y - p["nodule_y"][:, k].to(_F32).view(b, 1, 1, 1)
         ) ** 2
         nod = nod + amp * torch.exp(-d2 / (2.0 * sg**2))
+        nod_region |= (amp > 0) & (d2 <= (2.0 * sg) ** 2)
 
     att = tissue - reduction + bones + 0.06 * heart * body + breast + nod + pleural - trachea * body
     att = att.clamp(min=0.0) / _ATT_SCALE
@@ -573,7 +580,12 @@ def _render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.
     mean = img.mean(dim=(2, 3), keepdim=True)
     img = mean + col("contrast") * (img - mean)
     img = _gaussian_blur_fft(img, p["blur"].to(_F32) * size / 64.0)
-    return img.clamp(0.0, 1.0).contiguous(), (body > 0.5)
+    # effusion and consolidation are visible only over the lung; half of each one's full opacity
+    full_eff = side("effusion_on") * side("effusion_op")
+    full_cons = side("cons_on") * side("cons_op")
+    opaque = ((effusion * lung > 0.5 * full_eff) & (full_eff > 0)) | ((consolidation * lung > 0.5 * full_cons) & (full_cons > 0))
+    finding = nod_region | opaque.any(1, keepdim=True) | (gap.amax(1, keepdim=True) > 0.5)
+    return img.clamp(0.0, 1.0).contiguous(), (body > 0.5), (finding & (body > 0.5)).contiguous()
 
 
 # ============================================================================ parameter draws
@@ -907,7 +919,7 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
         ``patient_id``, ``split`` (by patient), ``sex``, ``age_band``, ``site``, ``age``, ``visit``,
         ``cardiothoracic_ratio``, the size of a present finding (``effusion_height``, ``nodule_radius``,
         ``pneumothorax_fraction`` in half-widths of the thorax frame; NaN when absent), the observed labels (float 1/0) and ``true_<label>`` columns, body
-        masks as ``roi_masks``, a generated data card and ``meta`` = the parameters.  Same
+        masks as ``roi_masks``, the regions of the present findings as ``lesion_masks`` (see :func:`_render`), a generated data card and ``meta`` = the parameters.  Same
         parameters, same bits.
 
     Notes
@@ -925,12 +937,14 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
     chunk = int(max(1, min(256, 2**22 // (size * size))))
     images = torch.empty((len(studies), 1, size, size), dtype=_F32)
     roi = torch.empty((len(studies), 1, size, size), dtype=torch.bool)
+    lesion = torch.empty((len(studies), 1, size, size), dtype=torch.bool)
     with task("chest-xray: rendering studies", total=len(studies)) as bar:
         for start in range(0, len(studies), chunk):
             batch = studies[start : start + chunk]
-            img, body = _render(_stack(batch), size)
+            img, body, finding = _render(_stack(batch), size)
             images[start : start + len(batch)] = img
             roi[start : start + len(batch)] = body
+            lesion[start : start + len(batch)] = finding
             bar.advance(len(batch))
     logger.info(
         "chest-xray: %d studies of %d patients at %dx%d",
@@ -948,6 +962,7 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
         labels=list(LABELS),
         group_attributes=["sex", "age_band", "site"],
         roi_masks=roi,
+        lesion_masks=lesion,
         data_card=_data_card(params, table),
         meta=params.model_dump(mode="json"),
     )

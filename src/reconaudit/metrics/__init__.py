@@ -19,7 +19,18 @@ from .fairness import (
     skewed_error_ratio,
     worst_group,
 )
+from .hallucination import (
+    decision_flips,
+    false_positive_volume,
+    hallucination_map,
+    pixel_correlation,
+    sample_spread,
+    uncertainty_coverage,
+)
 from .image import nmse, psnr, ssim, ssim_map
+from .observer import CHOResult, channelized_hotelling, laguerre_gauss_channels
+from .perception import feature_distance, frechet_distance
+from .region import REGION_METRICS, REGIONS, group_mean_summary, region_masks, region_quality
 from .stats import (
     BootstrapResult,
     ChangeResult,
@@ -53,6 +64,22 @@ from .task import (
 )
 
 __all__ = [
+    "CHOResult",
+    "channelized_hotelling",
+    "decision_flips",
+    "false_positive_volume",
+    "feature_distance",
+    "frechet_distance",
+    "hallucination_map",
+    "laguerre_gauss_channels",
+    "pixel_correlation",
+    "sample_spread",
+    "uncertainty_coverage",
+    "REGIONS",
+    "REGION_METRICS",
+    "group_mean_summary",
+    "region_masks",
+    "region_quality",
     "CONFUSION_FIELDS",
     "BootstrapResult",
     "ChangeResult",
