@@ -79,7 +79,7 @@ def test_hallucination_map_finds_a_planted_hallucination_and_little_else():
     blob = 0.3 * np.exp(-((yy - 20) ** 2 + (xx - 40) ** 2) / (2 * 2.5**2))
     recon[0, 0] += blob  # a planted nodule in study 0
     recon[1, 0] -= blob  # an erased structure in study 1
-    zmap, hall, erased = hallucination_map(recon, clean, sigma, tolerance=0.0)
+    zmap, hall, erased = hallucination_map(recon, clean, noise_sigma=sigma, tolerance=0.0)
     core = blob > 0.15
     assert hall[0][core].mean() > 0.95 and erased[1][core].mean() > 0.95
     # elsewhere the flagged share is the chance rate 2 (1 - Phi(3)) = 0.27%
@@ -91,7 +91,20 @@ def test_hallucination_map_finds_a_planted_hallucination_and_little_else():
     z = zmap[2:, 8:-8, 8:-8]
     assert abs(z.std() - 1) < 0.05 and abs(z.mean()) < 0.15  # smoothed pixels are correlated
     with pytest.raises(ValueError, match="tolerance"):
-        hallucination_map(recon, clean, 0.0, tolerance=0.0)
+        hallucination_map(recon, clean, noise_sigma=0.0, tolerance=0.0)
+    # the scale measured on a degraded input with the same white noise is the analytic one
+    degraded = clean + sigma * rng.standard_normal(clean.shape)
+    z2, hall2, _ = hallucination_map(recon, clean, degraded=degraded, tolerance=0.0)
+    ratio = (zmap / z2).reshape(n, -1)[:, 0]  # one scale per study, estimated from ~150 independent patches
+    np.testing.assert_allclose(ratio, 1.0, atol=0.15)
+    assert abs(ratio.mean() - 1) < 0.05
+    assert hall2[0][core].mean() > 0.95
+    # an inpainting mask: observed pixels are exact, so only the tolerance scales the error
+    observed = np.ones_like(clean)
+    observed[:, :, 16:32, 32:48] = 0
+    masked = clean * observed
+    z3, _, _ = hallucination_map(recon, clean, degraded=masked, observed=observed, tolerance=0.1)
+    np.testing.assert_allclose(z3, zmap * sigma * 0.18807 / 0.1, rtol=1e-3)
 
 
 def test_frechet_distance_is_zero_for_a_set_with_itself_and_grows_with_noise():

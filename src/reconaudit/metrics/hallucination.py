@@ -171,34 +171,47 @@ def pixel_correlation(a: object, b: object, *, mask: object | None = None) -> np
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def _smooth(a: np.ndarray, window: float) -> np.ndarray:
+    return ndimage.gaussian_filter(a, sigma=(0, window, window), mode="reflect")
+
+
 def hallucination_map(
-    recon: object, clean: object, noise_sigma: object, *, window: float = 1.5, z: float = 3.0,
-    tolerance: float = 0.02,
+    recon: object, clean: object, *, noise_sigma: object | None = None, degraded: object | None = None,
+    observed: object | None = None, window: float = 1.5, z: float = 3.0, tolerance: float = 0.02,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    r"""Where the reconstruction departs from the truth by more than the degradation's noise explains.
+    r"""Where the reconstruction departs from the truth by more than the degradation explains.
 
     In the spirit of the hallucination index of Tivnan et al. (2024), which measures how far a
-    reconstruction lies from a zero-hallucination reference (the truth plus the noise the
-    measurement allows), pixel by pixel: the error :math:`e = \hat x - x` is smoothed with a
-    Gaussian of ``window`` pixels, :math:`\bar e = g * e`, so that noise-like error averages out
-    while added or removed structure survives, and compared with the standard deviation that white
-    noise of the degradation's level :math:`\sigma_n` has after the same smoothing:
+    reconstruction lies from a zero-hallucination reference (the truth plus what the measurement
+    allows), pixel by pixel: the error :math:`e = \hat x - x` is smoothed with a Gaussian
+    :math:`g` of ``window`` pixels, :math:`\bar e = g * e`, so that noise-like error averages out
+    while added or removed structure survives, and divided by the scale of error the degradation
+    itself leaves at the same smoothing, :math:`s_n`:
 
-    .. math:: z_i = \frac{\bar e_i}{\sqrt{(\sigma_n \lVert g \rVert_2)^2 + \tau^2}}
+    .. math:: z_i = \frac{\bar e_i}{\sqrt{s_n^2 + \tau^2}}, \qquad
+              s_n = \sigma_n \lVert g \rVert_2 \ \text{(white noise of std } \sigma_n\text{)}
+              \quad\text{or}\quad
+              s_n = \Big(\tfrac{1}{|O|}\textstyle\sum_{i \in O} \big(g * ((y - x) \odot 1_O)\big)_i^2\Big)^{1/2}
 
-    with :math:`\tau` a ``tolerance`` for errors too small to matter (in image units).  A pixel is
-    *hallucinated* where :math:`z_i > z` (structure added: the reconstruction is brighter than
-    the truth beyond the noise) and *erased* where :math:`z_i < -z`.  Under pure white noise of
-    level :math:`\sigma_n` and :math:`\tau = 0`, :math:`z_i \sim N(0, 1)`: a share
+    the second from the degraded input :math:`y` itself over its observed pixels :math:`O`
+    (every pixel by default), so that what the raw degraded input already shows (low-dose
+    noise, zero-filling aliasing) counts as explained, and observed pixels of an inpainting
+    mask, which are exact, explain nothing.  :math:`\tau` is a ``tolerance`` for errors too small
+    to matter (in image units).  A pixel is *hallucinated* where :math:`z_i > z` (the
+    reconstruction brighter than the truth beyond what the degradation explains: added
+    structure) and *erased* where :math:`z_i < -z`.  Under pure white noise of level
+    :math:`\sigma_n` and :math:`\tau = 0`, :math:`z_i \sim N(0, 1)`: a share
     :math:`2\,(1 - \Phi(z))` of pixels is flagged by chance (0.27% for :math:`z = 3`).
 
     Parameters
     ----------
     recon, clean : array (N, 1, H, W) or (N, H, W)
-    noise_sigma : float or array (N,)
-        :math:`\sigma_n` of each study: the standard deviation of the degradation's noise (the
-        audit takes the RMS error of the degraded input against the clean image over its observed
-        pixels).
+    noise_sigma : float or array (N,), optional
+        :math:`\sigma_n` of each study's white noise.
+    degraded : array like ``recon``, optional
+        The degraded input :math:`y` (exactly one of ``noise_sigma`` and ``degraded``).
+    observed : array like ``recon``, optional
+        :math:`O`, nonzero at observed pixels (an inpainting mask); with ``degraded`` only.
     window : float
         Standard deviation of the smoothing Gaussian in pixels.
     z : float
@@ -213,17 +226,28 @@ def hallucination_map(
     x, y = _batch(recon, "recon"), _batch(clean, "clean")
     if x.shape != y.shape:
         raise ValueError(f"recon and clean must have the same shape, got {x.shape} and {y.shape}")
-    sig = np.broadcast_to(np.asarray(noise_sigma, dtype=np.float64).reshape(-1), (len(x),))
-    if (sig < 0).any() or not np.isfinite(sig).all():
-        raise ValueError("noise_sigma must be finite and >= 0")
+    if (noise_sigma is None) == (degraded is None):
+        raise ValueError("give exactly one of noise_sigma (white-noise std) and degraded (the degraded input)")
     if window <= 0 or tolerance < 0:
         raise ValueError(f"window must be > 0 and tolerance >= 0, got {window} and {tolerance}")
-    ebar = ndimage.gaussian_filter(x - y, sigma=(0, window, window), mode="reflect")
-    delta = np.zeros((int(8 * window) + 1,) * 2)
-    delta[len(delta) // 2, len(delta) // 2] = 1.0
-    g_norm = float(np.sqrt((ndimage.gaussian_filter(delta, window, mode="constant") ** 2).sum()))
-    scale = np.sqrt((sig * g_norm) ** 2 + tolerance**2)
+    if noise_sigma is not None:
+        sig = np.broadcast_to(np.asarray(noise_sigma, dtype=np.float64).reshape(-1), (len(x),))
+        if (sig < 0).any() or not np.isfinite(sig).all():
+            raise ValueError("noise_sigma must be finite and >= 0")
+        delta = np.zeros((int(8 * window) + 1,) * 2)
+        delta[len(delta) // 2, len(delta) // 2] = 1.0
+        s_n = sig * float(np.sqrt((ndimage.gaussian_filter(delta, window, mode="constant") ** 2).sum()))
+    else:
+        d = _batch(degraded, "degraded")
+        if d.shape != x.shape:
+            raise ValueError(f"degraded must have the shape of recon {x.shape}, got {d.shape}")
+        o = np.ones(d.shape) if observed is None else (_batch(observed, "observed") != 0).astype(np.float64)
+        if o.shape != x.shape:
+            raise ValueError(f"observed must have the shape of recon {x.shape}, got {o.shape}")
+        se = _smooth((d - y) * o, window) ** 2 * o
+        s_n = np.sqrt(se.reshape(len(x), -1).sum(1) / np.maximum(o.reshape(len(x), -1).sum(1), 1))
+    scale = np.sqrt(s_n**2 + tolerance**2)
     if (scale == 0).any():
-        raise ValueError("noise_sigma and tolerance are both 0: every error would count; give tolerance > 0")
-    zmap = ebar / scale[:, None, None]
+        raise ValueError("the degradation explains no error and tolerance is 0: every error would count; give tolerance > 0")
+    zmap = _smooth(x - y, window) / scale[:, None, None]
     return zmap, zmap > z, zmap < -z
