@@ -1,6 +1,7 @@
 """Known answers for the hallucination, perception and observer measures."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.linalg
 from scipy import stats
@@ -14,7 +15,10 @@ from reconaudit.metrics import (
     hallucination_map,
     laguerre_gauss_channels,
     pixel_correlation,
+    record_flips,
+    record_sample_spread,
     sample_spread,
+    spread_error_correlation,
     uncertainty_coverage,
 )
 
@@ -99,6 +103,13 @@ def test_hallucination_map_finds_a_planted_hallucination_and_little_else():
     np.testing.assert_allclose(ratio, 1.0, atol=0.15)
     assert abs(ratio.mean() - 1) < 0.05
     assert hall2[0][core].mean() > 0.95
+    # a local scale: the same under stationary noise, and it explains error that varies over the image
+    z4, hall4, _ = hallucination_map(recon, clean, degraded=degraded, tolerance=0.0, scale_window=6.0)
+    assert hall4[0][core].mean() > 0.9 and (hall4[2:].mean() < 0.01)
+    ramp = np.linspace(0.0, 0.2, h)[None, None, None, :] * rng.standard_normal(clean.shape)
+    z5, h5, e5 = hallucination_map(clean + ramp, clean, degraded=clean + ramp, tolerance=0.0, scale_window=6.0)
+    _, h6, e6 = hallucination_map(clean + ramp, clean, degraded=clean + ramp, tolerance=0.0)
+    assert (h5 | e5).mean() < 0.01 < (h6 | e6).mean()
     # an inpainting mask: observed pixels are exact, so only the tolerance scales the error
     observed = np.ones_like(clean)
     observed[:, :, 16:32, 32:48] = 0
@@ -155,3 +166,30 @@ def test_cho_d_prime_matches_the_analytic_value_in_white_noise():
     # no signal: d' near 0, AUC near 1/2
     null = channelized_hotelling(sigma * rng.standard_normal((n, h, h)), absent, u)
     assert abs(null.d_prime) < 0.15 and abs(null.auc - 0.5) < 0.04
+
+
+def test_record_flips_and_spread_from_records():
+    df = pd.DataFrame({
+        "clean_score:a": [0.1, 0.9, 0.2, np.nan], "score:a": [0.8, 0.1, 0.3, 0.5], "threshold:a": 0.5,
+        "clean_score:b": [0.1, 0.1, 0.9, 0.2], "score:b": [0.2, 0.1, 0.9, 0.7], "threshold:b": 0.5,
+        "sample_score:a:0": [0.7, 0.1, 0.3, 0.4], "sample_score:a:1": [0.9, 0.1, 0.3, 0.6],
+        "sample_score:b:0": [0.2, 0.1, 0.9, 0.7], "sample_score:b:1": [0.2, 0.1, 0.9, 0.7],
+    })
+    f = record_flips(df)
+    np.testing.assert_array_equal(f["hallucinated:a"], [1, 0, 0, np.nan])
+    np.testing.assert_array_equal(f["erased:a"], [0, 1, 0, np.nan])
+    np.testing.assert_array_equal(f["hallucinated:any"], [1, 0, 0, 1])  # label b flips in study 3
+    np.testing.assert_array_equal(f["erased:any"], [0, 1, 0, 0])
+    sp = record_sample_spread(df)
+    np.testing.assert_allclose(sp["spread:a"], [np.sqrt(0.02), 0, 0, np.sqrt(0.02)], atol=1e-12)
+    np.testing.assert_allclose(sp["spread:mean"], sp["spread:a"] / 2, atol=1e-12)
+    with pytest.raises(KeyError, match="score"):
+        record_flips(df[["sample_score:a:0"]])
+
+
+def test_spread_error_correlation_is_spearman():
+    rng = np.random.default_rng(6)
+    s = rng.uniform(size=50)
+    e = s**3 + 0.01 * rng.normal(size=50)
+    assert spread_error_correlation(s, e) == pytest.approx(stats.spearmanr(s, e).statistic)
+    assert np.isnan(spread_error_correlation([1, 1, 1], [1, 2, 3]))

@@ -17,6 +17,8 @@ from reconaudit.physics.base import Degraded
 
 log = logging.getLogger(__name__)
 
+#: Gaussian std (pixels) of the local scale of the hallucination map.
+SCALE_WINDOW = 6.0
 #: Nominal levels of the ``gen_coverage:<level>`` columns.
 COVERAGE_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
 
@@ -74,7 +76,7 @@ def generative_columns(
             metric, region = name.split(":")
             cols[f"region_{metric}:{region}"] = v
     _, hall, erased = hallucination_map(mean.numpy(), clean_imgs.numpy(), degraded=deg_test.image.numpy(),
-                                        observed=observed_pixels(deg_test))
+                                        observed=observed_pixels(deg_test), scale_window=SCALE_WINDOW)
     m = np.ones(hall.shape, dtype=bool) if body is None else body[:, 0].numpy()
     n = np.maximum(m.reshape(len(m), -1).sum(1), 1)
     cols["gen_hallucination_fraction"] = (hall & m).reshape(len(m), -1).sum(1) / n

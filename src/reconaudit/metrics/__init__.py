@@ -24,7 +24,10 @@ from .hallucination import (
     false_positive_volume,
     hallucination_map,
     pixel_correlation,
+    record_flips,
+    record_sample_spread,
     sample_spread,
+    spread_error_correlation,
     uncertainty_coverage,
 )
 from .image import nmse, psnr, ssim, ssim_map
@@ -73,7 +76,10 @@ __all__ = [
     "hallucination_map",
     "laguerre_gauss_channels",
     "pixel_correlation",
+    "record_flips",
+    "record_sample_spread",
     "sample_spread",
+    "spread_error_correlation",
     "uncertainty_coverage",
     "REGIONS",
     "REGION_METRICS",

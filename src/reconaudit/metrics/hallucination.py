@@ -15,13 +15,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage, special
+import pandas as pd
+from scipy import ndimage, special, stats
 
 from ._utils import to_numpy
 from .image import _batch
 
 __all__ = [
     "decision_flips",
+    "record_flips",
+    "record_sample_spread",
+    "spread_error_correlation",
     "false_positive_volume",
     "sample_spread",
     "uncertainty_coverage",
@@ -54,6 +58,80 @@ def decision_flips(clean_score: object, score: object, threshold: object) -> tup
         raise ValueError(f"clean_score and score must have the same shape, got {c.shape} and {s.shape}")
     t = np.asarray(threshold, dtype=np.float64)
     return (c < t) & (s >= t), (c >= t) & (s < t)
+
+
+def _labels(records: pd.DataFrame) -> list[str]:
+    return [c.split(":", 1)[1] for c in records.columns
+            if c.startswith("score:") and f"clean_score:{c.split(':', 1)[1]}" in records
+            and f"threshold:{c.split(':', 1)[1]}" in records]
+
+
+def record_flips(records: pd.DataFrame) -> pd.DataFrame:
+    """Per-study hallucinated / erased findings from the records' scores (see :func:`decision_flips`).
+
+    Parameters
+    ----------
+    records : DataFrame
+        With ``score:<label>``, ``clean_score:<label>`` and ``threshold:<label>`` for every label.
+
+    Returns
+    -------
+    DataFrame, index aligned with ``records``
+        ``hallucinated:<label>``, ``erased:<label>`` (float 0/1; NaN where a score is missing) and
+        ``hallucinated:any`` / ``erased:any`` (at least one label flipped that way).
+    """
+    labels = _labels(records)
+    if not labels:
+        raise KeyError("records have no score:<label> / clean_score:<label> / threshold:<label> columns "
+                       "(classification cells)")
+    out = pd.DataFrame(index=records.index)
+    for lb in labels:
+        c, s = records[f"clean_score:{lb}"].to_numpy(float), records[f"score:{lb}"].to_numpy(float)
+        h, e = decision_flips(c, s, records[f"threshold:{lb}"].to_numpy(float))
+        bad = np.isnan(c) | np.isnan(s)
+        out[f"hallucinated:{lb}"] = np.where(bad, np.nan, h.astype(float))
+        out[f"erased:{lb}"] = np.where(bad, np.nan, e.astype(float))
+    for kind in ("hallucinated", "erased"):
+        block = out[[f"{kind}:{lb}" for lb in labels]]
+        out[f"{kind}:any"] = np.where(block.isna().all(axis=1), np.nan, (block.fillna(0) > 0).any(axis=1).astype(float))
+    return out
+
+
+def record_sample_spread(records: pd.DataFrame) -> pd.DataFrame:
+    """Per-study spread of each label's score across the K samples (``sample_score:<label>:<k>``).
+
+    Returns
+    -------
+    DataFrame, index aligned with ``records``
+        ``spread:<label>`` = :func:`sample_spread` of the study's K sample scores (NaN for rows
+        without samples) and ``spread:mean`` over the labels.
+    """
+    out = pd.DataFrame(index=records.index)
+    for lb in _labels(records):
+        cols = sorted((c for c in records if c.startswith(f"sample_score:{lb}:")), key=lambda c: int(c.rsplit(":", 1)[1]))
+        if len(cols) >= 2:
+            v = records[cols].to_numpy(float)
+            with np.errstate(invalid="ignore"):
+                out[f"spread:{lb}"] = np.where(np.isnan(v).any(1), np.nan, np.nanstd(v, axis=1, ddof=1))
+    if len(out.columns):
+        out["spread:mean"] = out.mean(axis=1, skipna=False)
+    return out
+
+
+def spread_error_correlation(spread: object, error: object) -> float:
+    r"""Spearman rank correlation between per-study spread and per-study error (finite pairs only).
+
+    A positive value means the reconstructor is unsure where it is wrong (e.g. spread of the
+    diagnosis across samples against :math:`|s - s_\mathrm{clean}|`).  NaN with fewer than 3 pairs
+    or a constant input.
+    """
+    a, b = np.asarray(spread, dtype=np.float64).ravel(), np.asarray(error, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"spread and error must have the same length, got {a.shape} and {b.shape}")
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return float("nan")
+    return float(stats.spearmanr(a[ok], b[ok]).statistic)
 
 
 def false_positive_volume(pred: object, reference: object) -> np.ndarray:
@@ -178,6 +256,7 @@ def _smooth(a: np.ndarray, window: float) -> np.ndarray:
 def hallucination_map(
     recon: object, clean: object, *, noise_sigma: object | None = None, degraded: object | None = None,
     observed: object | None = None, window: float = 1.5, z: float = 3.0, tolerance: float = 0.02,
+    scale_window: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Where the reconstruction departs from the truth by more than the degradation explains.
 
@@ -196,7 +275,10 @@ def hallucination_map(
     the second from the degraded input :math:`y` itself over its observed pixels :math:`O`
     (every pixel by default), so that what the raw degraded input already shows (low-dose
     noise, zero-filling aliasing) counts as explained, and observed pixels of an inpainting
-    mask, which are exact, explain nothing.  :math:`\tau` is a ``tolerance`` for errors too small
+    mask, which are exact, explain nothing.  With ``scale_window`` :math:`w_s`, the sums are
+    local instead (a normalized convolution with a Gaussian :math:`h` of :math:`w_s` pixels,
+    :math:`s_{n,i}^2 = (h * (\bar e_y^2 1_O))_i / (h * 1_O)_i` with :math:`\bar e_y = g*((y-x) \odot 1_O)`),
+    for degradations whose error varies over the image (aliasing concentrated on the anatomy).  :math:`\tau` is a ``tolerance`` for errors too small
     to matter (in image units).  A pixel is *hallucinated* where :math:`z_i > z` (the
     reconstruction brighter than the truth beyond what the degradation explains: added
     structure) and *erased* where :math:`z_i < -z`.  Under pure white noise of level
@@ -218,6 +300,8 @@ def hallucination_map(
         Threshold on :math:`|z_i|`.
     tolerance : float
         :math:`\tau`.
+    scale_window : float, optional
+        :math:`w_s` in pixels for a local scale from ``degraded``; ``None``: one scale per study.
 
     Returns
     -------
@@ -245,9 +329,19 @@ def hallucination_map(
         if o.shape != x.shape:
             raise ValueError(f"observed must have the shape of recon {x.shape}, got {o.shape}")
         se = _smooth((d - y) * o, window) ** 2 * o
-        s_n = np.sqrt(se.reshape(len(x), -1).sum(1) / np.maximum(o.reshape(len(x), -1).sum(1), 1))
+        if scale_window is None:
+            s_n = np.sqrt(se.reshape(len(x), -1).sum(1) / np.maximum(o.reshape(len(x), -1).sum(1), 1))
+        else:
+            if scale_window <= 0:
+                raise ValueError(f"scale_window must be > 0 pixels, got {scale_window}")
+            with np.errstate(invalid="ignore", divide="ignore"):
+                loc = _smooth(se, scale_window) / _smooth(o, scale_window)
+            s_n = np.sqrt(np.nan_to_num(loc, nan=0.0, posinf=0.0))
+    s_n = np.asarray(s_n, dtype=np.float64)
     scale = np.sqrt(s_n**2 + tolerance**2)
     if (scale == 0).any():
         raise ValueError("the degradation explains no error and tolerance is 0: every error would count; give tolerance > 0")
-    zmap = _smooth(x - y, window) / scale[:, None, None]
+    if scale.ndim == 1:
+        scale = scale[:, None, None]
+    zmap = _smooth(x - y, window) / scale
     return zmap, zmap > z, zmap < -z

@@ -26,6 +26,7 @@ from markupsafe import Markup
 from .. import __version__
 from .analysis import Analysis, analyse
 from .figures import Figure, render_figures
+from .generative import GenerativeSection, generative_section
 from .markdown import render_markdown
 from .tables import formatted_tables, write_tables
 
@@ -94,8 +95,13 @@ def _yaml_text(meta: dict) -> str:
         return json.dumps(cfg, indent=2, default=str)
 
 
-def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path: Path | str) -> Path:
-    """Render ``report.html`` from an analysis, the run description and the written figures."""
+def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path: Path | str,
+                generative: GenerativeSection | None = None) -> Path:
+    """Render ``report.html`` from an analysis, the run description and the written figures.
+
+    ``generative`` (from :func:`reconaudit.report.generative.generative_section`) adds the
+    generative-trust section when the records carry its columns.
+    """
     a = analysis
     fmt = formatted_tables(a)
     env = jinja2.Environment(
@@ -138,6 +144,10 @@ def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path:
         {"id": "fairness", "title": "Fairness", "children": [{"id": "fairness-sig", "title": "Significant bias changes"}]
          + [{"id": f"fairness-{i}", "title": c["cohort"]} for i, c in enumerate(fair_by, 1)]
          + ([{"id": "seeds", "title": "Training seeds"}] if not fmt["seeds"].empty else [])},
+        *([{"id": "generative", "title": "Can the reconstruction be trusted?",
+             "children": [{"id": "generative-region", "title": "Region-aware image quality"},
+                          {"id": "generative-hallucination", "title": "Hallucination and uncertainty"}]}]
+          if generative is not None and not generative.empty else []),
         {"id": "data", "title": "Cohorts and data cards", "children": []},
         {"id": "config", "title": "Configuration", "children": []},
         {"id": "versions", "title": "Software versions", "children": []},
@@ -152,7 +162,10 @@ def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path:
         sections=sections, headlines=a.headlines.to_dict("records"),
         families=a.families.to_dict("records"), summary=_table(fmt["summary"]), figures=figs,
         task_by_cohort=task_by, fairness_by_cohort=fair_by, fairness_sig=_table(sig),
-        seeds=_table(fmt["seeds"]), cohorts=cohorts, config_yaml=_yaml_text(meta), versions=_table(versions),
+        seeds=_table(fmt["seeds"]), cohorts=cohorts,
+        generative=None if generative is None or generative.empty else {
+            "region": [{"cohort": c, "table": _table(t)} for c, t in generative.region.items()],
+            "hallucination": [{"cohort": c, "table": _table(t)} for c, t in generative.hallucination.items()]}, config_yaml=_yaml_text(meta), versions=_table(versions),
         failures=[{"step": str(f.get("step", "")), "error": str(f.get("error", ""))}
                   for f in (meta.get("failures") or [])],
     )
@@ -183,6 +196,7 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Path
     analysis = analyse(records, meta)
     write_tables(analysis, out / "tables")
     figures = render_figures(records, meta, analysis, run_dir, out / "figures")
-    path = render_html(analysis, meta, figures, out / "report.html")
+    generative = generative_section(records, meta, out)
+    path = render_html(analysis, meta, figures + generative.figures, out / "report.html", generative)
     logger.info("report written to %s", path)
     return path
