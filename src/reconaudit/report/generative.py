@@ -191,6 +191,13 @@ def _task_value(cell: pd.DataFrame) -> tuple[float, str]:
     return np.nan, ""
 
 
+def _scale(setter, values: list[float]) -> None:
+    """Log axis when the positive values span more than a factor 20, else linear."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if len(v) and (v > 0).all() and v.max() / v.min() > 20:
+        setter("log")
+
+
 def _fig_plane(df: pd.DataFrame, out_dir: Path) -> list[Figure]:
     rec = df[(df["arm"] == "reconstruct") & (df["mitigation"] == "none")]
     if "gen_frechet" not in rec or rec["gen_frechet"].isna().all():
@@ -218,8 +225,11 @@ def _fig_plane(df: pd.DataFrame, out_dir: Path) -> list[Figure]:
                 line = sorted((p for p in pts if p[0] == name), key=lambda p: p[1])
                 if len(line) > 1:
                     ax.plot([p[2] for p in line], [p[3] for p in line], ls=":", lw=0.8, color=OKABE_ITO[i % len(OKABE_ITO)])
-            ax.set_xscale("log")
-            ax.set_yscale("symlog", linthresh=max(1e-6, np.nanmin([p[3] for p in pts if p[3] > 0] or [1e-3])))
+            _scale(ax.set_xscale, [p[2] for p in pts])
+            _scale(ax.set_yscale, [p[3] for p in pts])
+            for axis in ("x", "y"):
+                if getattr(ax, f"get_{axis}scale")() == "linear":
+                    ax.ticklabel_format(axis=axis, style="sci", scilimits=(-2, 3), useOffset=False)
             ax.set_xlabel("distortion: NMSE (lower is better)")
             ax.set_ylabel("task-feature Fréchet distance")
             ax.set_title(f"{cohort} · {degr}")
