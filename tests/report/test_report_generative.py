@@ -2,10 +2,10 @@
 
 import numpy as np
 import pandas as pd
+from tests.report.fake_records import make_fake_run
 
 from reconaudit.metrics import record_flips
 from reconaudit.report.generative import generative_section
-from tests.report.fake_records import make_fake_run
 
 
 def _with_generative_columns(records: pd.DataFrame) -> pd.DataFrame:
