@@ -60,14 +60,15 @@ def test_group_summary_means_gap_and_intervals():
     })
     df.loc[df["group:sex"] == "M", "region_psnr:lesion"] += 3.0
     df.loc[0, "region_psnr:lesion"] = np.inf  # an exact region is left out
+    df.loc[3, "group:sex"] = None  # so is a study without a group value
     out = group_mean_summary(df, ["region_psnr:lesion"], ["sex"], n_resamples=400)
-    finite = df[np.isfinite(df["region_psnr:lesion"])]
+    finite = df[np.isfinite(df["region_psnr:lesion"]) & df["group:sex"].notna()]
     means = finite.groupby("group:sex")["region_psnr:lesion"].mean()
     got = out.set_index("group")
     np.testing.assert_allclose(got.loc["F", "value"], means["F"])
     np.testing.assert_allclose(got.loc["M", "value"], means["M"])
     np.testing.assert_allclose(got.loc["(gap)", "value"], means["M"] - means["F"])
-    assert got.loc["F", "n"] == 29
+    assert got.loc["F", "n"] == 29 and got.loc["M", "n"] == 29 and set(got.index) == {"F", "M", "(gap)"}
     for g in ("F", "M", "(gap)"):
         assert got.loc[g, "ci_low"] < got.loc[g, "value"] < got.loc[g, "ci_high"]
     assert got.loc["(gap)", "ci_low"] > 1.5  # a 3 dB gap with 30 studies a group is clearly non-zero

@@ -45,12 +45,21 @@ def test_section_tables_match_the_records(tmp_path):
         t = sec.hallucination[c].iloc[0]
         sub = records[(records["cohort"] == c) & (records["seed"] == records["seed"].min())]
         sub = sub.loc[:, sub.notna().any()]
-        cell = sub[(sub["reconstructor"] == t["reconstructor"]) & (sub["level"].map(lambda v: f"{v:g}") == t["level"])
-                   & (sub["arm"] == t["arm"]) & (sub["mitigation"] == "none")]
-        share = record_flips(cell)["hallucinated:any"].mean()
+        hcell = sub[(sub["reconstructor"] == t["reconstructor"]) & (sub["level"].map(lambda v: f"{v:g}") == t["level"])
+                    & (sub["arm"] == t["arm"]) & (sub["mitigation"] == "none")]
+        share = record_flips(hcell)["hallucinated:any"].mean()
         assert t["hallucinated finding (share)"].startswith(f"{share:.3g}")
     assert (tmp_path / "report" / "figures" / "fidelity-perception.png").exists()
     assert list((tmp_path / "report" / "tables").glob("region-quality-*.csv"))
+    groups = pd.read_csv(tmp_path / "report" / "tables" / "generative-groups.csv")
+    sex = groups[(groups["column"] == "region_psnr:lesion") & (groups["attribute"] == "sex")
+                 & (groups["reconstructor"] == row["reconstructor"]) & (groups["level"].map(lambda v: f"{v:g}") == row["level"])
+                 & (groups["cohort"] == cohort)]
+    by_sex = cell.groupby("group:sex")["region_psnr:lesion"].mean()
+    got = sex.set_index("group")["value"]
+    for g, v in by_sex.items():
+        assert abs(got[g] - v) < 1e-9
+    assert abs(got["(gap)"] - (by_sex.max() - by_sex.min())) < 1e-9
 
 
 def test_section_is_empty_without_its_columns(tmp_path, fake_inputs):

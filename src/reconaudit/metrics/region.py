@@ -110,7 +110,8 @@ def _weighted_group_means(values: np.ndarray, codes: np.ndarray, n_groups: int, 
     ok = np.isfinite(values)
     v = np.where(ok, values, 0.0)
     onehot = np.zeros((len(values), n_groups))
-    onehot[np.arange(len(values)), codes] = 1.0
+    has = codes >= 0  # -1: no group value (left out)
+    onehot[np.flatnonzero(has), codes[has]] = 1.0
     onehot *= ok[:, None]
     num = w @ (onehot * v[:, None])
     den = w @ onehot
@@ -137,7 +138,8 @@ def group_mean_summary(
     percentile interval from ``n_resamples`` patient-level resamples (the same resampling weights
     for every group, column and attribute of the cell), and the gap
     :math:`\max_g \bar c_g - \min_g \bar c_g` with its interval from the same resamples.  PSNR values of
-    ``inf`` (an exact region) are left out of the means.
+    ``inf`` (an exact region) are left out of the means, and so are studies without a value of the
+    attribute (they still count in the resampling of patients).
 
     Parameters
     ----------
@@ -166,10 +168,11 @@ def group_mean_summary(
             v = cell[col].to_numpy(dtype=np.float64)
             v = np.where(np.isfinite(v), v, np.nan)
             for attr in attributes:
-                codes, names = pd.factorize(cell[f"group:{attr}"].astype(str), sort=True)
+                codes, names = pd.factorize(cell[f"group:{attr}"], sort=True)
+                names = [str(g) for g in names]
                 point = _weighted_group_means(v, codes, len(names), ones)[0]
                 dist = _weighted_group_means(v, codes, len(names), w)
-                counts = np.bincount(codes[np.isfinite(v)], minlength=len(names))
+                counts = np.bincount(codes[np.isfinite(v) & (codes >= 0)], minlength=len(names))
                 base = dict(zip(by, key if isinstance(key, tuple) else (key,)), column=col, attribute=attr)
                 for gi, g in enumerate(names):
                     lo, hi = percentile_interval(dist[:, gi], confidence)

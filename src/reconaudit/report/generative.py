@@ -44,6 +44,8 @@ class GenerativeSection:
     region: dict[str, pd.DataFrame] = field(default_factory=dict)
     hallucination: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: list[Figure] = field(default_factory=list)
+    groups: list[pd.DataFrame] = field(default_factory=list)
+    """Every per-group mean, interval and gap behind the tables (written as ``generative-groups.csv``)."""
 
     @property
     def empty(self) -> bool:
@@ -101,7 +103,7 @@ def _widest_gap(s: pd.DataFrame, key: tuple, col: str, attrs: list[str]) -> str:
     return "n/a" if best is None else f"{best[0]}: {_fmt(best[1], best[2], best[3])}"
 
 
-def _region_tables(df: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, pd.DataFrame]:
+def _region_tables(df: pd.DataFrame, n_resamples: int, seed: int, groups: list) -> dict[str, pd.DataFrame]:
     rec = df[df["arm"] == "reconstruct"]
     cols = ["psnr", "region_psnr:lesion", "region_psnr:tissue", "region_psnr:background", "region_ssim:lesion",
             "region_nmse:lesion"]
@@ -112,6 +114,7 @@ def _region_tables(df: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, p
         s = _summary(sub, cols, n_resamples, seed)
         if s.empty:
             continue
+        groups.append(s)
         attrs = _attrs(sub)
         rows = []
         for key, _ in sub.groupby(_CELL, sort=True, dropna=False):
@@ -126,7 +129,7 @@ def _region_tables(df: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, p
     return out
 
 
-def _hallucination_tables(df: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, pd.DataFrame]:
+def _hallucination_tables(df: pd.DataFrame, n_resamples: int, seed: int, groups: list) -> dict[str, pd.DataFrame]:
     out = {}
     for cohort, sub in df.groupby("cohort", sort=True):
         sub = sub.copy()
@@ -146,6 +149,8 @@ def _hallucination_tables(df: pd.DataFrame, n_resamples: int, seed: int) -> dict
             sub["_fp_on_empty"] = np.where(sub["gen_clean_seg_volume"] == 0, sub["gen_seg_volume"], np.nan)
         cols = [c for c in ("_hallucinated", "_erased", "_fp_on_empty", "gen_fp_volume") if c in sub]
         s = _summary(sub, cols, n_resamples, seed)
+        groups.append(s.replace({"column": {"_hallucinated": "hallucinated finding", "_erased": "erased finding",
+                                            "_fp_on_empty": "FP volume, clean has none"}}))
         attrs = _attrs(sub)
         rows = []
         for key, cell in sub.groupby(_CELL, sort=True, dropna=False):
@@ -268,11 +273,16 @@ def generative_section(records: pd.DataFrame, meta: dict, out_dir: Path | str) -
     settings = ((meta.get("config") or {}).get("analysis") or {})
     n_res, seed = int(settings.get("n_resamples", 1000)), int(settings.get("seed", 0))
     df = _main_rows(records)
-    sec = GenerativeSection(_region_tables(df, n_res, seed), _hallucination_tables(df, n_res, seed))
+    groups: list[pd.DataFrame] = []
+    sec = GenerativeSection(_region_tables(df, n_res, seed, groups), _hallucination_tables(df, n_res, seed, groups),
+                            groups=groups)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for kind, tables in (("region-quality", sec.region), ("hallucination", sec.hallucination)):
         for cohort, t in tables.items():
             t.to_csv(out / "tables" / f"{kind}-{cohort}.csv", index=False)
+    if any(not g.empty for g in groups):
+        pd.concat([g for g in groups if not g.empty], ignore_index=True).to_csv(
+            out / "tables" / "generative-groups.csv", index=False)
     sec.figures = _fig_plane(df, out / "figures")
     return sec
