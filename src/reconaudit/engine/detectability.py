@@ -47,6 +47,7 @@ def detectability_study(
     amplitude: float = 0.06,
     roi: int = 24,
     n_channels: int = 5,
+    repeats: int = 4,
     seed: int = 0,
     device: str = "cpu",
 ) -> pd.DataFrame:
@@ -59,7 +60,8 @@ def detectability_study(
     derived from ``seed``, the study id and the arm), reconstructed, and cropped to ``roi`` x
     ``roi`` pixels around the signal.  Laguerre-Gauss channels of width
     :math:`a = \\sqrt{2\\pi}\\,\\sigma` hold the nodule in their first channel; half the pairs train
-    the observer, the other half test it.
+    the observer, the other half test it.  Each background is used ``repeats`` times with
+    independent noise (more pairs, the same anatomical variability).
 
     Parameters
     ----------
@@ -87,7 +89,9 @@ def detectability_study(
     te = cohort.indices("test")
     if len(te) < 8:
         raise ValueError(f"cohort {cohort.name!r} has {len(te)} test studies; the observer needs at least 8")
-    bg = cohort.images[torch.as_tensor(te)]
+    if int(repeats) < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    bg = cohort.images[torch.as_tensor(te)].repeat(int(repeats), 1, 1, 1)
     h, w = bg.shape[-2:]
     c = (0.45 * h, 0.3 * w) if center is None else center
     sig = gaussian_signal((h, w), c, sigma, amplitude)
@@ -107,7 +111,7 @@ def detectability_study(
         return res.auc, res.d_prime
 
     rows = [dict(zip(("dose", "reconstructor", "auc", "d_prime"), (np.inf, "clean", *read(present, absent))))]
-    ids = cohort.table["study_id"].astype(str).to_numpy()[te].tolist()
+    ids = [f"{sid}/{r}" for r in range(int(repeats)) for sid in cohort.table["study_id"].astype(str).to_numpy()[te]]
     for dose in doses:
         op = make_degradation("lowdose-xray", float(dose), **(degradation_params or {}))
         full = op(cohort.images, study_seeds(f"detectability/{dose}", seed, cohort.table["study_id"].astype(str).tolist()))
@@ -124,5 +128,5 @@ def detectability_study(
             rows.append({"dose": float(dose), "reconstructor": name, "auc": auc, "d_prime": d})
             log.info("detectability: dose %g, %s: AUC %.3f, d' %.2f", dose, name, auc, d)
     out = pd.DataFrame(rows)
-    out["n_pairs"] = len(te)
+    out["n_pairs"] = len(bg)
     return out
