@@ -111,8 +111,10 @@ def record_sample_spread(records: pd.DataFrame) -> pd.DataFrame:
         cols = sorted((c for c in records if c.startswith(f"sample_score:{lb}:")), key=lambda c: int(c.rsplit(":", 1)[1]))
         if len(cols) >= 2:
             v = records[cols].to_numpy(float)
-            with np.errstate(invalid="ignore"):
-                out[f"spread:{lb}"] = np.where(np.isnan(v).any(1), np.nan, np.nanstd(v, axis=1, ddof=1))
+            ok = ~np.isnan(v).any(1)
+            spread = np.full(len(v), np.nan)
+            spread[ok] = v[ok].std(axis=1, ddof=1)
+            out[f"spread:{lb}"] = spread
     if len(out.columns):
         out["spread:mean"] = out.mean(axis=1, skipna=False)
     return out
