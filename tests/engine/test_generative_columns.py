@@ -66,3 +66,16 @@ def test_direct_arm_gets_no_image_columns():
     deg = Degraded(c.images)
     cols = generative_columns(c, np.arange(len(c)), c.images, None, deg, {"classification": _Stub()}, None)
     assert cols == {}
+
+
+def test_bundled_generative_config_sweeps_masking_over_every_reconstructor():
+    from reconaudit.engine.config import load_config
+    from reconaudit.recon import RECONSTRUCTORS
+
+    cfg = load_config("generative")
+    deg = cfg.cohorts[0].degradations[0]
+    assert deg.name == "masking" and list(deg.levels) == [0.25, 0.5, 0.75, 0.9]
+    names = {r.name for r in cfg.reconstructors}
+    assert {"identity", "classical", "unet", "pix2pix", "irsde"} <= names
+    assert next(r for r in cfg.reconstructors if r.name == "irsde").samples > 1
+    assert names <= set(RECONSTRUCTORS)
