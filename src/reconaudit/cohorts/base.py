@@ -52,6 +52,9 @@ class Cohort:
         Segmentation targets, uint8 {0, 1}, shape (N, 1, H, W), or ``None``.
     roi_masks:
         Region of interest (body or brain) as bool (N, 1, H, W) for image quality within it, or None.
+    lesion_masks:
+        Where the findings are, as bool (N, 1, H, W) (e.g. the synthetic chest cohort's finding
+        regions), for region-aware image quality; ``None`` falls back to ``masks``.
     kspace:
         Measured complex64 k-space (N, C, H, W) (C receive coils; 1 single-coil) when the cohort
         comes from raw data, else ``None``.
@@ -69,6 +72,7 @@ class Cohort:
     group_attributes: list[str] = field(default_factory=list)
     masks: torch.Tensor | None = None
     roi_masks: torch.Tensor | None = None
+    lesion_masks: torch.Tensor | None = None
     kspace: torch.Tensor | None = None
     data_card: str = ""
     meta: dict = field(default_factory=dict)
@@ -113,7 +117,7 @@ class Cohort:
                 f"cohort {self.name!r}: kspace shape {tuple(self.kspace.shape)} must be (N, C, H, W) with N, H, W "
                 f"of images {tuple(self.images.shape)}"
             )
-        for name, t in (("masks", self.masks), ("roi_masks", self.roi_masks)):
+        for name, t in (("masks", self.masks), ("roi_masks", self.roi_masks), ("lesion_masks", self.lesion_masks)):
             if t is not None and tuple(t.shape) != tuple(self.images.shape):
                 raise CohortError(
                     f"cohort {self.name!r}: {name} shape {tuple(t.shape)} differs from images {tuple(self.images.shape)}"
@@ -161,6 +165,7 @@ class Cohort:
             group_attributes=list(self.group_attributes),
             masks=pick(self.masks),
             roi_masks=pick(self.roi_masks),
+            lesion_masks=pick(self.lesion_masks),
             kspace=pick(self.kspace),
             data_card=self.data_card,
             meta=dict(self.meta),
@@ -186,6 +191,8 @@ class Cohort:
             tensors["masks"] = self.masks.to(torch.uint8).contiguous()
         if self.roi_masks is not None:
             tensors["roi_masks"] = self.roi_masks.to(torch.uint8).contiguous()
+        if self.lesion_masks is not None:
+            tensors["lesion_masks"] = self.lesion_masks.to(torch.uint8).contiguous()
         if self.kspace is not None:
             tensors["kspace_real"] = self.kspace.real.contiguous()
             tensors["kspace_imag"] = self.kspace.imag.contiguous()
@@ -219,6 +226,7 @@ class Cohort:
             group_attributes=list(meta["group_attributes"]),
             masks=t.get("masks"),
             roi_masks=t["roi_masks"].bool() if "roi_masks" in t else None,
+            lesion_masks=t["lesion_masks"].bool() if "lesion_masks" in t else None,
             kspace=kspace,
             data_card=(d / "data_card.md").read_text(),
             meta=meta.get("meta", {}),

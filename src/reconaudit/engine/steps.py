@@ -403,7 +403,7 @@ def _score_common(
     examples: dict[str, np.ndarray] = {}
     n_ex = min(int(ev["examples"]), len(te))
     ex_idx = np.arange(n_ex)
-    seg_pred_ex = None
+    seg_pred_ex = seg_pred = None
     for task, model in models.items():
         prob = _predict_batched(model, inputs)
         if task == "classification":
@@ -446,7 +446,7 @@ def _score_common(
             df["clean_hd95"] = clean["clean_hd95"].to_numpy()
             df["dice"] = d
             df["hd95"] = h
-            seg_pred_ex = pred[ex_idx, 0]
+            seg_pred, seg_pred_ex = pred, pred[ex_idx, 0]
     iq_in = _image_quality(deg_test.image, clean_imgs, roi)
     for m, v in iq_in.items():
         df[f"input_{m}"] = v
@@ -458,6 +458,10 @@ def _score_common(
         for m in ("psnr", "ssim", "nmse", "uncertainty"):
             df[m] = np.nan
     df["samples"] = k
+    from reconaudit.engine.generative import generative_columns  # region_* and gen_* columns
+
+    for c, v in generative_columns(cohort, te, clean_imgs, recon, deg_test, clean_models, seg_pred).items():
+        df[c] = v
     if n_ex:
         examples["study_index"] = df["study_index"].to_numpy()[ex_idx]
         examples["clean"] = clean_imgs[ex_idx, 0].numpy()

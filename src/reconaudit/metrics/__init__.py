@@ -26,7 +26,21 @@ from .fairness import (
     skewed_error_ratio,
     worst_group,
 )
+from .hallucination import (
+    decision_flips,
+    false_positive_volume,
+    hallucination_map,
+    pixel_correlation,
+    record_flips,
+    record_sample_spread,
+    sample_spread,
+    spread_error_correlation,
+    uncertainty_coverage,
+)
 from .image import nmse, psnr, ssim, ssim_map
+from .observer import CHOResult, channelized_hotelling, laguerre_gauss_channels
+from .perception import feature_distance, frechet_distance
+from .region import REGION_METRICS, REGIONS, group_mean_summary, region_masks, region_quality
 from .stats import (
     BootstrapResult,
     ChangeResult,
@@ -66,6 +80,25 @@ from .task import (
 from .thresholds import THRESHOLD_POLICIES, apply_thresholds, choose_threshold, choose_thresholds
 
 __all__ = [
+    "CHOResult",
+    "channelized_hotelling",
+    "decision_flips",
+    "false_positive_volume",
+    "feature_distance",
+    "frechet_distance",
+    "hallucination_map",
+    "laguerre_gauss_channels",
+    "pixel_correlation",
+    "record_flips",
+    "record_sample_spread",
+    "sample_spread",
+    "spread_error_correlation",
+    "uncertainty_coverage",
+    "REGIONS",
+    "REGION_METRICS",
+    "group_mean_summary",
+    "region_masks",
+    "region_quality",
     "CONFUSION_FIELDS",
     "METRIC_NEEDS",
     "EODD_AGGS",

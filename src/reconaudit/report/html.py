@@ -27,6 +27,7 @@ from .. import __version__
 from .analysis import Analysis, analyse
 from .depth import analyse_depth, write_depth
 from .figures import Figure, render_figures
+from .generative import GenerativeSection, generative_section
 from .markdown import render_markdown
 from .tables import formatted_tables, write_tables
 
@@ -115,8 +116,12 @@ def _depth_sections(depth: list[dict], first_figure: int) -> list[dict]:
 
 
 def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path: Path | str,
-                depth: list[dict] | None = None) -> Path:
-    """Render ``report.html`` from an analysis, the run description, the written figures and the depth sections."""
+                depth: list[dict] | None = None, generative: GenerativeSection | None = None) -> Path:
+    """Render ``report.html`` from an analysis, the run description, the written figures and the depth sections.
+
+    ``generative`` (from :func:`reconaudit.report.generative.generative_section`) adds the
+    generative-trust section when the records carry its columns.
+    """
     a = analysis
     fmt = formatted_tables(a)
     env = jinja2.Environment(
@@ -157,6 +162,10 @@ def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path:
         {"id": "definitions", "title": "Definitions and statistics", "children": []},
         *([{"id": "depth", "title": "Fairness audit in depth",
             "children": [{"id": d["id"], "title": d["title"]} for d in depth_secs]}] if depth_secs else []),
+        *([{"id": "generative", "title": "Can the reconstruction be trusted?",
+             "children": [{"id": "generative-region", "title": "Region-aware image quality"},
+                          {"id": "generative-hallucination", "title": "Hallucination and uncertainty"}]}]
+          if generative is not None and not generative.empty else []),
         {"id": "data", "title": "Cohorts and data cards", "children": []},
         {"id": "config", "title": "Configuration", "children": []},
         {"id": "versions", "title": "Software versions", "children": []},
@@ -171,7 +180,11 @@ def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path:
         sections=sections, headlines=a.headlines.to_dict("records"),
         families=a.families.to_dict("records"), summary=_table(fmt["summary"]), figures=figs,
         task_by_cohort=task_by, fairness_by_cohort=fair_by, fairness_sig=_table(sig),
-        seeds=_table(fmt["seeds"]), definitions=_table(a.definitions), depth=depth_secs, cohorts=cohorts, config_yaml=_yaml_text(meta), versions=_table(versions),
+        seeds=_table(fmt["seeds"]), definitions=_table(a.definitions), depth=depth_secs, cohorts=cohorts,
+        generative=None if generative is None or generative.empty else {
+            "region": [{"cohort": c, "table": _table(t)} for c, t in generative.region.items()],
+            "hallucination": [{"cohort": c, "table": _table(t)} for c, t in generative.hallucination.items()]},
+        config_yaml=_yaml_text(meta), versions=_table(versions),
         failures=[{"step": str(f.get("step", "")), "error": str(f.get("error", ""))}
                   for f in (meta.get("failures") or [])],
     )
@@ -202,7 +215,9 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Path
     analysis = analyse(records, meta)
     write_tables(analysis, out / "tables")
     figures = render_figures(records, meta, analysis, run_dir, out / "figures")
+    generative = generative_section(records, meta, out)
     depth = write_depth(analyse_depth(records, meta, analysis), analysis, out / "tables", out / "figures")
-    path = render_html(analysis, meta, figures, out / "report.html", depth=depth)
+    path = render_html(analysis, meta, figures + generative.figures, out / "report.html", depth=depth,
+                       generative=generative)
     logger.info("report written to %s", path)
     return path

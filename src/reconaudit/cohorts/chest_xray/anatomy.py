@@ -71,8 +71,13 @@ def _gaussian_blur_fft(img: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tenso
     return out[..., pad : pad + h, pad : pad + w]
 
 
-def render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render a batch of studies from their parameter tensors; returns (images, body masks).
+def render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Render a batch of studies from their parameter tensors; returns (images, body masks, finding regions).
+
+    The finding region of a study is the union of where its present findings are drawn: each
+    nodule's disc of radius ``2 sigma`` of its Gaussian, and the pixels where the effusion,
+    consolidation (over the lung) or pneumothorax gap reach half their full opacity.
+    Cardiomegaly changes the heart's size rather than adding an opacity, so it has no region.
 
     Every entry of ``p`` is a tensor with the batch as first dimension (shape (B,) or (B, 2) per
     hemithorax, side 0 = image left = patient's right), or a low-resolution noise field.
@@ -210,6 +215,7 @@ def render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.T
 
     # nodules: Gaussian of sigma = max(r / 1.5, 0.6 px) carrying the mass of a sphere of radius r
     nod = torch.zeros_like(x)
+    nod_region = torch.zeros_like(x, dtype=torch.bool)
     for k in range(p["nodule_x"].shape[1]):
         r = p["nodule_r"][:, k].to(_F32).view(b, 1, 1, 1)
         sg = torch.clamp(r / 1.5, min=0.6 * e_px / s)
@@ -218,6 +224,7 @@ def render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.T
             y - p["nodule_y"][:, k].to(_F32).view(b, 1, 1, 1)
         ) ** 2
         nod = nod + amp * torch.exp(-d2 / (2.0 * sg**2))
+        nod_region |= (amp > 0) & (d2 <= (2.0 * sg) ** 2)
 
     att = tissue - reduction + bones + 0.06 * heart * body + breast + nod + pleural - trachea * body
     att = att.clamp(min=0.0) / _ATT_SCALE
@@ -227,7 +234,12 @@ def render(p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.T
     mean = img.mean(dim=(2, 3), keepdim=True)
     img = mean + col("contrast") * (img - mean)
     img = _gaussian_blur_fft(img, p["blur"].to(_F32) * size / 64.0)
-    return img.clamp(0.0, 1.0).contiguous(), (body > 0.5)
+    # effusion and consolidation are visible only over the lung; half of each one's full opacity
+    full_eff = side("effusion_on") * side("effusion_op")
+    full_cons = side("cons_on") * side("cons_op")
+    opaque = ((effusion * lung > 0.5 * full_eff) & (full_eff > 0)) | ((consolidation * lung > 0.5 * full_cons) & (full_cons > 0))
+    finding = nod_region | opaque.any(1, keepdim=True) | (gap.amax(1, keepdim=True) > 0.5)
+    return img.clamp(0.0, 1.0).contiguous(), (body > 0.5), (finding & (body > 0.5)).contiguous()
 
 
 # ============================================================================ parameter draws

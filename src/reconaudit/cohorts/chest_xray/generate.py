@@ -49,7 +49,8 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
         ``patient_id``, ``split`` (by patient), ``sex``, ``age_band``, ``site``, ``age``, ``visit``,
         ``cardiothoracic_ratio``, the size of a present finding (``effusion_height``, ``nodule_radius``,
         ``pneumothorax_fraction`` in half-widths of the thorax frame; NaN when absent), the observed labels (float 1/0) and ``true_<label>`` columns, body
-        masks as ``roi_masks``, a generated data card and ``meta`` = the parameters.  Same
+        masks as ``roi_masks``, the regions of the present findings as ``lesion_masks`` (see
+        :func:`~reconaudit.cohorts.chest_xray.anatomy.render`), a generated data card and ``meta`` = the parameters.  Same
         parameters, same bits.
 
     Notes
@@ -67,12 +68,14 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
     chunk = int(max(1, min(256, 2**22 // (size * size))))
     images = torch.empty((len(studies), 1, size, size), dtype=torch.float32)
     roi = torch.empty((len(studies), 1, size, size), dtype=torch.bool)
+    lesion = torch.empty((len(studies), 1, size, size), dtype=torch.bool)
     with task("chest-xray: rendering studies", total=len(studies)) as bar:
         for start in range(0, len(studies), chunk):
             batch = studies[start : start + chunk]
-            img, body = render(stack_draws([st.render for st in batch]), size)
+            img, body, finding = render(stack_draws([st.render for st in batch]), size)
             images[start : start + len(batch)] = img
             roi[start : start + len(batch)] = body
+            lesion[start : start + len(batch)] = finding
             bar.advance(len(batch))
     logger.info(
         "chest-xray: %d studies of %d patients at %dx%d",
@@ -90,6 +93,7 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
         labels=list(LABELS),
         group_attributes=["sex", "age_band", "site"],
         roi_masks=roi,
+        lesion_masks=lesion,
         data_card=_data_card(params, table),
         meta=params.model_dump(mode="json"),
     )

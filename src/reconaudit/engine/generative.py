@@ -1,0 +1,103 @@
+"""The score step's generative-trust columns: region quality, hallucination, uncertainty, perception.
+
+One function, :func:`generative_columns`, called by the score step after the task scores; it
+returns new record columns (prefixes ``region_`` and ``gen_``, documented in docs/records.md)
+computed from the clean test images, the reconstruction and the frozen clean diagnostic models.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from reconaudit.cohorts.base import Cohort
+from reconaudit.physics.base import Degraded
+
+log = logging.getLogger(__name__)
+
+#: Gaussian std (pixels) of the local scale of the hallucination map.
+SCALE_WINDOW = 6.0
+#: Nominal levels of the ``gen_coverage:<level>`` columns.
+COVERAGE_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
+
+
+def observed_pixels(degraded: Degraded) -> np.ndarray | None:
+    """The image-domain observation mask of an inpainting degradation, else None (every pixel)."""
+    if degraded.mask is not None and degraded.kspace is None:
+        return degraded.mask.expand_as(degraded.image).numpy()
+    return None
+
+
+def generative_columns(
+    cohort: Cohort, te: np.ndarray, clean_imgs: torch.Tensor, recon: dict | None, deg_test: Degraded,
+    clean_models: dict, seg_pred: np.ndarray | None,
+) -> dict[str, np.ndarray | float]:
+    """Record columns for one cell (see docs/records.md); empty for the direct arm's image columns.
+
+    Parameters
+    ----------
+    cohort, te : the cohort and its test rows
+    clean_imgs : (N, 1, H, W) clean test images
+    recon : the reconstruct artifact (``mean``, and ``samples`` / ``std`` for K > 1), or None (direct arm)
+    deg_test : the degraded test studies
+    clean_models : task -> frozen diagnostic model trained on clean images
+    seg_pred : binary segmentation of the evaluated inputs (N, 1, H, W), or None
+    """
+    from reconaudit.metrics import (
+        feature_distance,
+        frechet_distance,
+        hallucination_map,
+        pixel_correlation,
+        region_quality,
+        uncertainty_coverage,
+    )
+    from reconaudit.tasks.features import penultimate_features
+
+    ti = torch.as_tensor(te)
+    cols: dict[str, np.ndarray | float] = {}
+    body = cohort.roi_masks[ti] if cohort.roi_masks is not None else None
+    lesion_all = cohort.lesion_masks if cohort.lesion_masks is not None else cohort.masks
+    if seg_pred is not None:
+        truth = cohort.masks[ti].numpy() != 0
+        seg_model = clean_models["segmentation"]
+        clean_pred = np.asarray(seg_model.predict(clean_imgs)) >= float(seg_model.thresholds[0])
+        pred = np.asarray(seg_pred) != 0
+        cols["gen_seg_volume"] = pred.reshape(len(pred), -1).sum(1).astype(np.float64)
+        cols["gen_clean_seg_volume"] = clean_pred.reshape(len(pred), -1).sum(1).astype(np.float64)
+        cols["gen_fp_volume"] = (pred & ~truth).reshape(len(pred), -1).sum(1).astype(np.float64)
+        cols["gen_fp_volume_clean"] = (pred & ~clean_pred).reshape(len(pred), -1).sum(1).astype(np.float64)
+    if recon is None:
+        return cols
+    mean = recon["mean"]
+    if lesion_all is not None:
+        for name, v in region_quality(mean.clamp(0, 1), clean_imgs, lesion_all[ti], body).items():
+            metric, region = name.split(":")
+            cols[f"region_{metric}:{region}"] = v
+    _, hall, erased = hallucination_map(mean.numpy(), clean_imgs.numpy(), degraded=deg_test.image.numpy(),
+                                        observed=observed_pixels(deg_test), scale_window=SCALE_WINDOW)
+    m = np.ones(hall.shape, dtype=bool) if body is None else body[:, 0].numpy()
+    n = np.maximum(m.reshape(len(m), -1).sum(1), 1)
+    cols["gen_hallucination_fraction"] = (hall & m).reshape(len(m), -1).sum(1) / n
+    cols["gen_erasure_fraction"] = (erased & m).reshape(len(m), -1).sum(1) / n
+    if "std" in recon:
+        k = int(recon["samples"].shape[1])
+        err = (mean - clean_imgs).numpy()
+        std = recon["std"].numpy()
+        bm = None if body is None else body.numpy()
+        cols["gen_uncertainty_error_corr"] = pixel_correlation(std, np.abs(err), mask=bm)
+        cov = uncertainty_coverage(err, std, samples=k, levels=COVERAGE_LEVELS, mask=bm)
+        for j, p in enumerate(COVERAGE_LEVELS):
+            cols[f"gen_coverage:{p:g}"] = cov[:, j]
+    feat_model = clean_models.get("classification") or next(iter(clean_models.values()), None)
+    if feat_model is not None:
+        try:
+            f_clean = penultimate_features(feat_model, clean_imgs)
+            f_rec = penultimate_features(feat_model, mean)
+        except NotImplementedError:  # a plug-in model without features(): no perceptual distance
+            log.info("the diagnostic model exposes no features; gen_feature_distance and gen_frechet left out")
+            return cols
+        cols["gen_feature_distance"] = feature_distance(f_rec, f_clean)
+        cols["gen_frechet"] = frechet_distance(f_rec, f_clean) if len(f_rec) >= 2 else float("nan")
+    return cols
