@@ -197,6 +197,28 @@ def test_resuming_with_another_thread_count_says_that_the_store_mixes(tmp_path, 
     assert out.exit_code == 0 and "different torch thread counts" in " ".join(out.output.split())
 
 
+def test_execution_threads_fixes_the_count_of_every_step_whatever_the_process_default(tmp_path, lone_run):
+    import torch
+
+    src, want, plan = lone_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    before = torch.get_num_threads()
+    shutil.rmtree(_artifact(run, plan, "score", "identity"))
+    raw = _raw()
+    raw.setdefault("execution", {})["threads"] = before  # the count the lone run used
+    torch.set_num_threads(before + 1)  # another machine, or another --workers
+    try:
+        res = run_audit(load_config(raw), run, report=False)
+        assert torch.get_num_threads() == before + 1  # the process setting is restored after each step
+    finally:
+        torch.set_num_threads(before)
+    assert [s.split("/")[0] for s in res.summary.computed] == ["score"]
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["torch_threads"] == {str(before): len(plan.steps)}  # nothing mixed
+    pd.testing.assert_frame_equal(_sorted(pd.read_parquet(run / "records.parquet")), want, check_exact=True)
+
+
 def test_report_command_restores_or_sets_aside_a_damaged_example(tmp_path, lone_run):
     from typer.testing import CliRunner
 

@@ -204,6 +204,11 @@ class ExecutionConfig(_Strict):
     address: str | None = Field(default=None, description="Ray cluster address (ray executor)")
     store: str | None = Field(default=None, description="artifact store path or fsspec URL (default OUT/store)")
     mixed_precision: bool = False
+    threads: int | None = Field(
+        default=None, ge=1,
+        description="torch threads of every step, whatever the executor or machine (CPU results depend on the "
+                    "thread count in the last digits); default: the executor's share of the cores",
+    )
     resources: dict[str, ResourceConfig] = Field(
         default_factory=dict, description="per step kind: fit_recon, task_model, ... (default 1 CPU)"
     )

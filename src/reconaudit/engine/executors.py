@@ -36,13 +36,15 @@ class ContextSpec:
     store: str
     device: str = "cpu"
     mixed_precision: bool = False
+    threads: int | None = None
 
     def make(self) -> StepContext:
         """Open the store and resolve the device in the current process."""
         from reconaudit.devices import resolve_device
         from reconaudit.engine.store import open_store
 
-        return StepContext(open_store(self.store), str(resolve_device(self.device)), self.mixed_precision)
+        return StepContext(open_store(self.store), str(resolve_device(self.device)), self.mixed_precision,
+                           self.threads)
 
 
 class Executor(Protocol):

@@ -441,7 +441,8 @@ def _run_locked(cfg: AuditConfig, run_dir: Path, *, workers: int | None, executo
         ex = make_executor(executor or cfg.execution.executor, workers or cfg.execution.workers,
                            address or cfg.execution.address,
                            resources={k: v.model_dump() for k, v in cfg.execution.resources.items()})
-        summary = ex.run(todo, ContextSpec(store.url, ctx_device, cfg.execution.mixed_precision),
+        summary = ex.run(todo, ContextSpec(store.url, ctx_device, cfg.execution.mixed_precision,
+                                             cfg.execution.threads),
                          cfg.execution.retries)
         summary.reused.extend(s.id for s in plan.ordered() if s not in todo)
         for f in summary.failed:

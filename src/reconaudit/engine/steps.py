@@ -35,6 +35,8 @@ class StepContext:
     store: ArtifactStore
     device: str = "cpu"
     mixed_precision: bool = False
+    #: torch threads of every step (``execution.threads``); None keeps the executor's setting
+    threads: int | None = None
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -573,9 +575,15 @@ def _run_step_body(step: Step, ctx: StepContext) -> None:
         if ctx.mixed_precision and str(ctx.device).startswith("cuda")
         else contextlib.nullcontext()
     )
-    with gpu_monitor(ctx.device, step.id), amp, ctx.store.writer(step.kind, step.key) as out:
-        if step.kind == "fit_recon":
-            step_fit_recon(step.spec, ctx, out, key=step.key)
-        else:
-            fn(step.spec, ctx, out)
+    threads = torch.get_num_threads()
+    if ctx.threads:  # fixed per step, so every executor and machine computes with the same reductions
+        torch.set_num_threads(ctx.threads)
+    try:
+        with gpu_monitor(ctx.device, step.id), amp, ctx.store.writer(step.kind, step.key) as out:
+            if step.kind == "fit_recon":
+                step_fit_recon(step.spec, ctx, out, key=step.key)
+            else:
+                fn(step.spec, ctx, out)
+    finally:
+        torch.set_num_threads(threads)
 
