@@ -38,11 +38,11 @@ def audited(tmp_path_factory):
     result = run_audit(load_config(raw), tmp / "run", report=False)
     assert result.summary.ok, [f.error for f in result.summary.failed]
     records, meta = load_run(tmp / "run")
-    return records, analyse(records, meta)
+    return records, analyse(records, meta), tmp / "run"
 
 
 def test_the_noise_reconstructor_is_flagged_and_the_good_one_is_not(audited):
-    records, a = audited
+    records, a, _ = audited
     comp = a.competence.set_index("reconstructor")
     assert set(comp.index) == {"noise", "good"}
     noise, good = comp.loc["noise"], comp.loc["good"]
@@ -56,7 +56,7 @@ def test_the_noise_reconstructor_is_flagged_and_the_good_one_is_not(audited):
 
 
 def test_headline_and_summary_table_carry_the_flag(audited):
-    _, a = audited
+    _, a, _ = audited
     sentence = a.headlines.iloc[0]["sentence"]
     assert "Below the no-reconstruction baseline: noise at 3000 photons (PSNR, SSIM" in sentence
     assert "good at" not in sentence.split("Below the no-reconstruction baseline:")[1]
@@ -64,3 +64,29 @@ def test_headline_and_summary_table_carry_the_flag(audited):
     assert BELOW_BASELINE_NOTE in summary.loc["noise", "note"]
     assert summary.loc["identity", "note"] == ""
     assert "PSNR" not in summary.loc["good", "note"]
+
+
+def test_training_histories_reach_run_json_and_the_training_curve_figure(audited, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from reconaudit.report.figures import _fig_training
+
+    _, _, run = audited
+    meta = json.loads((run / "run.json").read_text())
+    saved = {}
+    for info in (run / "store" / "task_model").glob("*/info.json"):
+        saved[json.loads(info.read_text())["task"]] = json.loads(info.read_text())["history"]
+    entries = [h for h in meta["training"] if h["kind"] == "diagnostic model"]
+    assert [h["model"] for h in entries] == ["classification"]
+    assert entries[0]["cohort"] == "chest-xray" and entries[0]["level"] is None
+    assert entries[0]["train_loss"] == pytest.approx(saved["classification"]["train_loss"])
+    assert entries[0]["val_loss"] == pytest.approx(saved["classification"]["val_loss"])
+    (tmp_path / "figs").mkdir()
+    fig = _fig_training(meta, tmp_path / "figs")  # what render_figures adds to the report
+    assert fig.png.stat().st_size > 0 and fig.pdf.exists()
+    plotted = pd.read_csv(tmp_path / "figs" / "training_curves.csv")
+    val = plotted[(plotted["panel"] == "diagnostic model: classification") & (plotted["split"] == "val")]
+    assert val["loss"].tolist() == pytest.approx(saved["classification"]["val_loss"])
+    assert val["epoch"].tolist() == list(range(1, len(saved["classification"]["val_loss"]) + 1))

@@ -13,6 +13,7 @@ import yaml
 
 from reconaudit.engine.config import AuditConfig, config_to_dict
 from reconaudit.engine.executors import ContextSpec, RunSummary, make_executor
+from reconaudit.engine.histories import training_histories
 from reconaudit.engine.plan import Plan, build_plan
 from reconaudit.engine.records import collect_records, write_plain_summary, write_records, write_run_meta
 from reconaudit.engine.store import ArtifactStore, open_store
@@ -220,6 +221,7 @@ def run_audit(
             "device": device,
             "cohorts": cohort_meta(plan, store, cfg),
             "cells": cells,
+            "training": training_histories(plan, store),
             "analysis": cfg.analysis.model_dump(),
             "failures": [{"step": f.step, "error": f.error} for f in summary.failed]
             + [{"step": s, "error": "skipped: a step it depends on failed"} for s in summary.skipped],
