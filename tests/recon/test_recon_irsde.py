@@ -109,3 +109,26 @@ def test_loss_hook_gets_x0_hat_with_gradient(fitted) -> None:
     rec.fit(PairSet(train.degraded.subset(range(8)), train.clean[:8]), val, seed=0,
             hooks=TrainingHooks(loss_hook=hook))
     assert seen["nonzero"]
+
+
+def test_x0_loss_starts_at_the_inputs_l1_error() -> None:
+    # prediction x0 starts as the identity (zero-initialised output), so x0_hat = mu for every t and
+    # the x0 loss is the mean absolute error of the degraded input, whatever noise was drawn
+    clean = phantoms(8, 16, seed=3)
+    deg = noisy(clean, 0.1, seed=4)
+    rec = make_reconstructor("irsde", **SMALL, prediction="x0", loss="x0")
+    rec._ensure_built()
+    base, x0_hat = rec._losses(deg, clean, torch.Generator().manual_seed(0))
+    assert torch.allclose(x0_hat, deg.image, atol=1e-5)
+    assert float(base) == pytest.approx(float((deg.image - clean).abs().mean()), rel=1e-4)
+
+
+def test_cosine_learning_rate_schedule() -> None:
+    from reconaudit.recon.training import epoch_lr
+
+    lr = 1e-3
+    assert epoch_lr(lr, 3, 4, "constant") == lr
+    assert epoch_lr(lr, 1, 4, "cosine") == pytest.approx(lr)
+    # lr_min + (lr - lr_min) (1 + cos(pi (e - 1) / E)) / 2, lr_min = lr / 100
+    assert epoch_lr(lr, 3, 4, "cosine") == pytest.approx(1e-5 + 0.99e-3 * 0.5)
+    assert epoch_lr(lr, 4, 4, "cosine") == pytest.approx(1e-5 + 0.99e-3 * (1 + math.cos(0.75 * math.pi)) / 2)

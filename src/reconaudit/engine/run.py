@@ -15,6 +15,7 @@ import yaml
 
 from reconaudit.engine.config import AuditConfig, config_to_dict
 from reconaudit.engine.executors import ContextSpec, RunSummary, make_executor
+from reconaudit.engine.histories import training_histories
 from reconaudit.engine.inputs import InputDigests
 from reconaudit.engine.plan import Plan, Step, build_plan
 from reconaudit.engine.records import (
@@ -464,6 +465,7 @@ def _run_locked(cfg: AuditConfig, run_dir: Path, *, workers: int | None, executo
             "torch_threads": threads,
             "cohorts": cohort_meta(plan, store, cfg),
             "cells": cells,
+            "training": training_histories(plan, store),
             "analysis": cfg.analysis.model_dump(),
             "failures": [{"step": f.step, "error": f.error} for f in summary.failed]
             + [{"step": s, "error": "skipped: a step it depends on failed"} for s in summary.skipped],

@@ -19,7 +19,9 @@ Training (``loss="ml"``, the default and the paper's maximum-likelihood objectiv
 between the network's reverse Euler step ``x_t - (theta_t (mu - x_t) - sigma_t^2 score) dt`` and the
 optimal reverse state ``x*_{t-1} = mu + [a (1 - b_{t-1}^2) (x_t - mu) + b_{t-1} (1 - a^2) (x_0 - mu)] /
 (1 - b_t^2)`` with ``a = exp(-theta_t dt)`` (the mean of ``x_{t-1} | x_t, x_0``).  ``loss="noise"`` uses
-``||eps_hat - eps||^2`` instead.
+``||eps_hat - eps||^2`` instead, and ``loss="x0"`` the L1 error of the clean-image estimate,
+``||x0_hat - x_0||_1`` (below; the x0-parametrised objective, which weights every ``t`` by what the
+sampler's last step returns and trains in a few CPU epochs).
 
 The loss hook receives ``x0_hat = mu + (x_t - mu - sigmabar_t eps_hat) / b_t``, the clean-image estimate
 implied by the network's noise estimate, so a fairness penalty on it has a gradient into the network.
@@ -145,7 +147,7 @@ class IRSDEReconstructor(LearnedReconstructor):
         channels: tuple[int, ...] = Field((16, 32, 64), min_length=2)
         num_res_blocks: int = Field(1, ge=1)
         norm_num_groups: int = Field(8, ge=1)
-        loss: Literal["ml", "noise"] = "ml"
+        loss: Literal["ml", "noise", "x0"] = "ml"
         prediction: Literal["noise", "x0"] = "noise"
         sampler: Literal["sde", "ode"] = "sde"
         steps: int | None = Field(None, ge=1)
@@ -190,14 +192,16 @@ class IRSDEReconstructor(LearnedReconstructor):
         mean, std = sch.marginal(clean, mu, t)
         xt = mean + std * noise
         eps_hat = self._noise(xt, mu, t)
-        if self.hp.loss == "noise":
-            base = ((eps_hat - noise) ** 2).mean()
-        else:
-            target, _ = sch.posterior(xt, clean, mu, t, t - 1)
-            base = (sch.reverse_euler_mean(xt, mu, eps_hat, t) - target).abs().mean()
         x0_hat = sch.x0_from_noise(xt, mu, eps_hat, t)
         if self.hp.data_consistency:
             x0_hat = apply_data_consistency(x0_hat, batch)
+        if self.hp.loss == "noise":
+            base = ((eps_hat - noise) ** 2).mean()
+        elif self.hp.loss == "x0":
+            base = (x0_hat - clean).abs().mean()
+        else:
+            target, _ = sch.posterior(xt, clean, mu, t, t - 1)
+            base = (sch.reverse_euler_mean(xt, mu, eps_hat, t) - target).abs().mean()
         return base, x0_hat
 
     def _train_step(self, batch, clean, idx, gen, hooks: TrainingHooks | None, opts):

@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -65,6 +65,11 @@ class TrainParams(ReconParams):
         Clamp reconstructions to [0, 1] at inference (never in the loss path).
     eval_batch_size:
         Studies per forward pass in :meth:`reconstruct` and validation.
+    lr_schedule:
+        ``"constant"`` (the default), or ``"cosine"``: epoch ``e`` of ``E`` (1-based) trains at
+        ``lr_e = lr_min + (lr - lr_min) (1 + cos(pi (e - 1) / E)) / 2`` with ``lr_min = lr / 100``
+        (cosine annealing, Loshchilov & Hutter 2017, without restarts), set at the start of every
+        epoch so that resuming from a checkpoint gives the same rates.
     """
 
     epochs: int = Field(3, ge=0)
@@ -75,6 +80,7 @@ class TrainParams(ReconParams):
     data_consistency: bool = False
     clip_output: bool = True
     eval_batch_size: int = Field(32, ge=1)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
 
 
 def validate_params(cls: type[Reconstructor], params: dict[str, Any]) -> ReconParams:
@@ -332,6 +338,14 @@ def epoch_order(n: int, gen: torch.Generator, sample_weights: np.ndarray | None)
     return torch.as_tensor(list(sampler), dtype=torch.long)
 
 
+def epoch_lr(lr: float, epoch: int, epochs: int, schedule: str) -> float:
+    """The learning rate of 1-based ``epoch`` of ``epochs`` under ``schedule`` (see :class:`TrainParams`)."""
+    if schedule == "constant" or epochs <= 1:
+        return float(lr)
+    lr_min = lr / 100.0
+    return float(lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs)))
+
+
 def _validation_loss(rec: LearnedReconstructor, val: PairSet, seed: int) -> float:
     n = len(val)
     if n == 0:
@@ -457,6 +471,9 @@ def run_training(
         for epoch in range(int(st["epoch"]) + 1, epochs + 1):
             gen = torch_generator(derive_seed("recon/train", rec.name, seed, epoch))
             order = epoch_order(n, gen, weights)
+            for opt in opts.values():
+                for group in opt.param_groups:
+                    group["lr"] = epoch_lr(lr, epoch, epochs, rec.hp.lr_schedule)
             rec._train_mode(True)
             tot, base_tot = 0.0, 0.0
             for start in range(0, n, bs):

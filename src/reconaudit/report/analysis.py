@@ -25,6 +25,7 @@ from scipy import stats as sps
 
 from .. import metrics as M
 from .. import progress
+from ..metrics.competence import competence
 from ..schema import (  # noqa: F401 - the records schema, re-exported
     CELL_KEYS,
     CLASSIFICATION_FAIRNESS,
@@ -111,6 +112,9 @@ class Analysis:
         The multiple-comparison families: ``family``, ``description``, ``n_tests``, ``method``, ``alpha``.
     headlines : pandas.DataFrame
         ``cohort``, ``sentence``: the findings in plain words, built from the tables above.
+    competence : pandas.DataFrame
+        Reconstructed cells against the no-reconstruction baseline
+        (:func:`reconaudit.metrics.competence.competence`): ``below_baseline`` and its ``note``.
     settings : dict
         The analysis settings used (``n_resamples``, ``alpha``, ``correction``, ``min_group_size``,
         ``seed``, ``ci``).
@@ -131,6 +135,7 @@ class Analysis:
     settings: dict = field(default_factory=dict)
     cohorts: dict = field(default_factory=dict)
     definitions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    competence: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # --------------------------------------------------------------------------------------------
@@ -931,6 +936,23 @@ def _headlines(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cohort", "sentence"])
 
 
+def _with_competence(headlines: pd.DataFrame, comp: pd.DataFrame, cohorts: dict) -> pd.DataFrame:
+    """Append to each cohort's headline the reconstructors that are below the no-reconstruction baseline."""
+    out = headlines.copy()
+    for i, row in out.iterrows():
+        bad = comp[(comp["cohort"] == row["cohort"]) & comp["below_baseline"]] if not comp.empty else comp
+        if bad.empty:
+            continue
+        parts = []
+        for _, b in bad.iterrows():
+            mit = "" if b["mitigation"] == "none" else f" ({b['mitigation']})"
+            unit = cohorts.get(row["cohort"], {}).get("level_name") or "level"
+            parts.append(f"{b['reconstructor']}{mit} at {level_text(b['level'], unit)} ({b['below_metrics']})")
+        out.loc[i, "sentence"] = (f"{row['sentence']} Below the no-reconstruction baseline: "
+                                  f"{'; '.join(parts)}; findings about these reflect an undertrained model.")
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -1049,7 +1071,8 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
     a = Analysis(cells=cells, task=task, fairness=fair, seeds=_seed_table(cells, task, fair),
                  families=pd.DataFrame(families), headlines=pd.DataFrame(columns=["cohort", "sentence"]),
                  settings=s, cohorts=cohorts, definitions=definitions_table(s))
-    a.headlines = _headlines(a)
+    a.competence = competence(cells, task, primary={c: info["primary"] for c, info in cohorts.items()})
+    a.headlines = _with_competence(_headlines(a), a.competence, cohorts)
     logger.info("analysis: %d cells, %d task rows, %d fairness rows", len(cells), len(task), len(fair))
     return a
 

@@ -8,7 +8,9 @@
    :math:`\\lambda` (only when the run has mitigated cells);
 4. example studies: clean, degraded, reconstructions, error maps, segmentation or saliency
    overlays, uncertainty of stochastic reconstructors (studies shown by anonymous index only);
-5. per-group ROC curves on clean versus reconstructed images.
+5. per-group ROC curves on clean versus reconstructed images;
+6. training curves: loss per epoch of every trained model (reconstructors and diagnostic models),
+   from the histories in ``run.json`` (:func:`training_curves`).
 
 Colours follow the Okabe-Ito palette (colour-blind safe), assigned to reconstructor names in
 sorted order so any set of names works; line styles and markers repeat the distinction.
@@ -34,7 +36,7 @@ from .analysis import MEAN_LABEL, METRIC_NAMES, Analysis, level_text  # noqa: E4
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Figure", "make_figures", "render_figures", "OKABE_ITO"]
+__all__ = ["Figure", "make_figures", "render_figures", "training_curves", "OKABE_ITO"]
 
 #: Okabe-Ito colour-blind safe palette (yellow last: weak on white).
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
@@ -589,6 +591,70 @@ def _fig_roc(a: Analysis, records: pd.DataFrame, out_dir: Path) -> list[Figure]:
 
 
 # --------------------------------------------------------------------------------------------
+# 6. training curves
+
+
+def training_curves(meta: dict) -> pd.DataFrame:
+    """The loss per epoch of every trained model in ``meta["training"]`` as a tidy table.
+
+    Columns: ``panel`` (the model: ``"reconstructor: unet"``, ``"diagnostic model: segmentation"``),
+    ``series`` (cohort, level, mitigation and seed), ``split`` (``"train"``/``"val"``), ``epoch``
+    (1-based) and ``loss``, exactly the values saved by each model's ``fit``; figure 6 plots these rows.
+    """
+    rows = []
+    for h in meta.get("training") or []:
+        panel = f"{h['kind']}: {h['model']}"
+        parts = [str(h["cohort"])]
+        if h.get("level") is not None:
+            parts.append(f"{h['level']:g}")
+        if h.get("mitigation", "none") != "none":
+            parts.append(str(h["mitigation"]))
+        parts.append(f"seed {h['seed']}")
+        series = ", ".join(parts)
+        for split in ("train", "val"):
+            for e, v in enumerate(h.get(f"{split}_loss") or [], start=1):
+                rows.append({"panel": panel, "series": series, "split": split, "epoch": e,
+                             "loss": np.nan if v is None else float(v)})
+    return pd.DataFrame(rows, columns=["panel", "series", "split", "epoch", "loss"])
+
+
+def _fig_training(meta: dict, out_dir: Path) -> Figure | None:
+    curves = training_curves(meta)
+    if curves.empty:
+        return None
+    curves.to_csv(out_dir / "training_curves.csv", index=False)
+    panels = list(dict.fromkeys(curves["panel"]))
+    ncol = min(3, len(panels))
+    nrow = int(np.ceil(len(panels) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.0 * ncol, 3.0 * nrow), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        c = curves[curves["panel"] == panel]
+        for i, series in enumerate(dict.fromkeys(c["series"])):
+            colour = OKABE_ITO[i % 7]
+            for split, ls in (("train", "--"), ("val", "-")):
+                d = c[(c["series"] == series) & (c["split"] == split)]
+                if not d.empty:
+                    ax.plot(d["epoch"], d["loss"], linestyle=ls, color=colour, marker=".",
+                            label=_t(series) if split == "val" else None)
+        if (c["loss"].dropna() > 0).all() and c["loss"].notna().any():
+            ax.set_yscale("log")
+        ax.set_title(_t(panel))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=6, loc="upper right", frameon=False)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    png, pdf = _save(fig, out_dir, "training_curves")
+    return Figure("training", png, pdf, "Training curves",
+                  "Loss per epoch of every trained model: solid lines the validation loss (the one early stopping "
+                  "watches), dashed the training loss, one colour per cohort and level. A curve still falling at "
+                  "its last epoch means the model was stopped before it converged. Losses are each model's own "
+                  "(pix2pix: generator loss in training, L1 in validation; diagnostic models: their task loss), so "
+                  "compare shapes, not heights, across panels. Values: figures/training_curves.csv.")
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def render_figures(records: pd.DataFrame, meta: dict, analysis: Analysis, run_dir: Path | str,
@@ -621,6 +687,9 @@ def render_figures(records: pd.DataFrame, meta: dict, analysis: Analysis, run_di
         figs += _fig_mitigation(analysis, out)
         figs += _fig_examples(analysis, meta, run_dir, out)
         figs += _fig_roc(analysis, records, out)
+        f = _fig_training(meta, out)
+        if f is not None:
+            figs.append(f)
     return figs
 
 

@@ -82,6 +82,7 @@ def _summary(a: Analysis) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(numeric, formatted) summary: one row per cell."""
     num_rows, fmt_rows = [], []
     f = a.fairness
+    comp = a.competence.set_index("cell_id")["note"] if not a.competence.empty else pd.Series(dtype=str)
     for _, c in a.cells.iterrows():
         info = a.cohorts[c["cohort"]]
         metric, label = info["primary"]
@@ -103,6 +104,7 @@ def _summary(a: Analysis) -> tuple[pd.DataFrame, pd.DataFrame]:
             **({k: tr[k] for k in ("clean", "recon", "recon_ci_low", "recon_ci_high", "change", "change_ci_low",
                                    "change_ci_high", "p_adjusted", "significant")} if tr is not None else {}),
             "fairness_tests": n_tests, "significant_bias_increases": n_sig_worse,
+            "below_baseline": bool(comp.get(c["cell_id"], "")),
         })
         d = _digits(metric)
         sig = tr is not None and bool(tr["significant"])
@@ -116,6 +118,7 @@ def _summary(a: Analysis) -> tuple[pd.DataFrame, pd.DataFrame]:
             "change vs clean": (format_ci(tr["change"], tr["change_ci_low"], tr["change_ci_high"], d, signed=True)
                                 + ("*" if sig else "")) if tr is not None else "n/a",
             "significant bias increases": f"{n_sig_worse} / {n_tests}",
+            "note": comp.get(c["cell_id"], ""),
             "_significant": sig or n_sig_worse > 0,
         })
     return pd.DataFrame(num_rows), pd.DataFrame(fmt_rows)
