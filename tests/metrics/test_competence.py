@@ -46,6 +46,15 @@ def test_flags_each_metric_below_its_baseline():
     assert out.loc[("blurry", 8.0), "note"] == f"PSNR, SSIM, Dice {BELOW_BASELINE_NOTE}"
 
 
+def test_a_task_metric_within_the_tolerance_of_the_baseline_is_not_flagged():
+    cells, task = _cells(), _task()
+    task.loc[task["cell_id"] == "c1", "recon"] = 0.695  # 0.005 below identity's 0.70
+    out = competence(cells, task, primary={"c": ("dice", "")}).set_index(["reconstructor", "level"])
+    assert not out.loc[("good", 4.0), "below_task"]
+    strict = competence(cells, task, primary={"c": ("dice", "")}, task_tolerance=0.0)
+    assert strict.set_index(["reconstructor", "level"]).loc[("good", 4.0), "below_task"]
+
+
 def test_without_task_rows_or_baseline_cell_only_image_quality_is_compared():
     cells = _cells()
     out = competence(cells)
