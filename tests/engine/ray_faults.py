@@ -32,8 +32,11 @@ class NotRetryable(ValueError):
     retryable = False
 
 
-def _tag(kind: str, spec: dict) -> str:
-    return f"{kind}-{spec.get('reconstructor', spec.get('n'))}"
+def _tag(kind: str, spec) -> str:
+    """``<kind>-<reconstructor>`` for a real step's typed spec, ``<kind>-<n>`` for a fake one's dict."""
+    if isinstance(spec, dict):
+        return f"{kind}-{spec.get('reconstructor', spec.get('n'))}"
+    return f"{kind}-{getattr(spec, 'reconstructor', None)}"
 
 
 def _fake_ok(spec, ctx, out):

@@ -144,7 +144,7 @@ def test_changed_manifest_label_recomputes_that_cohort_only_and_plan_names_the_f
     first = run_audit(load_config(raw), tmp_path / "run", report=False)
     assert first.summary.ok, [f.error for f in first.summary.failed]
     old = pd.read_parquet(first.records_path)
-    man_id = [sid for sid, s in first.plan.steps.items() if s.kind == "cohort" and s.spec["name"] == "manifest"][0]
+    man_id = [sid for sid, s in first.plan.steps.items() if s.kind == "cohort" and s.spec.name == "manifest"][0]
     n_manifest = sum(1 for sid in first.plan.steps if man_id in first.plan.needed_for([sid]))
     df = pd.read_csv(path, dtype=str)
     df["finding"] = (1 - df["finding"].astype(int)).astype(str)
@@ -158,7 +158,7 @@ def test_changed_manifest_label_recomputes_that_cohort_only_and_plan_names_the_f
     assert len(res.summary.computed) == n_manifest == 7
     assert "cohort" in _kinds(res.summary.computed)
     # every computed step belongs to the manifest cohort; the synthetic cohort's are reused
-    chest = [sid for sid, s in res.plan.steps.items() if s.kind == "cohort" and s.spec["name"] == "chest-xray"][0]
+    chest = [sid for sid, s in res.plan.steps.items() if s.kind == "cohort" and s.spec.name == "chest-xray"][0]
     assert not any(chest in res.plan.needed_for([s]) for s in res.summary.computed)
     rec = pd.read_parquet(res.records_path)
     man = rec[rec["cohort"] == "manifest"]
@@ -168,7 +168,7 @@ def test_changed_manifest_label_recomputes_that_cohort_only_and_plan_names_the_f
 
 def test_keys_of_synthetic_audits_hold_no_file_digests():
     plan = build_plan(load_config(tiny_config()))
-    assert all(s.spec.get("inputs", {}) == {} for s in plan.steps.values() if "inputs" in s.spec)
+    assert all(s.spec.inputs == {} for s in plan.steps.values() if hasattr(s.spec, "inputs"))
 
 
 def test_an_edited_plugin_source_changes_the_keys_of_its_steps_only(tmp_path, monkeypatch):
@@ -182,5 +182,5 @@ def test_an_edited_plugin_source_changes_the_keys_of_its_steps_only(tmp_path, mo
     b = build_plan(load_config(raw, build_plugins=False))
     changed = set(a.steps) ^ set(b.steps)
     assert {sid.split("/")[0] for sid in changed} == {"fit_recon", "reconstruct", "score"}
-    assert all(s.spec.get("reconstructor") in ("plugin", "mine") for sid, s in {**a.steps, **b.steps}.items()
+    assert all(getattr(s.spec, "reconstructor", None) in ("plugin", "mine") for sid, s in {**a.steps, **b.steps}.items()
                if sid in changed)

@@ -56,8 +56,8 @@ def test_seeds_and_mitigation_expand_grid():
     assert sorted({c.mitigation_strength for c in mit}) == [0.1, 1.0]
     # fine-tuning depends on the standard fit of the same cell
     for s in plan.steps.values():
-        if s.kind == "fit_recon" and s.spec["mitigation"]:
-            base = s.spec["mitigation"]["base"]
+        if s.kind == "fit_recon" and s.spec.mitigation:
+            base = s.spec.mitigation.base
             assert f"fit_recon/{base}" in s.deps
 
 

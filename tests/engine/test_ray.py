@@ -173,7 +173,7 @@ def test_killed_worker_is_retried_failure_reported_and_rerun_computes_only_the_m
     ray_session, local_run, ray_run, tmp_path
 ):
     plan = ray_run.plan
-    by = {(s.kind, s.spec.get("reconstructor")): s for s in plan.steps.values()}
+    by = {(s.kind, getattr(s.spec, "reconstructor", None)): s for s in plan.steps.values()}
     rec_unet, score_unet, score_ident = by["reconstruct", "unet"], by["score", "unet"], by["score", "identity"]
     run_dir = tmp_path / "run"
     shutil.copytree(ray_run.run_dir / "store", run_dir / "store")

@@ -60,7 +60,7 @@ def audit(tmp_path_factory):
 def _artifact(result, kind: str, **match) -> tuple[dict, object]:
     """The info.json and directory of the one ``kind`` step whose spec matches ``match``."""
     steps = [s for s in result.plan.steps.values() if s.kind == kind
-             and all(s.spec.get(k) == v for k, v in match.items())]
+             and all(getattr(s.spec, k, None) == v for k, v in match.items())]
     assert len(steps) == 1, steps
     d = result.run_dir / "store" / kind / steps[0].key
     info = json.loads((d / "info.json").read_text()) if (d / "info.json").exists() else {}
@@ -140,8 +140,8 @@ def test_mitigation_recipe_weights_the_fit_as_declared(audit):
     x = load_file(str(d / "degraded.safetensors"))["image"][torch.as_tensor(tr)].double().flatten(1)
     y = full.images[torch.as_tensor(tr)].double().flatten(1)
     w = torch.as_tensor(1.0 + 3.0 * (full.table["sex"].to_numpy()[tr] == "F"), dtype=torch.float64)
-    fits = [s for s in result.plan.steps.values() if s.kind == "fit_recon" and s.spec.get("mitigation")]
-    assert len(fits) == 1 and fits[0].spec["mitigation"]["base"] is None  # trains from scratch
+    fits = [s for s in result.plan.steps.values() if s.kind == "fit_recon" and s.spec.mitigation]
+    assert len(fits) == 1 and fits[0].spec.mitigation.base is None  # trains from scratch
     a = float(load_file(str(result.run_dir / "store" / "fit_recon" / fits[0].key / "weights.safetensors"))["a"])
     assert a == pytest.approx(float((w * (x * y).sum(1)).sum() / (w * (x * x).sum(1)).sum()), rel=1e-6)
     info = json.loads((result.run_dir / "store" / "fit_recon" / fits[0].key / "info.json").read_text())

@@ -55,9 +55,9 @@ def test_tasks_none_on_a_labelled_cohort_and_task_list():
     assert not [s for s in plan.steps.values() if s.kind in ("task_model", "predict_clean", "direct_model")]
     listed = build_plan(load_config({**cfg, "cohorts": [dict(base, tasks=["classification"])]}))
     tm = [s for s in listed.steps.values() if s.kind == "task_model"]
-    assert [s.spec["arch"] for s in tm] == ["small-cnn"]
+    assert [s.spec.arch for s in tm] == ["small-cnn"]
     every = build_plan(load_config({**cfg, "cohorts": [dict(base, tasks={})]}))  # {} keeps meaning "all tasks"
-    assert [s.spec["task"] for s in every.steps.values() if s.kind == "task_model"] == ["classification"]
+    assert [s.spec.task for s in every.steps.values() if s.kind == "task_model"] == ["classification"]
     with pytest.raises(ConfigError, match="'eodd' trains against diagnostic models"):
         load_config({**cfg, "mitigations": [{"name": "eodd"}]})
 

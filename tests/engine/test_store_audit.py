@@ -42,7 +42,7 @@ def lone_run(tmp_path_factory):
 
 def _artifact(run, plan, kind, name=None):
     for s in plan.steps.values():
-        if s.kind == kind and (name is None or s.spec.get("reconstructor") == name):
+        if s.kind == kind and (name is None or getattr(s.spec, "reconstructor", None) == name):
             return run / "store" / kind / s.key
     raise AssertionError(kind)
 

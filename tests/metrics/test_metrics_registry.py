@@ -49,3 +49,13 @@ def test_metric_recipe_one_line_registers_a_new_fairness_metric(data, monkeypatc
     vals = _compute_family(y, pred, score, groups)
     assert vals["false_negative_rate_difference"] == pytest.approx(
         false_negative_rate_difference(y, pred, sensitive_features=groups), abs=1e-12)
+
+
+def test_segmentation_fairness_family_matches_the_schema_and_its_formulas():
+    assert set(registry.SEGMENTATION_FAIRNESS_METRICS) == set(schema.SEGMENTATION_FAIRNESS) - {"worst_group_dice"}
+    dice = np.array([0.9, 0.7, 0.8, 0.5, 0.6, 0.4])
+    groups = np.array(["F", "F", "F", "M", "M", "M"])  # group means 0.8 and 0.5
+    vals = {name: m.fn(dice, sensitive_features=groups, min_group_size=1)
+            for name, m in registry.SEGMENTATION_FAIRNESS_METRICS.items()}
+    assert vals["dice_gap"] == pytest.approx(0.8 - 0.5)
+    assert vals["dice_skewed_error_ratio"] == pytest.approx((1 - 0.5) / (1 - 0.8))

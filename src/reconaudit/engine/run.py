@@ -138,7 +138,7 @@ def stale_reasons(plan: Plan, done: dict[str, bool]) -> dict[str, str]:
     for step in plan.ordered():
         if done.get(step.id):
             continue
-        changes = plan.digests.changes_under(step.spec.get("inputs", {})) if plan.digests is not None else []
+        changes = plan.digests.changes_under(getattr(step.spec, "inputs", {})) if plan.digests is not None else []
         if changes:
             shown = ", ".join(f"{f} ({what})" for f, what in changes[:3])
             more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
@@ -195,9 +195,9 @@ def cohort_meta(plan: Plan, store: ArtifactStore, cfg: AuditConfig) -> dict:
             continue
         d = store.path("cohort", step.key)
         info = json.loads((d / "cohort.json").read_text())
-        cc = next(c for c in cfg.cohorts if c.name == step.spec["name"] and c.params == step.spec["params"])
-        tasks = sorted({s.spec["task"] for s in plan.steps.values()
-                        if s.kind == "task_model" and s.spec["cohort"] == step.key})
+        cc = next(c for c in cfg.cohorts if c.name == step.spec.name and c.params == step.spec.params)
+        tasks = sorted({s.spec.task for s in plan.steps.values()
+                        if s.kind == "task_model" and s.spec.cohort == step.key})
         level_names = sorted({getattr(DEGRADATIONS.get(dc.name), "level_name", "level") for dc in cc.degradations})
         card = (d / "data_card.md").read_text()
         no_task = ""
@@ -207,7 +207,7 @@ def cohort_meta(plan: Plan, store: ArtifactStore, cfg: AuditConfig) -> dict:
                        "e.g. fastMRI without `labels_csv`)")
             card = (card.rstrip() + "\n\n## Diagnostic tasks\n\nNo task metrics: " + no_task + ". This is a "
                     "reconstruction-quality audit: PSNR, SSIM and NMSE per study and per group.\n")
-        out[step.spec["name"]] = {
+        out[step.spec.name] = {
             "modality": info["modality"],
             "tasks": tasks,
             "labels": info["labels"] if "classification" in tasks else [],

@@ -1,7 +1,7 @@
 """The step functions: each reads the artifacts it depends on and writes one artifact.
 
-Every function has the signature ``fn(spec, ctx, out_dir)``: ``spec`` is the step's JSON spec
-(everything that went into its key), ``ctx`` the :class:`StepContext` (store, device), ``out_dir``
+Every function has the signature ``fn(spec, ctx, out_dir)``: ``spec`` is the step's typed spec
+(:mod:`reconaudit.engine.specs`: everything that went into its key), ``ctx`` the :class:`StepContext` (store, device), ``out_dir``
 the private directory the store commits when the function returns.
 """
 
@@ -21,6 +21,17 @@ from safetensors.torch import load_file, save_file
 
 from reconaudit.cohorts.base import Cohort
 from reconaudit.engine.plan import Step
+from reconaudit.engine.specs import (
+    CohortSpec,
+    DegradeSpec,
+    DirectModelSpec,
+    DirectScoreSpec,
+    FitReconSpec,
+    PredictCleanSpec,
+    ReconstructSpec,
+    ScoreSpec,
+    TaskModelSpec,
+)
 from reconaudit.engine.store import ArtifactStore
 from reconaudit.physics.base import Degraded
 from reconaudit.seeding import derive_seed, study_seeds
@@ -96,15 +107,15 @@ def _task_targets(cohort: Cohort, task: str) -> np.ndarray | torch.Tensor:
     return cohort.masks.float()
 
 
-def _make_task(task: str, arch: str, params: dict, ctx: StepContext, in_channels: int, n_outputs: int, spec: dict,
-               labels: list[str] | None = None):
+def _make_task(task: str, arch: str, params: dict, ctx: StepContext, in_channels: int, n_outputs: int,
+               threshold_policy: str | None, target_sensitivity: float | None, labels: list[str] | None = None):
     from reconaudit.tasks import make_task_model
 
     p = dict(params)
     if task == "classification":
-        p.setdefault("threshold_policy", spec.get("threshold_policy", "sens_eq_spec"))
-        if spec.get("target_sensitivity") is not None:
-            p.setdefault("threshold_target", spec["target_sensitivity"])
+        p.setdefault("threshold_policy", threshold_policy or "sens_eq_spec")
+        if target_sensitivity is not None:
+            p.setdefault("threshold_target", target_sensitivity)
         if labels and arch != "plugin":
             p.setdefault("label_names", list(labels))
     return make_task_model(task, arch=arch, device=ctx.device, in_channels=in_channels, n_outputs=n_outputs, **p)
@@ -114,7 +125,8 @@ def load_task_model(ctx: StepContext, kind: str, key: str):
     """A frozen diagnostic model artifact (``task_model`` or ``direct_model``)."""
     d = ctx.store.path(kind, key)
     info = json.loads((d / "info.json").read_text())
-    model = _make_task(info["task"], info["arch"], info["params"], ctx, info["in_channels"], info["n_outputs"], info)
+    model = _make_task(info["task"], info["arch"], info["params"], ctx, info["in_channels"], info["n_outputs"],
+                       info.get("threshold_policy"), info.get("target_sensitivity"))
     model.load(d / "model.safetensors")
     return model, info
 
@@ -177,11 +189,11 @@ def _seed_all(seed: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------- steps
-def step_cohort(spec: dict, ctx: StepContext, out: Path) -> None:
+def step_cohort(spec: CohortSpec, ctx: StepContext, out: Path) -> None:
     """Build or load a cohort (generator or loader) and store it."""
     from reconaudit.cohorts import make_cohort
 
-    cohort = make_cohort(spec["name"], **cohort_params(spec["name"], spec["params"], spec["data_seed"]))
+    cohort = make_cohort(spec.name, **cohort_params(spec.name, spec.params, spec.data_seed))
     cohort.save(out)
 
 
@@ -196,32 +208,33 @@ def cohort_params(name: str, params: dict, data_seed: int) -> dict:
     return out
 
 
-def step_task_model(spec: dict, ctx: StepContext, out: Path) -> None:
+def step_task_model(spec: TaskModelSpec, ctx: StepContext, out: Path) -> None:
     """Train a diagnostic model on the clean train split; thresholds on clean validation data."""
-    cohort = load_cohort(ctx, spec["cohort"])
-    task = spec["task"]
+    cohort = load_cohort(ctx, spec.cohort)
+    task = spec.task
     targets = _task_targets(cohort, task)
     n_out = _task_n_outputs(cohort, task)
-    _seed_all(spec["seed"])
-    model = _make_task(task, spec["arch"], spec["params"], ctx, 1, n_out, spec, cohort.labels)
+    _seed_all(spec.seed)
+    model = _make_task(task, spec.arch, spec.params, ctx, 1, n_out, spec.threshold_policy, spec.target_sensitivity,
+                       cohort.labels)
     tr, va = cohort.indices("train"), cohort.indices("val")
     history = model.fit(
-        cohort.images[tr], targets[tr], cohort.images[va], targets[va], seed=spec["seed"]
+        cohort.images[tr], targets[tr], cohort.images[va], targets[va], seed=spec.seed
     )
     model.save(out / "model.safetensors")
     _json(
         out / "info.json",
-        {**spec, "in_channels": 1, "n_outputs": n_out, "history": history, "thresholds": model.thresholds},
+        {**spec.as_dict(), "in_channels": 1, "n_outputs": n_out, "history": history, "thresholds": model.thresholds},
     )
 
 
-def step_predict_clean(spec: dict, ctx: StepContext, out: Path) -> None:
+def step_predict_clean(spec: PredictCleanSpec, ctx: StepContext, out: Path) -> None:
     """Apply the frozen diagnostic models to the clean test images (shared by every cell)."""
-    cohort = load_cohort(ctx, spec["cohort"])
+    cohort = load_cohort(ctx, spec.cohort)
     te = cohort.indices("test")
     table = pd.DataFrame({"study_id": cohort.table["study_id"].to_numpy()[te]})
     images = cohort.images[te]
-    for task, key in spec["task_models"].items():
+    for task, key in spec.task_models.items():
         model, _ = load_task_model(ctx, "task_model", key)
         prob = _predict_batched(model, images)
         if task == "classification":
@@ -234,19 +247,19 @@ def step_predict_clean(spec: dict, ctx: StepContext, out: Path) -> None:
     table.to_parquet(out / "clean.parquet", index=False)
 
 
-def step_degrade(spec: dict, ctx: StepContext, out: Path) -> None:
+def step_degrade(spec: DegradeSpec, ctx: StepContext, out: Path) -> None:
     """Degrade every study of the cohort with a per-study seed (batched)."""
     from reconaudit.physics import make_degradation
 
-    cohort = load_cohort(ctx, spec["cohort"])
-    op = make_degradation(spec["degradation"], spec["level"], **spec["params"])
+    cohort = load_cohort(ctx, spec.cohort)
+    op = make_degradation(spec.degradation, spec.level, **spec.params)
     ids = cohort.table["study_id"].astype(str).tolist()
-    seeds = study_seeds(f"degrade/{spec['degradation']}/{spec['level']}", spec["seed"], ids)
+    seeds = study_seeds(f"degrade/{spec.degradation}/{spec.level}", spec.seed, ids)
     parts = []
     bs = 256
     from reconaudit import progress
 
-    with progress.task(f"degrade {cohort.name} {spec['degradation']}={spec['level']:g}", len(ids)) as t:
+    with progress.task(f"degrade {cohort.name} {spec.degradation}={spec.level:g}", len(ids)) as t:
         for i in range(0, len(ids), bs):
             imgs = cohort.images[i : i + bs].to(ctx.device)  # the physics runs where the step runs
             kw = {}
@@ -285,47 +298,47 @@ def _make_recon(name: str, params: dict, ctx: StepContext):
     return make_reconstructor(name, device=ctx.device, **params)
 
 
-def step_fit_recon(spec: dict, ctx: StepContext, out: Path, *, key: str = "") -> None:
+def step_fit_recon(spec: FitReconSpec, ctx: StepContext, out: Path, *, key: str = "") -> None:
     """Fit a reconstructor on (degraded, clean) train pairs, optionally with a mitigation."""
-    cohort = load_cohort(ctx, spec["cohort"])
-    deg = load_degraded(ctx, spec["degrade"])
+    cohort = load_cohort(ctx, spec.cohort)
+    deg = load_degraded(ctx, spec.degrade)
     train, val = _pairset(cohort, deg, "train"), _pairset(cohort, deg, "val")
-    _seed_all(spec["seed"])
-    rec = _make_recon(spec["reconstructor"], spec["params"], ctx)
+    _seed_all(spec.seed)
+    rec = _make_recon(spec.reconstructor, spec.params, ctx)
     ckpt = ctx.store.checkpoint_dir("fit_recon", key) if rec.trainable else None
-    mit = spec.get("mitigation")
+    mit = spec.mitigation
     if mit is None:
-        history = rec.fit(train, val, seed=spec["seed"], checkpoint_dir=ckpt)
+        history = rec.fit(train, val, seed=spec.seed, checkpoint_dir=ckpt)
     else:
         from reconaudit.mitigation import apply_mitigation
 
-        if mit.get("base"):
-            rec.load(ctx.store.path("fit_recon", mit["base"]) / "weights.safetensors")
-        task_models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in mit["task_models"].items()}
+        if mit.base:
+            rec.load(ctx.store.path("fit_recon", mit.base) / "weights.safetensors")
+        task_models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in mit.task_models.items()}
         history = apply_mitigation(
-            rec, mit["name"], mit["strength"], mit["params"], train, val,
-            task_models=task_models, cohort=cohort, seed=spec["seed"], checkpoint_dir=ckpt,
+            rec, mit.name, mit.strength, mit.params, train, val,
+            task_models=task_models, cohort=cohort, seed=spec.seed, checkpoint_dir=ckpt,
         )
     rec.save(out / "weights.safetensors")
-    _json(out / "info.json", {**spec, "history": history})
+    _json(out / "info.json", {**spec.as_dict(), "history": history})
 
 
-def step_reconstruct(spec: dict, ctx: StepContext, out: Path) -> None:
+def step_reconstruct(spec: ReconstructSpec, ctx: StepContext, out: Path) -> None:
     """Reconstruct the test studies (K samples each for stochastic reconstructors)."""
-    cohort = load_cohort(ctx, spec["cohort"])
-    deg = load_degraded(ctx, spec["degrade"])
+    cohort = load_cohort(ctx, spec.cohort)
+    deg = load_degraded(ctx, spec.degrade)
     te = cohort.indices("test")
     test = deg.subset(te)
     ids = cohort.table["study_id"].astype(str).to_numpy()[te].tolist()
-    rec = _make_recon(spec["reconstructor"], spec["params"], ctx)
-    rec.load(ctx.store.path("fit_recon", spec["fit"]) / "weights.safetensors")
-    k = int(spec["samples"])
-    seeds = study_seeds(f"reconstruct/{spec['reconstructor']}", spec["seed"], ids)
+    rec = _make_recon(spec.reconstructor, spec.params, ctx)
+    rec.load(ctx.store.path("fit_recon", spec.fit) / "weights.safetensors")
+    k = int(spec.samples)
+    seeds = study_seeds(f"reconstruct/{spec.reconstructor}", spec.seed, ids)
     bs = 32
     outs = []
     from reconaudit import progress
 
-    with torch.no_grad(), progress.task(f"reconstruct {spec['reconstructor']}", len(ids)) as t:
+    with torch.no_grad(), progress.task(f"reconstruct {spec.reconstructor}", len(ids)) as t:
         for i in range(0, len(ids), bs):
             part = test.subset(list(range(i, min(i + bs, len(ids)))))
             r = rec.reconstruct(part.to(ctx.device), seeds=seeds[i : i + bs], samples=k, study_ids=ids[i : i + bs])
@@ -354,21 +367,21 @@ def _saliency(model, images: torch.Tensor, label_idx: np.ndarray) -> np.ndarray:
     return (s / mx[:, None, None]).numpy().astype(np.float32)
 
 
-def _base_rows(cohort: Cohort, spec: dict) -> tuple[pd.DataFrame, np.ndarray]:
+def _base_rows(cohort: Cohort, spec: ScoreSpec | DirectScoreSpec) -> tuple[pd.DataFrame, np.ndarray]:
     te = cohort.indices("test")
     sub = cohort.table.iloc[te].reset_index(drop=True)
     df = pd.DataFrame(
         {
-            "cell_id": spec["cell_id"],
-            "cohort": spec["cohort_name"],
-            "task": spec["task"],
-            "degradation": spec["degradation"],
-            "level": float(spec["level"]),
-            "reconstructor": spec["reconstructor"],
-            "arm": spec["arm"],
-            "mitigation": spec["mitigation"],
-            "mitigation_strength": float(spec["mitigation_strength"]),
-            "seed": int(spec["seed"]),
+            "cell_id": spec.cell_id,
+            "cohort": spec.cohort_name,
+            "task": spec.task,
+            "degradation": spec.degradation,
+            "level": float(spec.level),
+            "reconstructor": spec.reconstructor,
+            "arm": spec.arm,
+            "mitigation": spec.mitigation,
+            "mitigation_strength": float(spec.mitigation_strength),
+            "seed": int(spec.seed),
             "study_id": sub["study_id"].astype(str),
             "patient_id": sub["patient_id"].astype(str),
             "study_index": np.arange(len(sub), dtype=np.int64),
@@ -376,14 +389,14 @@ def _base_rows(cohort: Cohort, spec: dict) -> tuple[pd.DataFrame, np.ndarray]:
     )
     for g in cohort.group_attributes:
         df[f"group:{g}"] = sub[g].astype(str).to_numpy()
-    if "classification" in str(spec["task"]).split("+"):
+    if "classification" in str(spec.task).split("+"):
         for j, label in enumerate(cohort.labels):
             df[f"target:{label}"] = cohort.targets()[te, j].astype(np.float64)
     return df, te
 
 
 def _score_common(
-    spec: dict, ctx: StepContext, out: Path, cohort: Cohort, te: np.ndarray, df: pd.DataFrame,
+    spec: ScoreSpec | DirectScoreSpec, ctx: StepContext, out: Path, cohort: Cohort, te: np.ndarray, df: pd.DataFrame,
     inputs: torch.Tensor, models: dict, recon: dict | None, deg_test: Degraded, clean_models: dict,
 ) -> pd.DataFrame:
     """Apply diagnostic ``models`` to ``inputs``; add scores, Dice, image quality; write examples.
@@ -393,17 +406,17 @@ def _score_common(
     """
     from reconaudit.tasks import choose_threshold
 
-    ev = spec["evaluation"]
+    ev = spec.evaluation
     clean = None  # a reconstruction-quality audit (tasks: none) has no clean predictions
-    if spec.get("predict_clean"):
-        clean = pd.read_parquet(ctx.store.path("predict_clean", spec["predict_clean"]) / "clean.parquet")
+    if spec.predict_clean:
+        clean = pd.read_parquet(ctx.store.path("predict_clean", spec.predict_clean) / "clean.parquet")
         if list(clean["study_id"]) != list(df["study_id"]):
             raise RuntimeError("clean predictions and test studies are not aligned (corrupt store?)")
-    roi = cohort.roi_masks[torch.as_tensor(te)] if (ev["roi"] and cohort.roi_masks is not None) else None
+    roi = cohort.roi_masks[torch.as_tensor(te)] if (ev.roi and cohort.roi_masks is not None) else None
     clean_imgs = cohort.images[torch.as_tensor(te)]
     k = int(recon["samples"].shape[1]) if recon is not None and "samples" in recon else 1
     examples: dict[str, np.ndarray] = {}
-    n_ex = min(int(ev["examples"]), len(te))
+    n_ex = min(int(ev.examples), len(te))
     ex_idx = np.arange(n_ex)
     seg_pred_ex = seg_pred = None
     for task, model in models.items():
@@ -415,12 +428,12 @@ def _score_common(
                 thr = float(model.thresholds[j])
                 # the clean baseline is judged at the clean model's own operating point, in every arm
                 clean_thr = float(clean_models["classification"].thresholds[j])
-                if ev["rechoose_on_test"]:
+                if ev.rechoose_on_test:
                     y_test = df[f"target:{label}"].to_numpy()
-                    thr = float(choose_threshold(y_test, prob[:, j], ev["threshold_policy"],
-                                                 ev.get("target_sensitivity")))
+                    thr = float(choose_threshold(y_test, prob[:, j], ev.threshold_policy,
+                                                 ev.target_sensitivity))
                     clean_thr = float(choose_threshold(y_test, df[f"clean_score:{label}"].to_numpy(),
-                                                       ev["threshold_policy"], ev.get("target_sensitivity")))
+                                                       ev.threshold_policy, ev.target_sensitivity))
                 df[f"threshold:{label}"] = thr
                 df[f"clean_threshold:{label}"] = clean_thr
             feats = _features_batched(model, inputs)
@@ -483,50 +496,51 @@ def _score_common(
     return df
 
 
-def step_score(spec: dict, ctx: StepContext, out: Path) -> None:
+def step_score(spec: ScoreSpec, ctx: StepContext, out: Path) -> None:
     """Records of one reconstruct-then-diagnose cell: one row per test study."""
-    cohort = load_cohort(ctx, spec["cohort"])
-    deg = load_degraded(ctx, spec["degrade"])
+    cohort = load_cohort(ctx, spec.cohort)
+    deg = load_degraded(ctx, spec.degrade)
     df, te = _base_rows(cohort, spec)
-    recon = load_file(str(ctx.store.path("reconstruct", spec["reconstruct"]) / "recon.safetensors"))
-    models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec["task_models"].items()}
+    recon = load_file(str(ctx.store.path("reconstruct", spec.reconstruct) / "recon.safetensors"))
+    models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec.task_models.items()}
     df = _score_common(spec, ctx, out, cohort, te, df, recon["mean"], models, recon, deg.subset(te), models)
     df.to_parquet(out / "records.parquet", index=False)
 
 
-def step_direct_model(spec: dict, ctx: StepContext, out: Path) -> None:
+def step_direct_model(spec: DirectModelSpec, ctx: StepContext, out: Path) -> None:
     """The no-reconstruction arm: a diagnostic model trained on the degraded inputs themselves."""
     from reconaudit.tasks.direct import direct_inputs
 
-    cohort = load_cohort(ctx, spec["cohort"])
-    deg = load_degraded(ctx, spec["degrade"])
-    task = spec["task"]
-    x = direct_inputs(deg.image, deg.kspace, spec["input"])
+    cohort = load_cohort(ctx, spec.cohort)
+    deg = load_degraded(ctx, spec.degrade)
+    task = spec.task
+    x = direct_inputs(deg.image, deg.kspace, spec.input)
     n_out = _task_n_outputs(cohort, task)
-    _seed_all(spec["seed"])
-    model = _make_task(task, spec["arch"], spec["params"], ctx, int(x.shape[1]), n_out, spec, cohort.labels)
+    _seed_all(spec.seed)
+    model = _make_task(task, spec.arch, spec.params, ctx, int(x.shape[1]), n_out, spec.threshold_policy,
+                       spec.target_sensitivity, cohort.labels)
     tr, va = cohort.indices("train"), cohort.indices("val")
     targets = _task_targets(cohort, task)
-    history = model.fit(x[tr], targets[tr], x[va], targets[va], seed=spec["seed"])
+    history = model.fit(x[tr], targets[tr], x[va], targets[va], seed=spec.seed)
     model.save(out / "model.safetensors")
     _json(
         out / "info.json",
-        {**spec, "in_channels": int(x.shape[1]), "n_outputs": n_out, "history": history,
+        {**spec.as_dict(), "in_channels": int(x.shape[1]), "n_outputs": n_out, "history": history,
          "thresholds": model.thresholds},
     )
 
 
-def step_direct_score(spec: dict, ctx: StepContext, out: Path) -> None:
+def step_direct_score(spec: DirectScoreSpec, ctx: StepContext, out: Path) -> None:
     """Records of the direct arm: the direct model applied to the degraded test inputs."""
     from reconaudit.tasks.direct import direct_inputs
 
-    cohort = load_cohort(ctx, spec["cohort"])
-    deg = load_degraded(ctx, spec["degrade"])
+    cohort = load_cohort(ctx, spec.cohort)
+    deg = load_degraded(ctx, spec.degrade)
     df, te = _base_rows(cohort, spec)
     test = deg.subset(te)
-    x = direct_inputs(test.image, test.kspace, spec["input"])
-    models = {t: load_task_model(ctx, "direct_model", k)[0] for t, k in spec["direct_models"].items()}
-    clean_models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec["task_models"].items()}
+    x = direct_inputs(test.image, test.kspace, spec.input)
+    models = {t: load_task_model(ctx, "direct_model", k)[0] for t, k in spec.direct_models.items()}
+    clean_models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec.task_models.items()}
     df = _score_common(spec, ctx, out, cohort, te, df, x, models, None, test, clean_models)
     df.to_parquet(out / "records.parquet", index=False)
 

@@ -6,11 +6,14 @@ compute every registered metric of a family without naming it:
 - ``image``: ``fn(x, y, *, mask=None) -> (N,)`` per study, reconstruction ``x`` against clean ``y``;
 - ``task``: ``fn(y_true, y_score)`` (classification) or ``fn(pred_mask, true_mask)`` (segmentation);
 - ``fairness``: ``fn(y_true, arg, *, sensitive_features, min_group_size)`` where ``arg`` is the
-  thresholded prediction (``input="prediction"``) or the score (``input="score"``).
+  thresholded prediction (``input="prediction"``) or the score (``input="score"``);
+- ``segmentation_fairness``: ``fn(dice, *, sensitive_features, min_group_size)`` over per-study Dice
+  (``input="dice"``).
 
 To add a metric: write the function (one module of ``metrics/``, docstring with its formula) and
 add one line to the family's table below.  The names of the fairness family are the records
-schema's :data:`reconaudit.schema.CLASSIFICATION_FAIRNESS` minus the worst-group summaries.
+schema's :data:`reconaudit.schema.CLASSIFICATION_FAIRNESS` minus the worst-group summaries, those of
+the segmentation family its :data:`~reconaudit.schema.SEGMENTATION_FAIRNESS` minus ``worst_group_dice``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Literal
 from .fairness import (
     auroc_gap,
     demographic_parity_difference,
+    dice_gap,
+    dice_skewed_error_ratio,
     equal_opportunity_difference,
     equalized_odds_difference,
     skewed_error_ratio,
@@ -35,8 +40,8 @@ class Metric:
     """A registered metric: its function, family and (fairness) which input it takes."""
 
     fn: Callable
-    family: Literal["image", "task", "fairness"]
-    input: Literal["prediction", "score", "image", "mask"] = "prediction"
+    family: Literal["image", "task", "fairness", "segmentation_fairness"]
+    input: Literal["prediction", "score", "image", "mask", "dice"] = "prediction"
 
     @property
     def name(self) -> str:
@@ -64,5 +69,9 @@ FAIRNESS_METRICS = _table(
     Metric(skewed_error_ratio, "fairness", "prediction"),
     Metric(auroc_gap, "fairness", "score"),
 )
-METRICS: dict[str, Metric] = {**IMAGE_METRICS, **TASK_METRICS, **FAIRNESS_METRICS}
+SEGMENTATION_FAIRNESS_METRICS = _table(
+    Metric(dice_gap, "segmentation_fairness", "dice"),
+    Metric(dice_skewed_error_ratio, "segmentation_fairness", "dice"),
+)
+METRICS: dict[str, Metric] = {**IMAGE_METRICS, **TASK_METRICS, **FAIRNESS_METRICS, **SEGMENTATION_FAIRNESS_METRICS}
 """Every registered metric by name."""

@@ -26,6 +26,7 @@ from scipy import stats as sps
 from .. import metrics as M
 from .. import progress
 from ..metrics.competence import competence
+from ..metrics import registry as metric_registry
 from ..schema import (  # noqa: F401 - the records schema, re-exported
     CELL_KEYS,
     CLASSIFICATION_FAIRNESS,
@@ -426,11 +427,11 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
             flag = M.operating_point_flag(y, pc, pr, sensitive_features=g)
             for metric in _COUNT_METRICS + ("auroc_gap",):
                 st = _stats_from_boot(t, metric, a, s["ci"])
-                fn = getattr(M, metric)
+                entry = metric_registry.FAIRNESS_METRICS[metric]
                 reasons = _guard_reason(res, metric, a)
                 for arm, pred, score in (("clean", pc, sc), ("recon", pr, sr)):
-                    arg = score if metric == "auroc_gap" else pred
-                    val, why = _quiet(fn, y, arg, sensitive_features=g, min_group_size=s["min_group_size"],
+                    arg = score if entry.input == "score" else pred
+                    val, why = _quiet(entry.fn, y, arg, sensitive_features=g, min_group_size=s["min_group_size"],
                                       **({"agg": _eodd_agg(s)} if metric == "equalized_odds_difference" else {}))
                     if why:
                         reasons.append(f"{arm}: " + "; ".join(why))
@@ -573,8 +574,9 @@ def _segmentation_cell(rows, keys, attrs, s, seed) -> tuple[list[dict], list[dic
             st = _stats_from_boot(t, boot_name, a, s["ci"])
             reasons, worst = _guard_reason(res, boot_name, a), {}
             for arm, v in (("clean", dc), ("recon", dr)):
-                if metric in ("dice_gap", "dice_skewed_error_ratio"):
-                    _, why = _quiet(getattr(M, metric), v, sensitive_features=g, min_group_size=s["min_group_size"])
+                seg_fns = metric_registry.SEGMENTATION_FAIRNESS_METRICS
+                if metric in seg_fns:
+                    _, why = _quiet(seg_fns[metric].fn, v, sensitive_features=g, min_group_size=s["min_group_size"])
                 else:
                     _, why = _quiet(M.worst_group, v, sensitive_features=g, min_group_size=s["min_group_size"])
                 if why:
