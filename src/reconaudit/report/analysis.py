@@ -25,8 +25,8 @@ from scipy import stats as sps
 
 from .. import metrics as M
 from .. import progress
-from ..metrics.competence import competence
 from ..metrics import registry as metric_registry
+from ..metrics.competence import competence
 from ..schema import (  # noqa: F401 - the records schema, re-exported
     CELL_KEYS,
     CLASSIFICATION_FAIRNESS,
