@@ -43,8 +43,8 @@ def training_histories(plan: Plan, store: ArtifactStore) -> list[dict]:
         ``best_epoch`` (1-based, or ``None``).  Steps without a history (untrained plug-ins,
         reconstructors with nothing to fit) are left out.
     """
-    cohorts = {s.key: s.spec["name"] for s in plan.steps.values() if s.kind == "cohort"}
-    degrades = {s.key: s.spec for s in plan.steps.values() if s.kind == "degrade"}
+    cohorts = {s.key: s.spec.name for s in plan.steps.values() if s.kind == "cohort"}
+    degrades = {s.key: s.spec.as_dict() for s in plan.steps.values() if s.kind == "degrade"}
     out: list[dict] = []
     for step in plan.ordered():
         if step.kind not in TRAINED_KINDS or not store.exists(step.kind, step.key):
@@ -56,7 +56,7 @@ def training_histories(plan: Plan, store: ArtifactStore) -> list[dict]:
         train, val = _floats(hist.get("train_loss")), _floats(hist.get("val_loss"))
         if not train and not val:
             continue
-        spec = step.spec
+        spec = step.spec.as_dict()  # the typed spec's fields, as its key hashes them
         deg = degrades.get(spec.get("degrade", ""), {})
         mit = spec.get("mitigation")
         out.append({
