@@ -10,6 +10,22 @@ import pandas as pd
 __all__ = ["holm", "benjamini_hochberg", "adjust_pvalues"]
 
 
+def _over_family(p: Sequence[float] | np.ndarray, adjust_sorted) -> np.ndarray:
+    """Apply ``adjust_sorted(sorted p-values) -> adjusted`` to the non-NaN entries of ``p``, in place of
+    each; NaN entries are left out of the family and stay NaN."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    q = p[ok]
+    if len(q) == 0:
+        return out
+    order = np.argsort(q, kind="stable")
+    res = np.empty(len(q))
+    res[order] = adjust_sorted(q[order])
+    out[ok] = res
+    return out
+
+
 def holm(p: Sequence[float] | np.ndarray) -> np.ndarray:
     r"""Holm step-down adjusted p-values (family-wise error rate).
 
@@ -17,19 +33,11 @@ def holm(p: Sequence[float] | np.ndarray) -> np.ndarray:
     :math:`\tilde p_{(i)} = \max_{j \le i} \min(1, (m - j + 1)\, p_{(j)})`.  NaN entries are left out
     of the family and stay NaN.
     """
-    p = np.asarray(p, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = ~np.isnan(p)
-    q = p[ok]
-    m = len(q)
-    if m == 0:
-        return out
-    order = np.argsort(q, kind="stable")
-    adj = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * q[order]))
-    res = np.empty(m)
-    res[order] = adj
-    out[ok] = res
-    return out
+    def step_down(q: np.ndarray) -> np.ndarray:
+        m = len(q)
+        return np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * q))
+
+    return _over_family(p, step_down)
 
 
 def benjamini_hochberg(p: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -38,20 +46,11 @@ def benjamini_hochberg(p: Sequence[float] | np.ndarray) -> np.ndarray:
     :math:`\tilde p_{(i)} = \min_{j \ge i} \min(1, \frac{m}{j} p_{(j)})`.  NaN entries are left out
     of the family and stay NaN.
     """
-    p = np.asarray(p, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = ~np.isnan(p)
-    q = p[ok]
-    m = len(q)
-    if m == 0:
-        return out
-    order = np.argsort(q, kind="stable")
-    raw = q[order] * m / np.arange(1, m + 1)
-    adj = np.minimum(1.0, np.minimum.accumulate(raw[::-1])[::-1])
-    res = np.empty(m)
-    res[order] = adj
-    out[ok] = res
-    return out
+    def step_up(q: np.ndarray) -> np.ndarray:
+        raw = q * len(q) / np.arange(1, len(q) + 1)
+        return np.minimum(1.0, np.minimum.accumulate(raw[::-1])[::-1])
+
+    return _over_family(p, step_up)
 
 
 def adjust_pvalues(
