@@ -137,11 +137,10 @@ class EvaluationSpec:
 
 
 @dataclass(frozen=True)
-class ScoreSpec(StepSpec):
-    """Records of one reconstruct-then-diagnose cell; the first fields are its record key columns
-    (``cohort_name`` is the cohort's name, ``cohort`` its artifact key)."""
+class _CellRecordsSpec(StepSpec):
+    """The fields every records step shares: its record key columns first (``cohort_name`` is the
+    cohort's name, ``cohort`` its artifact key), then the clean models and the evaluation settings."""
 
-    kind: ClassVar[str] = "score"
     cohort_name: str
     task: str
     degradation: str
@@ -156,6 +155,14 @@ class ScoreSpec(StepSpec):
     arm: str
     mitigation: str
     mitigation_strength: float
+
+
+@dataclass(frozen=True)
+class ScoreSpec(_CellRecordsSpec):
+    """Records of one reconstruct-then-diagnose cell (the fields of :class:`_CellRecordsSpec`, then
+    the ``reconstruct`` artifact and the cell id)."""
+
+    kind: ClassVar[str] = "score"
     reconstruct: str
     cell_id: str
 
@@ -179,25 +186,11 @@ class DirectModelSpec(StepSpec):
 
 
 @dataclass(frozen=True)
-class DirectScoreSpec(StepSpec):
+class DirectScoreSpec(_CellRecordsSpec):
     """Records of one direct-arm cell: ``direct_models`` (task -> key) applied to the degraded
     ``input``; ``task_models`` are the clean models (clean baseline, example figure)."""
 
     kind: ClassVar[str] = "direct_score"
-    cohort_name: str
-    task: str
-    degradation: str
-    level: float
-    seed: int
-    cohort: str
-    degrade: str
-    task_models: dict
-    predict_clean: str | None
-    evaluation: EvaluationSpec
-    reconstructor: str
-    arm: str
-    mitigation: str
-    mitigation_strength: float
     direct_models: dict
     input: str
     cell_id: str
