@@ -1,5 +1,6 @@
 """End-to-end engine behaviour on a tiny audit: records, reuse, resume after a kill, determinism."""
 
+import json
 import os
 import signal
 import subprocess
@@ -49,9 +50,26 @@ def test_records_have_one_row_per_test_study_and_cell(tiny_run):
     assert (r["clean_threshold:cardiomegaly"] == r["threshold:cardiomegaly"]).all()
 
 
+def test_run_json_times_every_step_in_wall_and_cpu_seconds(tiny_run):
+    timing = json.loads((tiny_run.run_dir / "run.json").read_text())["timing"]
+    assert set(timing["steps"]) == set(tiny_run.plan.steps) == set(tiny_run.summary.computed)
+    for sid, t in timing["steps"].items():
+        assert t["wall_s"] == round(tiny_run.summary.seconds[sid], 3) and t["cpu_s"] >= 0
+    fits = [t["cpu_s"] for sid, t in timing["steps"].items() if sid.startswith("fit_recon/")]
+    assert fits and min(fits) > 0  # training burns CPU in this process
+    for kind, k in timing["by_kind"].items():
+        mine = [t for sid, t in timing["steps"].items() if sid.split("/")[0] == kind]
+        assert k["steps"] == len(mine)
+        assert k["cpu_s"] == pytest.approx(sum(t["cpu_s"] for t in mine), abs=1e-6)
+        assert k["wall_s"] == pytest.approx(sum(t["wall_s"] for t in mine), abs=1e-6)
+
+
 def test_second_run_recomputes_nothing(tiny_run):
+    before = json.loads((tiny_run.run_dir / "run.json").read_text())["timing"]
     again = run_audit(load_config(tiny_config()), tiny_run.run_dir, report=False)
     assert again.summary.computed == []
+    # a run that reuses every step keeps what each step cost when it was computed
+    assert json.loads((tiny_run.run_dir / "run.json").read_text())["timing"] == before
     a = pd.read_parquet(tiny_run.records_path)
     b = pd.read_parquet(again.records_path)
     pd.testing.assert_frame_equal(a, b)

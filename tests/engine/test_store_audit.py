@@ -4,6 +4,7 @@ detected, set aside and recomputed, never read; a second run is refused; the rep
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -120,12 +121,21 @@ def test_a_second_run_on_the_directory_is_refused_and_the_first_finishes_as_a_lo
     cmd = [sys.executable, "-m", "reconaudit.cli", "run", str(cfg), "--out", str(run), "--no-report"]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and first.poll() is None:
+    held = False
+    while time.time() < deadline and first.poll() is None and not held:
         if (run / ".lock").exists() and str(first.pid) in (run / ".lock").read_text():
-            break
+            # hold the first run still while the second tries: it keeps the lock, alive but paused, so the
+            # outcome does not depend on how fast the machine finishes the tiny audit
+            os.kill(first.pid, signal.SIGSTOP)
+            held = (run / ".lock").exists() and str(first.pid) in (run / ".lock").read_text()
+            if not held:
+                os.kill(first.pid, signal.SIGCONT)
         time.sleep(0.05)
-    assert first.poll() is None, "the first run ended before the second started"
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert held, "the first run ended before the second started"
+    try:
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     out = " ".join((second.stdout + second.stderr).split())
     assert second.returncode == 2, out
     assert f"in use by another run (pid {first.pid}" in out and "started" in out

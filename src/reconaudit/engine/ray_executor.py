@@ -244,5 +244,6 @@ class RayExecutor:
             logging.getLogger(name).log(level, "%s [worker %s]", msg, res["where"])
         out: Outcome = res["outcome"]
         if out.error is None and out.computed:
-            log.info("step %s computed in %.1f s on %s", step.id, out.seconds, res["where"])
+            log.info("step %s computed in %.1f s (%.1f CPU-s) on %s", step.id, out.seconds, out.cpu_seconds,
+                     res["where"])
         return out

@@ -169,6 +169,36 @@ def steps_to_compute(plan: Plan, store: ArtifactStore) -> list[Step]:
     return [s for s in plan.ordered() if not store.verified(s.kind, s.key)]
 
 
+def step_timing(summary, plan: Plan, run_dir: Path) -> dict:
+    """Wall and CPU seconds of every step of the plan, and their totals by step kind.
+
+    Steps this invocation computed take their figures from ``summary``; a reused step keeps the
+    figures an earlier invocation wrote into ``run.json`` (so a resumed run still reports what each
+    step cost). CPU seconds are the step process's time (all its threads): unlike wall time they
+    hardly move when other work shares the machine, so they are the figure to compare between runs
+    on a busy host.
+    """
+    import json
+
+    try:
+        old = json.loads((Path(run_dir) / "run.json").read_text()).get("timing", {}).get("steps", {})
+    except (OSError, ValueError, AttributeError):
+        old = {}
+    ids = set(plan.steps)
+    steps = {sid: t for sid, t in (old if isinstance(old, dict) else {}).items() if sid in ids and isinstance(t, dict)}
+    for sid in summary.computed:
+        if sid in summary.seconds:
+            steps[sid] = {"wall_s": round(summary.seconds[sid], 3),
+                          "cpu_s": round(summary.cpu_seconds.get(sid, 0.0), 3)}
+    kinds: dict[str, dict[str, float]] = {}
+    for sid, t in sorted(steps.items()):
+        k = kinds.setdefault(sid.split("/")[0], {"steps": 0, "wall_s": 0.0, "cpu_s": 0.0})
+        k["steps"] += 1
+        k["wall_s"] = round(k["wall_s"] + float(t.get("wall_s", 0.0)), 3)
+        k["cpu_s"] = round(k["cpu_s"] + float(t.get("cpu_s", 0.0)), 3)
+    return {"steps": dict(sorted(steps.items())), "by_kind": kinds}
+
+
 def thread_counts(plan: Plan, store: ArtifactStore) -> dict[str, int]:
     """How many of the plan's committed artifacts were computed with each torch thread count.
 
@@ -466,6 +496,7 @@ def _run_locked(cfg: AuditConfig, run_dir: Path, *, workers: int | None, executo
             "cohorts": cohort_meta(plan, store, cfg),
             "cells": cells,
             "training": training_histories(plan, store),
+            "timing": step_timing(summary, plan, run_dir),
             "analysis": cfg.analysis.model_dump(),
             "failures": [{"step": f.step, "error": f.error} for f in summary.failed]
             + [{"step": s, "error": "skipped: a step it depends on failed"} for s in summary.skipped],

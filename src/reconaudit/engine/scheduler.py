@@ -47,7 +47,8 @@ class RunSummary:
     reused: list[str] = field(default_factory=list)
     failed: list[StepFailure] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # not run because a dependency failed
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall seconds of each computed step
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # CPU seconds of its process (all threads)
 
     @property
     def ok(self) -> bool:
@@ -66,6 +67,7 @@ class Outcome:
 
     computed: bool = False
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     error: str | None = None
     traceback: str = ""
     retryable: bool = True
@@ -87,14 +89,14 @@ def run_once(step: Step, ctx_spec) -> Outcome:
     """
     from reconaudit.engine.steps import run_step
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         computed = run_step(step, ctx_spec.make())
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - reported with its traceback
         return failed_outcome(e, traceback.format_exc())
-    return Outcome(computed=computed, seconds=time.perf_counter() - t0)
+    return Outcome(computed=computed, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
 
 
 def run_ready(
@@ -167,6 +169,7 @@ def run_ready(
                     if out.computed:
                         summary.computed.append(step.id)
                         summary.seconds[step.id] = out.seconds
+                        summary.cpu_seconds[step.id] = out.cpu_seconds
                     else:
                         summary.reused.append(step.id)
                     bar.advance(1)
