@@ -54,21 +54,24 @@ def main() -> None:
             make_fake_run(run, n_patients=args.patients, n_resamples=1000)
             source = f"fake records, {args.patients} patients per cohort"
         out = run / "report"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         records, meta = load_run(run)
         a = analyse(records, meta)
         write_tables(a, out / "tables")
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         figures = render_figures(records, meta, a, run, out / "figures")
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         depth = write_depth(analyse_depth(records, meta, a), a, out / "tables", out / "figures")
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         render_html(a, meta, figures, out / "report.html", depth=depth)
-        t4 = time.perf_counter()
+        t4, c4 = time.perf_counter(), time.process_time()
     res = {
         "source": source, "n_records": len(records), "n_cells": int(records["cell_id"].nunique()),
         "n_resamples": a.settings["n_resamples"], "analysis_s": t1 - t0, "figures_s": t2 - t1,
         "depth_s": t3 - t2, "html_s": t4 - t3, "total_s": t4 - t0, "depth_share": (t3 - t2) / (t4 - t0),
+        # CPU seconds of this process: the figures to compare on a shared machine (wall time moves with load)
+        "analysis_cpu_s": c1 - c0, "figures_cpu_s": c2 - c1, "depth_cpu_s": c3 - c2, "html_cpu_s": c4 - c3,
+        "total_cpu_s": c4 - c0,
         "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
         "load_average_1min": os.getloadavg()[0],
     }

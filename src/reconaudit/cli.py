@@ -209,16 +209,22 @@ def plan(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a run directory holding records.parquet")]) -> None:
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory holding records.parquet")],
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="processes (1 or 2; default 2 on 2+ cores)")] = None,
+) -> None:
     """Rebuild tables, figures and the HTML report from the stored records alone."""
     if not (run_dir / "records.parquet").exists():
         console.print(f"[red]{run_dir} has no records.parquet: run an audit there first[/red]")
+        raise typer.Exit(2)
+    if jobs is not None and jobs < 1:
+        console.print("[red]--jobs must be >= 1[/red]")
         raise typer.Exit(2)
     from reconaudit.engine.run import RunLockedError, run_lock, write_report
 
     try:
         with run_lock(run_dir):
-            path = write_report(run_dir, force=True)
+            path = write_report(run_dir, force=True, jobs=jobs)
     except RunLockedError as e:
         console.print(f"[red]{escape(str(e))}[/red]")
         raise typer.Exit(2) from None

@@ -121,3 +121,22 @@ def test_report_has_a_definitions_section(built_report, analysis):
     assert "max(TPR gap, FPR gap)" in html and "fixed on clean validation data" in html
     assert "biased upward" in html  # the note on max - min gap intervals
     assert len(analysis.definitions) >= 14  # one line per metric, plus threshold and change
+
+
+def test_two_processes_write_the_same_report_as_one(fake_run, tmp_path):
+    """With a forked figure process the report's tables, figures (PNG) and HTML equal the one-process
+    report byte for byte (PDFs carry a creation date, so they are compared by name only)."""
+    from reconaudit.report import build_report
+    from reconaudit.report.html import report_jobs
+
+    one = build_report(fake_run, tmp_path / "one", jobs=1).parent
+    two = build_report(fake_run, tmp_path / "two", jobs=2).parent
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    assert any(f.suffix == ".png" for f in files) and any(f.suffix == ".csv" for f in files)
+    for f in files:
+        if f.suffix != ".pdf":
+            assert (one / f).read_bytes() == (two / f).read_bytes(), f
+    assert report_jobs(1) == 1 and report_jobs(5) == 2
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        report_jobs(0)

@@ -380,13 +380,15 @@ def _store_of_run(run_dir: Path, meta: dict) -> ArtifactStore | None:
         return None
 
 
-def write_report(run_dir: Path, meta: dict | None = None, *, force: bool = False) -> Path:
+def write_report(run_dir: Path, meta: dict | None = None, *, force: bool = False, jobs: int | None = None) -> Path:
     """Build the report of a run atomically; skip it when one exists for exactly these inputs.
 
     The report is built in a temporary directory ``RUN_DIR/.report-*``; its ``.fingerprint`` (the
     :func:`report_fingerprint` and the checksum of every report file) is written last, then the
     directory is renamed to ``RUN_DIR/report``.  A kill leaves the previous report whole (or none),
     never a truncated one, and a report whose files no longer match their checksums is rebuilt.
+    ``jobs``: processes for :func:`reconaudit.report.build_report` (default: 2 on a machine with two
+    cores or more).
     """
     import json
     import os
@@ -407,7 +409,7 @@ def write_report(run_dir: Path, meta: dict | None = None, *, force: bool = False
     check_examples(run_dir, meta, _store_of_run(run_dir, meta))
     tmp = run_dir / f".report-{uuid.uuid4().hex[:8]}"
     try:
-        build_report(run_dir, out_dir=tmp)
+        build_report(run_dir, out_dir=tmp, jobs=jobs)
         (tmp / ".fingerprint").write_text(json.dumps({"fingerprint": fingerprint, "files": manifest_of(tmp)}))
         old = run_dir / f".report-old-{uuid.uuid4().hex[:8]}"
         if final.exists():

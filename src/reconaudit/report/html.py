@@ -193,7 +193,32 @@ def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path:
     return out_path
 
 
-def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Path:
+_FORKED: tuple | None = None  # what a forked figure worker reads (inherited memory, nothing pickled in)
+
+
+def _figures_part() -> tuple[list, object]:
+    """The figures and the generative section: the half of a report a second process can draw."""
+    assert _FORKED is not None
+    records, meta, analysis, run_dir, out = _FORKED
+    figures = render_figures(records, meta, analysis, run_dir, out / "figures")
+    return figures, generative_section(records, meta, out)
+
+
+def report_jobs(jobs: int | None) -> int:
+    """How many processes :func:`build_report` uses: ``jobs`` (1 or 2), else 2 when this machine has
+    two cores or more and can fork, else 1."""
+    import multiprocessing as mp
+    import os
+
+    if jobs is not None:
+        if jobs < 1:
+            raise ValueError(f"report jobs must be >= 1, got {jobs}")
+        return min(int(jobs), 2)
+    can_fork = "fork" in mp.get_all_start_methods()
+    return 2 if can_fork and (os.cpu_count() or 1) >= 2 else 1
+
+
+def build_report(run_dir: Path | str, out_dir: Path | str | None = None, *, jobs: int | None = None) -> Path:
     """Analyse a run and write its report.
 
     Parameters
@@ -202,21 +227,40 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Path
         Holds ``records.parquet``, ``run.json`` and optionally ``examples/*.npz``.
     out_dir : path, optional
         Where to write ``tables/``, ``figures/`` and ``report.html``; ``RUN_DIR/report`` by default.
+    jobs : int, optional
+        Processes to use (see :func:`report_jobs`). With 2, after the main analysis a forked process
+        draws the figures and the generative section while this one runs the analyses in depth; the
+        files written are the same as with 1.
 
     Returns
     -------
     pathlib.Path
         The path of ``report.html``.
     """
+    global _FORKED
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     records, meta = load_run(run_dir)
     analysis = analyse(records, meta)
     write_tables(analysis, out / "tables")
-    figures = render_figures(records, meta, analysis, run_dir, out / "figures")
-    generative = generative_section(records, meta, out)
-    depth = write_depth(analyse_depth(records, meta, analysis), analysis, out / "tables", out / "figures")
+    if report_jobs(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        _FORKED = (records, meta, analysis, run_dir, out)
+        try:
+            with ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as pool:
+                drawn = pool.submit(_figures_part)
+                depth = write_depth(analyse_depth(records, meta, analysis), analysis, out / "tables",
+                                    out / "figures")
+                figures, generative = drawn.result()
+        finally:
+            _FORKED = None
+    else:
+        figures = render_figures(records, meta, analysis, run_dir, out / "figures")
+        generative = generative_section(records, meta, out)
+        depth = write_depth(analyse_depth(records, meta, analysis), analysis, out / "tables", out / "figures")
     path = render_html(analysis, meta, figures + generative.figures, out / "report.html", depth=depth,
                        generative=generative)
     logger.info("report written to %s", path)
