@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from reconaudit.arrays import batch_loader
 from reconaudit.physics.base import Degraded
 from reconaudit.progress import task
 from reconaudit.recon.base import PairSet, Reconstructor, TrainingHooks
@@ -355,10 +356,10 @@ def _validation_loss(rec: LearnedReconstructor, val: PairSet, seed: int) -> floa
     total = 0.0
     bs = rec.hp.eval_batch_size
     with torch.no_grad():
-        for start in range(0, n, bs):
-            sl = list(range(start, min(n, start + bs)))
-            batch = val.degraded.subset(sl).to(rec.device)
-            loss = rec._batch_val_loss(batch, val.clean[sl].to(rec.device), gen)
+        batches = [list(range(start, min(n, start + bs))) for start in range(0, n, bs)]
+        for sl, (batch, clean) in zip(batches, batch_loader((val.degraded, val.clean), batches, device=rec.device),
+                                      strict=True):
+            loss = rec._batch_val_loss(batch.to(rec.device), clean.to(rec.device), gen)
             total += float(loss) * len(sl)
     return total / n
 
@@ -476,10 +477,10 @@ def run_training(
                     group["lr"] = epoch_lr(lr, epoch, epochs, rec.hp.lr_schedule)
             rec._train_mode(True)
             tot, base_tot = 0.0, 0.0
-            for start in range(0, n, bs):
-                idx = order[start:start + bs]
-                batch = train.degraded.subset(idx).to(rec.device)
-                base, total = rec._train_step(batch, train.clean[idx].to(rec.device), idx, gen, hooks, opts)
+            batches = list(order.split(bs))
+            loader = batch_loader((train.degraded, train.clean), batches, device=rec.device)
+            for idx, (batch, clean) in zip(batches, loader, strict=True):
+                base, total = rec._train_step(batch.to(rec.device), clean.to(rec.device), idx, gen, hooks, opts)
                 if not math.isfinite(total):
                     raise FloatingPointError(f"{rec.name}.fit: non-finite loss {total} at epoch {epoch}; lower lr")
                 tot += total * len(idx)
