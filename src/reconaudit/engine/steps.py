@@ -470,8 +470,12 @@ def _in_ray_worker() -> bool:
     return ray.is_initialized()
 
 
-def _shard_task(spec: ReconstructSpec, ctx_args: dict, path: str, a: int, b: int) -> int:
-    """One Ray shard task of a reconstruct step (see :func:`reconstruct_shard`)."""
+def _shard_task(spec: ReconstructSpec, ctx_args: dict, path: str, a: int, b: int) -> tuple[int, str]:
+    """One Ray shard task of a reconstruct step (see :func:`reconstruct_shard`); returns the number of
+    studies and the worker (host:pid) that reconstructed them."""
+    import os
+    import socket
+
     from reconaudit.engine.store import open_store
 
     ctx = StepContext(open_store(ctx_args["store"]), ctx_args["device"], ctx_args["mixed_precision"],
@@ -481,7 +485,7 @@ def _shard_task(spec: ReconstructSpec, ctx_args: dict, path: str, a: int, b: int
         torch.set_num_threads(ctx.threads)
     writer = ArrayWriter(path, int(b - a), ctx.shard_studies, mode="r+")
     reconstruct_shard(spec, ctx, writer, a, b)
-    return b - a
+    return b - a, f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _ray_shards(spec: ReconstructSpec, ctx: StepContext, path: Path, shards: list[tuple[int, int]]) -> None:
@@ -495,15 +499,18 @@ def _ray_shards(spec: ReconstructSpec, ctx: StepContext, path: Path, shards: lis
     task = ray.remote(num_cpus=1, num_gpus=1 if str(ctx.device).startswith("cuda") else 0, max_retries=0)(_shard_task)
     ctx_args = {"store": ctx.store.url, "device": ctx.device, "mixed_precision": ctx.mixed_precision,
                 "threads": ctx.threads, "shard_studies": ctx.shard_studies, "batch_studies": ctx.batch_studies}
-    pending, done = list(shards), 0
+    pending, done, workers = list(shards), 0, set()
     running: list = []
     while pending or running:
         while pending and len(running) < ctx.shard_tasks:
             a, b = pending.pop(0)
             running.append(task.remote(spec, ctx_args, str(path), a, b))
         ready, running = ray.wait(running, num_returns=1)
-        done += int(ray.get(ready[0]))  # a failed shard raises here: the step fails and nothing is committed
-    log.info("reconstruct %s: %d studies in %d shard tasks", spec.reconstructor, done, len(shards))
+        n, where = ray.get(ready[0])  # a failed shard raises here: the step fails and nothing is committed
+        done += int(n)
+        workers.add(where)
+    log.info("reconstruct %s: %d studies in %d shard tasks on %d workers", spec.reconstructor, done, len(shards),
+             len(workers))
 
 
 def _saliency(model, images: torch.Tensor, label_idx: np.ndarray) -> np.ndarray:
@@ -647,7 +654,8 @@ def _score_common(
 
     ``clean_models`` are the frozen models trained on clean images (the same as ``models`` for the
     reconstruct arm); the example figure shows their saliency and segmentation on the clean image.
-    ``inputs(a, b)`` gives the evaluated inputs of test studies ``a:b``; ``recon`` and ``deg_test``
+    ``inputs(a, b)`` gives the evaluated inputs of test studies ``a:b`` (``None``: the reconstruction's
+    mean, read once with the rest of the shard's reconstruction); ``recon`` and ``deg_test``
     may be lazy.  The test set is scored in shards of ``ctx.shard_studies`` studies
     (:func:`_score_shard`), so only one shard of images is in memory; what needs the whole test set
     (thresholds chosen on it with ``rechoose_on_test``, ``gen_frechet``) is computed from the
@@ -669,7 +677,8 @@ def _score_common(
         rec_s = None if recon is None else {name: arr[a:b] for name, arr in recon.items()}
         part, ex = _score_shard(
             spec, cohort, te[a:b], df.iloc[a:b].reset_index(drop=True),
-            None if clean is None else clean.iloc[a:b].reset_index(drop=True), inputs(a, b), models, rec_s,
+            None if clean is None else clean.iloc[a:b].reset_index(drop=True),
+            rec_s["mean"] if inputs is None else inputs(a, b), models, rec_s,
             deg_test.subset(list(range(a, b))), clean_models, int(np.clip(n_ex - a, 0, b - a)), features,
             ctx.batch_studies,
         )
@@ -700,7 +709,7 @@ def step_score(spec: ScoreSpec, ctx: StepContext, out: Path) -> None:
     df, te = _base_rows(cohort, spec)
     recon = load_recon(ctx, spec.reconstruct)
     models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec.task_models.items()}
-    df = _score_common(spec, ctx, out, cohort, te, df, lambda a, b: recon["mean"][a:b], models, recon,
+    df = _score_common(spec, ctx, out, cohort, te, df, None, models, recon,
                        degraded_view(deg, te), models)
     write_records_parquet(df, out / "records.parquet", ctx.shard_studies)
 

@@ -105,6 +105,7 @@ def train_network(
     eval_batch_size: int = 64,
     device: torch.device | str = "cpu",
     description: str = "training diagnostic model",
+    max_batches: int | None = None,
 ) -> dict:
     """Fit ``net`` with Adam on mini-batches and keep the weights of the best validation epoch.
 
@@ -133,6 +134,8 @@ def train_network(
         Where the computation runs.
     description:
         Progress bar name (see :mod:`reconaudit.progress`).
+    max_batches:
+        At most this many mini-batches per epoch (the first of its shuffled order); ``None``: all.
 
     Returns
     -------
@@ -161,7 +164,8 @@ def train_network(
             order = torch.randperm(n, generator=gen)
             total, count = 0.0, 0
             # BatchNorm cannot train on a batch of one; drop the remainder
-            batches = [idx for idx in order.split(batch_size) if not (has_bn and idx.numel() == 1 and n > 1)]
+            batches = [idx for idx in order.split(batch_size)
+                       if not (has_bn and idx.numel() == 1 and n > 1)][:max_batches]
             for idx, (xb, yb) in zip(batches, batch_loader((x, y), batches, device=device), strict=True):
                 if augment:
                     xb, yb = random_shift(xb, yb, max_shift, gen)

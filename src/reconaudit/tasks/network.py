@@ -168,6 +168,7 @@ class NetworkDiagnosticModel(DiagnosticModel):
             patience=c.patience,
             augment=c.augment,
             eval_batch_size=c.eval_batch_size,
+            max_batches=c.max_batches,
         )
 
     def fit(self, images, targets, val_images, val_targets, *, seed: int = 0) -> dict:
