@@ -173,7 +173,8 @@ class StudyArray(LazyStudies):
             i = int(idx)
             if not -n <= i < n:
                 raise IndexError(f"{self.name}: index {i} is out of range for {n} studies")
-            return np.array([i % n], dtype=np.int64), True
+            pos = np.array([i % n], dtype=np.int64)
+            return (pos if self.rows is None else self.rows[pos]), True
         else:
             if isinstance(idx, torch.Tensor):
                 idx = idx.cpu().numpy()
@@ -247,6 +248,11 @@ class MappedArray(LazyStudies):
         if isinstance(idx, int | np.integer):
             return self.fn(self.source[int(idx) : int(idx) + 1 or None])[0]
         return self.fn(self.source[idx])
+
+
+def as_tensor(x):
+    """``x`` in memory: a lazy array (:class:`LazyStudies`) is read whole; anything else is returned as is."""
+    return x.load() if is_lazy(x) else x
 
 
 def to_float32(t: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ the private directory the store commits when the function returns.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -23,6 +24,7 @@ from reconaudit.arrays import (
     DEFAULT_SHARD_STUDIES,
     ArrayWriter,
     LazyStudies,
+    as_tensor,
     is_lazy,
     open_arrays,
     shard_ranges,
@@ -269,9 +271,10 @@ def step_task_model(spec: TaskModelSpec, ctx: StepContext, out: Path) -> None:
     model = _make_task(task, spec.arch, spec.params, ctx, 1, n_out, spec.threshold_policy, spec.target_sensitivity,
                        cohort.labels)
     tr, va = cohort.indices("train"), cohort.indices("val")
-    history = model.fit(
-        view(cohort.images, tr), view(targets, tr), view(cohort.images, va), view(targets, va), seed=spec.seed
-    )
+    x, y = cohort.images, targets
+    if not getattr(model, "reads_lazily", False):  # a user's model gets tensors
+        x, y = as_tensor(x), as_tensor(y)
+    history = model.fit(view(x, tr), view(y, tr), view(x, va), view(y, va), seed=spec.seed)
     model.save(out / "model.safetensors")
     _json(
         out / "info.json",
@@ -356,6 +359,23 @@ def _pairset(cohort: Cohort, deg: Degraded, split: str):
     )
 
 
+def _reads_lazily(rec) -> bool:
+    """Whether a reconstructor's ``fit`` takes lazy arrays: it says so, or it is the base's no-op."""
+    from reconaudit.recon.base import Reconstructor
+
+    return bool(getattr(rec, "reads_lazily", False)) or type(rec).fit is Reconstructor.fit
+
+
+def _in_memory(pairs):
+    """A :class:`PairSet` with every lazy array read (for a user's ``fit`` that expects tensors)."""
+    d = pairs.degraded
+    mask = d.mask
+    if mask is not None and is_lazy(mask):
+        mask = mask.load()
+    deg = Degraded(as_tensor(d.image), as_tensor(d.kspace), mask, dict(d.info))
+    return dataclasses.replace(pairs, degraded=deg, clean=as_tensor(pairs.clean), masks=as_tensor(pairs.masks))
+
+
 def _make_recon(name: str, params: dict, ctx: StepContext):
     from reconaudit.recon import make_reconstructor
 
@@ -369,6 +389,8 @@ def step_fit_recon(spec: FitReconSpec, ctx: StepContext, out: Path, *, key: str 
     train, val = _pairset(cohort, deg, "train"), _pairset(cohort, deg, "val")
     _seed_all(spec.seed)
     rec = _make_recon(spec.reconstructor, spec.params, ctx)
+    if not _reads_lazily(rec):
+        train, val = _in_memory(train), _in_memory(val)
     ckpt = ctx.store.checkpoint_dir("fit_recon", key) if rec.trainable else None
     mit = spec.mitigation
     if mit is None:
@@ -728,6 +750,8 @@ def step_direct_model(spec: DirectModelSpec, ctx: StepContext, out: Path) -> Non
                        spec.target_sensitivity, cohort.labels)
     tr, va = cohort.indices("train"), cohort.indices("val")
     targets = _task_targets(cohort, task)
+    if not getattr(model, "reads_lazily", False):  # a user's model gets tensors
+        x, targets = as_tensor(x), as_tensor(targets)
     history = model.fit(view(x, tr), view(targets, tr), view(x, va), view(targets, va), seed=spec.seed)
     model.save(out / "model.safetensors")
     _json(

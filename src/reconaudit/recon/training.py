@@ -170,6 +170,7 @@ class LearnedReconstructor(ParamsMixin, Reconstructor):
 
     trainable: ClassVar[bool] = True
     Params: ClassVar[type[ReconParams]] = TrainParams
+    reads_lazily: ClassVar[bool] = True  # run_training reads batches through a DataLoader
 
     def __init__(self, device: str | torch.device = "cpu", **params: object) -> None:
         self._init_params(device, dict(params))

@@ -70,6 +70,7 @@ class NetworkDiagnosticModel(DiagnosticModel):
 
     arch_params: ClassVar[dict[str, type[TrainParams]]] = {}
     reinit_on_fit: ClassVar[bool] = True
+    reads_lazily: ClassVar[bool] = True  # train_network reads batches through a DataLoader
 
     def __init__(
         self,
