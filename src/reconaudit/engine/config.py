@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from reconaudit.arrays import DEFAULT_SHARD_STUDIES
+
 BUNDLED = ("quickstart", "paper-xray", "paper-mri", "mitigation", "multicoil", "generative")
 
 
@@ -212,6 +214,34 @@ class ExecutionConfig(_Strict):
     resources: dict[str, ResourceConfig] = Field(
         default_factory=dict, description="per step kind: fit_recon, task_model, ... (default 1 CPU)"
     )
+    shard_studies: int = Field(
+        default=DEFAULT_SHARD_STUDIES, ge=1,
+        description="studies per shard of the on-disk study store and per batch of every streaming step "
+                    "(degrade, predict, reconstruct, score): peak memory grows with it, not with the cohort. "
+                    "Results do not depend on it, so it is not part of any step's key",
+    )
+    batch_studies: int | None = Field(
+        default=None, ge=1,
+        description="studies per compute batch of every streaming step; default each step's own (degrade 256, "
+                    "reconstruct 32, predict 64). shard_studies must be a multiple of it (of 256 when unset) so "
+                    "that batches fall at the same studies whatever the shard size: CPU results of a network "
+                    "depend on its batch in the last digits",
+    )
+    shard_tasks: int = Field(
+        default=1, ge=1,
+        description="on Ray, split each reconstruct step into parallel shard tasks, at most this many at a "
+                    "time (results identical to one worker; the step commits when every shard has)",
+    )
+
+
+    @model_validator(mode="after")
+    def _shards_hold_whole_batches(self) -> ExecutionConfig:
+        unit = self.batch_studies or 256
+        if self.shard_studies % unit:
+            what = "execution.batch_studies" if self.batch_studies else "the largest step batch (set batch_studies to change it)"
+            raise ValueError(f"execution.shard_studies ({self.shard_studies}) must be a multiple of {what} ({unit}), "
+                             f"so that compute batches fall at the same studies whatever the shard size")
+        return self
 
 
 class AuditConfig(_Strict):
