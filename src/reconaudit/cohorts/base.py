@@ -58,6 +58,12 @@ class Cohort:
     kspace:
         Measured complex64 k-space (N, C, H, W) (C receive coils; 1 single-coil) when the cohort
         comes from raw data, else ``None``.
+    regression:
+        Names of the continuous target columns of ``table`` (phenotypes, e.g. ``tumor_area_cm2``;
+        NaN where missing), the targets of the ``regression`` task; may be empty.
+    concentration:
+        The ground-truth tumour concentration field, float32 (N, 1, H, W) in [0, 1], when the cohort
+        keeps it (brain-glioma with ``isolines``), else ``None``: the truth of the isoline scores.
     data_card:
         Markdown description (size, prevalence per group, bias mechanisms).
     meta:
@@ -76,6 +82,8 @@ class Cohort:
     kspace: torch.Tensor | None = None
     data_card: str = ""
     meta: dict = field(default_factory=dict)
+    regression: list[str] = field(default_factory=list)
+    concentration: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -94,7 +102,7 @@ class Cohort:
             raise CohortError(f"cohort {self.name!r}: modality must be 'xray' or 'mri', got {self.modality!r}")
         if len(self.table) != n:
             raise CohortError(f"cohort {self.name!r}: table has {len(self.table)} rows but there are {n} images")
-        for col in (*REQUIRED_COLUMNS, *self.group_attributes, *self.labels):
+        for col in (*REQUIRED_COLUMNS, *self.group_attributes, *self.labels, *self.regression):
             if col not in self.table.columns:
                 raise CohortError(f"cohort {self.name!r}: table lacks column {col!r}")
         if self.table["study_id"].duplicated().any():
@@ -117,7 +125,8 @@ class Cohort:
                 f"cohort {self.name!r}: kspace shape {tuple(self.kspace.shape)} must be (N, C, H, W) with N, H, W "
                 f"of images {tuple(self.images.shape)}"
             )
-        for name, t in (("masks", self.masks), ("roi_masks", self.roi_masks), ("lesion_masks", self.lesion_masks)):
+        for name, t in (("masks", self.masks), ("roi_masks", self.roi_masks), ("lesion_masks", self.lesion_masks),
+                        ("concentration", self.concentration)):
             if t is not None and tuple(t.shape) != tuple(self.images.shape):
                 raise CohortError(
                     f"cohort {self.name!r}: {name} shape {tuple(t.shape)} differs from images {tuple(self.images.shape)}"
@@ -169,11 +178,19 @@ class Cohort:
             kspace=pick(self.kspace),
             data_card=self.data_card,
             meta=dict(self.meta),
+            regression=list(self.regression),
+            concentration=pick(self.concentration),
         )
 
     def split(self, split: str) -> Cohort:
         """The studies of one split."""
         return self.subset(self.indices(split))
+
+    def regression_targets(self) -> np.ndarray:
+        """Continuous targets (phenotypes) as float (N, R) in the order of ``regression``, NaN where missing."""
+        if not self.regression:
+            return np.zeros((len(self), 0), dtype=np.float32)
+        return self.table[self.regression].to_numpy(dtype=np.float32)
 
     def targets(self) -> np.ndarray:
         """Classification targets as float (N, L), NaN where missing."""
@@ -193,6 +210,8 @@ class Cohort:
             tensors["roi_masks"] = self.roi_masks.to(torch.uint8).contiguous()
         if self.lesion_masks is not None:
             tensors["lesion_masks"] = self.lesion_masks.to(torch.uint8).contiguous()
+        if self.concentration is not None:
+            tensors["concentration"] = self.concentration.to(torch.float32).contiguous()
         if self.kspace is not None:
             tensors["kspace_real"] = self.kspace.real.contiguous()
             tensors["kspace_imag"] = self.kspace.imag.contiguous()
@@ -205,6 +224,8 @@ class Cohort:
             "group_attributes": self.group_attributes,
             "meta": self.meta,
         }
+        if self.regression:
+            meta["regression"] = self.regression
         (d / "cohort.json").write_text(json.dumps(meta, indent=2, default=str))
         (d / "data_card.md").write_text(self.data_card)
 
@@ -230,6 +251,8 @@ class Cohort:
             kspace=kspace,
             data_card=(d / "data_card.md").read_text(),
             meta=meta.get("meta", {}),
+            regression=list(meta.get("regression", [])),
+            concentration=t.get("concentration"),
         )
 
 
