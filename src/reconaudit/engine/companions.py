@@ -9,7 +9,7 @@ infiltration-aware isoline scores and longitudinal series (TumorFlow-style growt
   cohort carries what they need (nothing otherwise, so existing records are unchanged):
   ``isoline_dice:<c>`` / ``isoline_volume_error:<c>`` (and ``clean_`` ones for the clean model on
   clean images) when the cohort keeps its concentration field, and ``series_id``, ``time_index``,
-  ``growth_days``, ``pixel_area_mm2`` when it holds longitudinal series.
+  ``growth_days``, ``pixel_area_mm2``, ``true_seg_volume`` when it holds longitudinal series.
 
 The step functions import the helpers of :mod:`reconaudit.engine.steps` when they run (that module
 registers them), so there is no import cycle.
@@ -133,6 +133,8 @@ def companion_columns(cohort, te: np.ndarray, clean_imgs: torch.Tensor, clean_mo
         cols["series_id"] = sub["series_id"].astype(str).to_numpy()
         cols["time_index"] = sub["time_index"].to_numpy(dtype=np.int64)
         cols["growth_days"] = sub["growth_days"].to_numpy(dtype=np.float64)
+        if cohort.masks is not None:
+            cols["true_seg_volume"] = cohort.masks[ti].flatten(1).sum(1).numpy().astype(np.float64)
         fov, size = cohort.meta.get("fov_mm"), cohort.meta.get("size")
         cols["pixel_area_mm2"] = float((fov / size) ** 2) if fov and size else 1.0
     return cols
