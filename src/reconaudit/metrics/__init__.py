@@ -26,6 +26,7 @@ from .fairness import (
     skewed_error_ratio,
     worst_group,
 )
+from .growth import series_growth
 from .hallucination import (
     decision_flips,
     false_positive_volume,
@@ -37,7 +38,6 @@ from .hallucination import (
     spread_error_correlation,
     uncertainty_coverage,
 )
-from .growth import series_growth
 from .image import nmse, psnr, ssim, ssim_map
 from .observer import CHOResult, channelized_hotelling, laguerre_gauss_channels
 from .perception import feature_distance, frechet_distance

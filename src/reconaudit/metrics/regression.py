@@ -126,10 +126,10 @@ def regression_summary(
 
     def stat(w: np.ndarray) -> np.ndarray:
         cols = []
-        for arm, p in arms.items():
+        for p in arms.values():
             m = weighted_regression_metrics(y, p, w)
             cols += [m["mae"], m["rmse"], m["r2"]]
-            for a, g in attrs.items():
+            for g in attrs.values():
                 gm = group_mae(y, p, sensitive_features=g, weights=w, min_group_size=min_group_size)
                 cols += [gm["mae_gap"], gm["worst_group_mae"]]
         out = np.stack(cols, 1)
@@ -141,7 +141,7 @@ def regression_summary(
     point, dist = bootstrap_statistic(stat, np.asarray(patient_ids).astype(str), n_resamples=n_resamples, seed=seed)
     lo, hi = intervals(dist, confidence)
     if "clean" in arms:
-        keys += [(m, a, "change") for m, a, arm in keys[: len(keys) // 2]]
+        keys += [(m, a, "change") for m, a, _ in keys[: len(keys) // 2]]
     pvals = bootstrap_p(dist)
     groups_text = {}
     for arm, p in arms.items():

@@ -198,7 +198,7 @@ def _isolines(df: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
             for k, v in zip(_CELL, key):
                 sk = sk[(sk[k] == v) | (sk[k].isna() & pd.isna(v))]
 
-            def pick(col, attr="(all)", group="(all)"):
+            def pick(col, attr="(all)", group="(all)", sk=sk):
                 r = sk[(sk["column"] == col) & (sk["attribute"] == attr) & (sk["group"] == group)]
                 return (np.nan, np.nan, np.nan) if r.empty else tuple(r.iloc[0][["value", "ci_low", "ci_high"]])
 
