@@ -115,3 +115,26 @@ def test_measured_growth_of_the_clean_series_equals_the_generators(series):
     np.testing.assert_allclose(g.loc[expected.index, "true_growth"], expected.to_numpy(), rtol=1e-9)
     np.testing.assert_allclose(g["measured_growth"], g["true_growth"], rtol=1e-12)
     np.testing.assert_allclose(g["days"], 0.6 * tab.groupby("series_id")["growth_days"].last().loc[g.index], rtol=1e-9)
+
+
+def test_manifest_takes_regression_columns(tmp_path):
+    from reconaudit.cohorts.base import Cohort, CohortError
+    from reconaudit.cohorts.manifest import load_manifest
+    from tests.cohorts import fixtures as fx
+
+    path = fx.write_manifest(tmp_path / "m")
+    df = pd.read_csv(path)
+    df["lvef"] = np.linspace(30, 70, len(df))
+    df.loc[2, "lvef"] = np.nan
+    df.to_csv(path, index=False)
+    c = load_manifest(path=path, target_columns=["finding"], regression_columns=["lvef"], size=8)
+    assert c.regression == ["lvef"] and np.isnan(c.regression_targets()[2, 0])
+    np.testing.assert_allclose(c.regression_targets()[[0, 1], 0], df["lvef"].to_numpy()[[0, 1]], rtol=1e-6)
+    assert "regression" in supported_tasks("manifest", {"path": str(path), "regression_columns": ["lvef"]})
+    c.save(tmp_path / "saved")
+    assert Cohort.load(tmp_path / "saved").regression == ["lvef"]
+    df["lvef"] = df["lvef"].astype(object)
+    df.loc[3, "lvef"] = "high"
+    df.to_csv(path, index=False)
+    with pytest.raises(CohortError, match="lvef"):
+        load_manifest(path=path, regression_columns=["lvef"], size=8)
