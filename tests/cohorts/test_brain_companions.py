@@ -138,3 +138,15 @@ def test_manifest_takes_regression_columns(tmp_path):
     df.to_csv(path, index=False)
     with pytest.raises(CohortError, match="lvef"):
         load_manifest(path=path, regression_columns=["lvef"], size=8)
+
+
+def test_chest_xray_exposes_the_cardiothoracic_ratio():
+    plain = make_cohort("chest-xray", n_studies=30, size=32)
+    c = make_cohort("chest-xray", n_studies=30, size=32, regression_columns=["cardiothoracic_ratio"])
+    assert torch.equal(plain.images, c.images) and plain.regression == []
+    np.testing.assert_allclose(c.regression_targets()[:, 0], c.table["cardiothoracic_ratio"], rtol=1e-6)
+    # the label follows the phenotype: cardiomegaly is a ratio above 0.5
+    truth = c.table["true_cardiomegaly"].to_numpy() == 1
+    assert (c.table["cardiothoracic_ratio"][truth] > 0.5).all() and (c.table["cardiothoracic_ratio"][~truth] < 0.5).all()
+    with pytest.raises(Exception, match="regression_columns"):
+        make_cohort("chest-xray", n_studies=30, size=32, regression_columns=["lung_volume"])

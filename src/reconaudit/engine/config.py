@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-BUNDLED = ("quickstart", "paper-xray", "paper-mri", "mitigation", "multicoil", "generative")
+BUNDLED = ("quickstart", "paper-xray", "paper-mri", "mitigation", "multicoil", "generative", "companions")
 
 
 class ConfigError(ValueError):

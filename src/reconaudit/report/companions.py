@@ -31,7 +31,7 @@ import pandas as pd  # noqa: E402
 from .. import metrics as M  # noqa: E402
 from ..schema import CLEAN_PRED, ISOLINE_DICE, ISOLINE_VOLUME_ERROR, PRED, REG_TARGET  # noqa: E402
 from .analysis import MEAN_LABEL, METRIC_NAMES, Analysis  # noqa: E402
-from .figures import _RC, OKABE_ITO, Figure, _save  # noqa: E402
+from .figures import _MARKERS, _RC, OKABE_ITO, Figure, _save  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -129,13 +129,32 @@ def _three_ways(df: pd.DataFrame, a: Analysis, seed: int) -> tuple[pd.DataFrame,
     return pd.DataFrame(rows), pd.DataFrame(num)
 
 
-def _fig_three_ways(df: pd.DataFrame, a: Analysis, num: pd.DataFrame, out_dir: Path) -> Figure | None:
+def _style(rec: str, kind: str, recs: list[str]) -> dict:
+    """Line style of a method: reconstructors in greys with their own marker, the direct arms in colour."""
+    if kind == KINDS[1]:
+        return dict(color=OKABE_ITO[1], lw=2.2, ls="--", marker="o")
+    if kind == KINDS[2]:
+        return dict(color=OKABE_ITO[0], lw=2.4, ls="-", marker="o")
+    i = recs.index(rec) if rec in recs else 0
+    return dict(color=str(0.15 + 0.55 * i / max(len(recs) - 1, 1)), lw=1.1, ls="-", marker=_MARKERS[(i + 1) % len(_MARKERS)],
+                ms=4)
+
+
+def _label(rec: str, kind: str) -> str:
+    return {KINDS[1]: "direct on k-space / degraded input", KINDS[2]: "direct, latent-aligned"}.get(kind, rec)
+
+
+def _fig_three_ways(df: pd.DataFrame, a: Analysis, num: pd.DataFrame, reg: pd.DataFrame, out_dir: Path) -> Figure | None:
     cohorts = [c for c in sorted(df["cohort"].unique()) if c in a.cohorts]
     if not cohorts:
         return None
-    colors = {KINDS[1]: OKABE_ITO[1], KINDS[2]: OKABE_ITO[0]}
+    recs = sorted(df.loc[df["arm"] != "direct", "reconstructor"].astype(str).unique())
+    target = None
+    if not reg.empty:
+        target = list(dict.fromkeys(reg["target"]))[0]  # the cohort's first regression target
+    ncol = 2 if target is not None else 1
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(2, len(cohorts), figsize=(5.2 * len(cohorts), 7.0), squeeze=False)
+        fig, axes = plt.subplots(2 * len(cohorts), ncol, figsize=(5.2 * ncol, 7.2 * len(cohorts)), squeeze=False)
         for j, cohort in enumerate(cohorts):
             info = a.cohorts[cohort]
             metric, label = info["primary"]
@@ -143,38 +162,61 @@ def _fig_three_ways(df: pd.DataFrame, a: Analysis, num: pd.DataFrame, out_dir: P
             xpos = {lv: i for i, lv in enumerate(levels)}
             t = a.task[(a.task["cohort"] == cohort) & (a.task["metric"] == metric) & (a.task["label"] == label)
                        & (a.task["mitigation"] == "none") & (a.task["seed"] == a.task["seed"].min())]
-            ax, axg = axes[0, j], axes[1, j]
+            ax, axg = axes[2 * j, 0], axes[2 * j + 1, 0]
             for (rec, arm), d in t.groupby(["reconstructor", "arm"]):
                 kind = method_kind(rec, arm)
+                st = _style(rec, kind, recs)
                 d = d.sort_values("level", key=lambda s: s.map(xpos))
                 x = d["level"].map(xpos).to_numpy(float)
                 y = d["recon"].to_numpy(float)
                 err = np.vstack([y - d["recon_ci_low"].to_numpy(float), d["recon_ci_high"].to_numpy(float) - y])
-                style = dict(color=colors.get(kind, "0.55"), lw=2.2 if kind != KINDS[0] else 1.0,
-                             ls="--" if kind == KINDS[1] else "-", marker="o" if kind != KINDS[0] else ".")
-                ax.errorbar(x, y, yerr=np.nan_to_num(np.abs(err)), capsize=2, label=f"{rec} ({kind})"
-                            if kind != KINDS[0] else rec, **style)
+                ax.errorbar(x, y, yerr=np.nan_to_num(np.abs(err)), capsize=2, label=_label(rec, kind), **st)
                 g = num[(num["cohort"] == cohort) & (num["method"] == rec) & (num["group"] != "(gap)")]
                 if not g.empty:
                     worst = g.groupby("level")["value"].min()
                     axg.plot([xpos[lv] for lv in worst.index if lv in xpos],
-                             [worst[lv] for lv in worst.index if lv in xpos], **style)
+                             [worst[lv] for lv in worst.index if lv in xpos], **st)
             if not t.empty:
                 ax.axhline(t.iloc[0]["clean"], color="#222222", ls=":", lw=1.0, label="clean images")
             mname = METRIC_NAMES.get(metric, metric) + (" (mean over labels)" if label == MEAN_LABEL else "")
-            for axx, ylab in ((ax, mname), (axg, f"worst group: {mname}")):
+            panels = [(ax, mname), (axg, f"worst group: {mname}")]
+            if target is not None:
+                ar, arg = axes[2 * j, 1], axes[2 * j + 1, 1]
+                rc = reg[(reg["cohort"] == cohort) & (reg["target"] == target)]
+                for (rec, way), d in rc.groupby(["method", "way"]):
+                    st = _style(rec, way, recs)
+                    m = d[(d["metric"] == "mae") & (d["arm"] == "recon")].copy()
+                    m["lv"] = m["level"].astype(float)
+                    m = m.sort_values("lv", key=lambda s: s.map(xpos))
+                    x = m["lv"].map(xpos).to_numpy(float)
+                    y = m["estimate"].to_numpy(float)
+                    err = np.vstack([y - m["ci_low"].to_numpy(float), m["ci_high"].to_numpy(float) - y])
+                    ar.errorbar(x, y, yerr=np.nan_to_num(np.abs(err)), capsize=2, **st)
+                    gap = d[(d["metric"] == "mae_gap") & (d["arm"] == "recon")].copy()
+                    if not gap.empty:
+                        gap["lv"] = gap["level"].astype(float)
+                        wide = gap.groupby("lv")["estimate"].max()
+                        arg.plot([xpos[lv] for lv in wide.index if lv in xpos],
+                                 [wide[lv] for lv in wide.index if lv in xpos], **st)
+                clean = rc[(rc["metric"] == "mae") & (rc["arm"] == "clean")]
+                if not clean.empty:
+                    ar.axhline(float(clean["estimate"].iloc[0]), color="#222222", ls=":", lw=1.0)
+                panels += [(ar, f"MAE: {target}"), (arg, f"MAE gap (widest attribute): {target}")]
+            for axx, ylab in panels:
                 axx.set_xticks(range(len(levels)), [f"{lv:g}" for lv in levels])
                 axx.set_xlabel(f"{info['level_name'] or 'level'} (more severe to the right)")
                 axx.set_ylabel(ylab)
-            ax.set_title(cohort)
+                axx.set_title(cohort, fontsize=9)
             ax.legend(fontsize=7, frameon=False)
         fig.tight_layout()
         png, pdf = _save(fig, out_dir, "three-ways")
-    caption = ("The three ways to diagnose at each level: reconstruct then diagnose with the frozen clean-image model (grey, "
+    caption = ("The three ways to diagnose at each level: reconstruct then diagnose with the frozen clean-image model (greys, "
                "one line per reconstructor), a model trained on the degraded input without alignment (orange, dashed) and "
-               "one trained with an alignment loss to the clean model's latent (blue; k-MTR). Top: the primary task metric "
-               "with its patient-level bootstrap interval; bottom: its value in the worst group (the lowest group mean over "
-               "every group attribute).")
+               "one trained with an alignment loss to the clean model's latent (blue; k-MTR). Left: the primary task "
+               "metric with its patient-level bootstrap interval (dotted: clean images), and below it its value in the worst "
+               "group (the lowest group mean over every group attribute)" + (
+                   "; right: the MAE of the first regression target with its interval (dotted: clean images), and below "
+                   "it the MAE gap between groups for the attribute with the widest gap." if target is not None else "."))
     return Figure("three-ways", png, pdf, "Three ways to diagnose: reconstruct, direct, direct aligned", caption)
 
 
@@ -294,11 +336,12 @@ def companion_sections(records: pd.DataFrame, meta: dict, analysis: Analysis, ta
     seed = int(((meta.get("config") or {}).get("analysis") or {}).get("seed", 0))
     df = _rows(records)
     secs = []
+    reg_table, reg_full = _regression(df, seed)
     if (df["reconstructor"] == ALIGNED).any():
         t, num = _three_ways(df, analysis, seed)
         num.to_csv(tables_dir / "three-ways-groups.csv", index=False)
         t.to_csv(tables_dir / "three-ways.csv", index=False)
-        fig = _fig_three_ways(df, analysis, num, figures_dir)
+        fig = _fig_three_ways(df, analysis, num, reg_full, figures_dir)
         secs.append({"id": "three-ways", "title": "Three ways to diagnose", "empty": "",
                      "definition": "Reconstruct then diagnose with the frozen model trained on clean images; diagnose the "
                      "degraded input (image or k-space channels) with a model trained on it; the same with an alignment "
@@ -317,7 +360,7 @@ def companion_sections(records: pd.DataFrame, meta: dict, analysis: Analysis, ta
                      "error (|P| - |T|)/|T|. Low isolines are the infiltration beyond the visible border; a reconstructor "
                      "that lowers Dice there more than at the core hides infiltration.",
                      "figures": [], "tables": [("Isoline Dice and volume error", t)]})
-    t, s = _regression(df, seed)
+    t, s = reg_table, reg_full
     if not t.empty:
         t.to_csv(tables_dir / "regression.csv", index=False)
         s.to_csv(tables_dir / "regression-bootstrap.csv", index=False)

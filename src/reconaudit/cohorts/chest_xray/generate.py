@@ -96,7 +96,13 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
         lesion_masks=lesion,
         data_card=_data_card(params, table),
         meta=params.model_dump(mode="json"),
+        regression=list(params.regression_columns),
     )
+
+
+def supported_tasks(params: dict) -> tuple[str, ...]:
+    """Classification, and regression when ``regression_columns`` names phenotypes."""
+    return ("classification", "regression") if (params or {}).get("regression_columns") else ("classification",)
 
 
 class ChestXrayCohort(CohortBuilder):
@@ -105,7 +111,7 @@ class ChestXrayCohort(CohortBuilder):
     name = "chest-xray"
     kind = "synthetic"
     modality = "xray"
-    tasks = ("classification",)
+    tasks = ("classification", "regression")
     groups = "sex, age_band, site"
     description = "synthetic chest radiographs (attenuation maps) with 5 findings and bias knobs"
     Params = ChestXrayParams
