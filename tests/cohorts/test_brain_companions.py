@@ -118,9 +118,10 @@ def test_measured_growth_of_the_clean_series_equals_the_generators(series):
 
 
 def test_manifest_takes_regression_columns(tmp_path):
+    from tests.cohorts import fixtures as fx
+
     from reconaudit.cohorts.base import Cohort, CohortError
     from reconaudit.cohorts.manifest import load_manifest
-    from tests.cohorts import fixtures as fx
 
     path = fx.write_manifest(tmp_path / "m")
     df = pd.read_csv(path)
