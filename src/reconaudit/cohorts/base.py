@@ -62,6 +62,12 @@ class Cohort:
     kspace:
         Measured complex64 k-space (N, C, H, W) (C receive coils; 1 single-coil) when the cohort
         comes from raw data, else ``None``.
+    regression:
+        Names of the continuous target columns of ``table`` (phenotypes, e.g. ``tumor_area_cm2``;
+        NaN where missing), the targets of the ``regression`` task; may be empty.
+    concentration:
+        The ground-truth tumour concentration field, float32 (N, 1, H, W) in [0, 1], when the cohort
+        keeps it (brain-glioma with ``isolines``), else ``None``: the truth of the isoline scores.
     data_card:
         Markdown description (size, prevalence per group, bias mechanisms).
     meta:
@@ -80,6 +86,8 @@ class Cohort:
     kspace: torch.Tensor | None = None
     data_card: str = ""
     meta: dict = field(default_factory=dict)
+    regression: list[str] = field(default_factory=list)
+    concentration: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -101,7 +109,7 @@ class Cohort:
             raise CohortError(f"cohort {self.name!r}: modality must be 'xray' or 'mri', got {self.modality!r}")
         if len(self.table) != n:
             raise CohortError(f"cohort {self.name!r}: table has {len(self.table)} rows but there are {n} images")
-        for col in (*REQUIRED_COLUMNS, *self.group_attributes, *self.labels):
+        for col in (*REQUIRED_COLUMNS, *self.group_attributes, *self.labels, *self.regression):
             if col not in self.table.columns:
                 raise CohortError(f"cohort {self.name!r}: table lacks column {col!r}")
         if self.table["study_id"].duplicated().any():
@@ -124,7 +132,8 @@ class Cohort:
                 f"cohort {self.name!r}: kspace shape {tuple(self.kspace.shape)} must be (N, C, H, W) with N, H, W "
                 f"of images {tuple(self.images.shape)}"
             )
-        for name, t in (("masks", self.masks), ("roi_masks", self.roi_masks), ("lesion_masks", self.lesion_masks)):
+        for name, t in (("masks", self.masks), ("roi_masks", self.roi_masks), ("lesion_masks", self.lesion_masks),
+                        ("concentration", self.concentration)):
             if t is not None and tuple(t.shape) != tuple(self.images.shape):
                 raise CohortError(
                     f"cohort {self.name!r}: {name} shape {tuple(t.shape)} differs from images {tuple(self.images.shape)}"
@@ -176,11 +185,19 @@ class Cohort:
             kspace=pick(self.kspace),
             data_card=self.data_card,
             meta=dict(self.meta),
+            regression=list(self.regression),
+            concentration=pick(self.concentration),
         )
 
     def split(self, split: str) -> Cohort:
         """The studies of one split."""
         return self.subset(self.indices(split))
+
+    def regression_targets(self) -> np.ndarray:
+        """Continuous targets (phenotypes) as float (N, R) in the order of ``regression``, NaN where missing."""
+        if not self.regression:
+            return np.zeros((len(self), 0), dtype=np.float32)
+        return self.table[self.regression].to_numpy(dtype=np.float32)
 
     def targets(self) -> np.ndarray:
         """Classification targets as float (N, L), NaN where missing."""
@@ -196,9 +213,11 @@ class Cohort:
         for start in range(0, len(self), writer.shard):
             sl = slice(start, start + writer.shard)
             writer.append(images=self.images[sl], masks=_opt(self.masks, sl), roi_masks=_opt(self.roi_masks, sl),
-                          lesion_masks=_opt(self.lesion_masks, sl), kspace=_opt(self.kspace, sl))
+                          lesion_masks=_opt(self.lesion_masks, sl), kspace=_opt(self.kspace, sl),
+                          concentration=_opt(self.concentration, sl))
         writer.finish(name=self.name, modality=self.modality, table=self.table, labels=self.labels,
-                      group_attributes=self.group_attributes, data_card=self.data_card, meta=self.meta)
+                      group_attributes=self.group_attributes, data_card=self.data_card, meta=self.meta,
+                      regression=self.regression)
 
     @classmethod
     def load(cls, directory: str | Path) -> Cohort:
@@ -237,6 +256,8 @@ class Cohort:
             kspace=t.get("kspace"),
             data_card=(d / "data_card.md").read_text(),
             meta=meta.get("meta", {}),
+            regression=list(meta.get("regression", [])),
+            concentration=t.get("concentration"),
         )
 
 
@@ -244,7 +265,7 @@ class Cohort:
 ARRAYS = "arrays.zarr"
 #: The dtype each per-study array of a cohort is stored in (the precision it needs).
 COHORT_ARRAY_DTYPES = {"images": torch.float32, "masks": torch.uint8, "roi_masks": torch.bool,
-                       "lesion_masks": torch.bool, "kspace": torch.complex64}
+                       "lesion_masks": torch.bool, "kspace": torch.complex64, "concentration": torch.float32}
 
 
 def _opt(t: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
@@ -296,7 +317,8 @@ class CohortWriter:
         self._seen += int(images.shape[0])
 
     def finish(self, *, name: str, modality: str, table: pd.DataFrame, labels: list[str],
-               group_attributes: list[str], data_card: str = "", meta: dict | None = None) -> None:
+               group_attributes: list[str], data_card: str = "", meta: dict | None = None,
+               regression: list[str] | None = None) -> None:
         """Write the table, metadata and data card; close and check the arrays."""
         if self._seen != self.n:
             raise CohortError(f"{self.directory}: {self._seen} studies were appended, {self.n} expected")
@@ -304,6 +326,8 @@ class CohortWriter:
         table.to_parquet(self.directory / "table.parquet", index=False)
         info = {"name": name, "modality": modality, "labels": list(labels),
                 "group_attributes": list(group_attributes), "meta": meta or {}}
+        if regression:
+            info["regression"] = list(regression)
         (self.directory / "cohort.json").write_text(json.dumps(info, indent=2, default=str))
         (self.directory / "data_card.md").write_text(data_card)
         Cohort.load(self.directory)  # validates shapes, table and splits

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from reconaudit.arrays import DEFAULT_SHARD_STUDIES
 
-BUNDLED = ("quickstart", "paper-xray", "paper-mri", "mitigation", "multicoil", "generative")
+BUNDLED = ("quickstart", "paper-xray", "paper-mri", "mitigation", "multicoil", "generative", "companions")
 
 
 class ConfigError(ValueError):
@@ -66,7 +66,7 @@ class CohortConfig(_Strict):
     name: str = Field(description="cohort name, see `reconaudit cohorts`")
     params: dict[str, Any] = Field(default_factory=dict, description="generator or loader parameters")
     data_seed: int = 0
-    tasks: dict[Literal["classification", "segmentation"], TaskConfig] | Literal["none"] = Field(
+    tasks: dict[Literal["classification", "segmentation", "regression"], TaskConfig] | Literal["none"] = Field(
         default_factory=dict,
         description="diagnostic models; {} = every task the cohort supports; none (or []) = no diagnostic "
         "model: a reconstruction-quality audit; a list of task names = those tasks with default models",
@@ -82,7 +82,7 @@ class CohortConfig(_Strict):
         if isinstance(v, list | tuple):
             if not v:
                 return "none"
-            default = {"classification": "small-cnn", "segmentation": "unet"}
+            default = {"classification": "small-cnn", "segmentation": "unet", "regression": "small-cnn"}
             return {t: {"arch": default.get(t, "small-cnn")} if isinstance(t, str) else t for t in v}
         return v
 
@@ -131,6 +131,15 @@ class DirectConfig(_Strict):
 
     enabled: bool = True
     input: Literal["image", "kspace"] = "image"
+    alignment: Literal["none", "latent"] = Field(
+        default="none",
+        description="latent: also train the direct model with an alignment loss to the frozen clean model's "
+        "latent (k-MTR), reported as reconstructor 'direct-aligned' beside the unaligned 'direct'",
+    )
+    alignment_loss: Literal["cosine", "mse", "infonce"] = Field(
+        default="cosine", description="cosine or mse distillation, or the contrastive InfoNCE of k-MTR")
+    alignment_weight: float = Field(default=1.0, gt=0, description="lambda of the alignment term")
+    alignment_temperature: float = Field(default=0.1, gt=0, description="InfoNCE temperature tau")
 
 
 class EvaluationConfig(_Strict):
@@ -276,8 +285,8 @@ class AuditConfig(_Strict):
         for r in self.reconstructors:
             if r.display in seen:
                 raise ValueError(f"reconstructor label {r.display!r} is used twice; give one a distinct `label`")
-            if r.display == "direct":
-                raise ValueError("'direct' is reserved for the no-reconstruction arm; choose another label")
+            if r.display in ("direct", "direct-aligned"):
+                raise ValueError(f"{r.display!r} is reserved for the no-reconstruction arm; choose another label")
             seen.add(r.display)
         return self
 

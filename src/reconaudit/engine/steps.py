@@ -31,6 +31,7 @@ from reconaudit.arrays import (
     view,
 )
 from reconaudit.cohorts.base import Cohort
+from reconaudit.engine.companions import companion_columns, step_aligned_model
 from reconaudit.engine.plan import Step
 from reconaudit.engine.specs import (
     CohortSpec,
@@ -136,6 +137,8 @@ def load_recon(ctx: StepContext, key: str) -> dict:
 
 
 def _task_n_outputs(cohort: Cohort, task: str) -> int:
+    if task == "regression":
+        return len(cohort.regression)
     return len(cohort.labels) if task == "classification" else 1
 
 
@@ -146,6 +149,9 @@ def task_data_problem(cohort: Cohort, task: str) -> str | None:
                 f"fastMRI labels_csv) or set tasks: none for a reconstruction-quality audit")
     if task == "segmentation" and cohort.masks is None:
         return f"cohort {cohort.name!r} has no segmentation masks; remove the segmentation task"
+    if task == "regression" and not cohort.regression:
+        return (f"cohort {cohort.name!r} has no regression targets; give its params regression_columns "
+                f"(e.g. brain-glioma: [tumor_area_cm2, infiltration_mm]) or remove the regression task")
     return None
 
 
@@ -157,6 +163,8 @@ def _task_targets(cohort: Cohort, task: str) -> np.ndarray | torch.Tensor:
         raise CohortError(problem)
     if task == "classification":
         return cohort.targets()
+    if task == "regression":
+        return cohort.regression_targets()
     return cohort.masks  # uint8; a segmentation model reads them as float32 (lazily for a stored cohort)
 
 
@@ -294,7 +302,10 @@ def step_predict_clean(spec: PredictCleanSpec, ctx: StepContext, out: Path) -> N
         images = cohort.images[rows]
         for task, model in models.items():
             prob = _predict_batched(model, images, ctx.batch(64))
-            if task == "classification":
+            if task == "regression":
+                for j, name in enumerate(cohort.regression):
+                    table[f"clean_pred:{name}"] = prob[:, j].astype(np.float64)
+            elif task == "classification":
                 for j, label in enumerate(cohort.labels):
                     table[f"clean_score:{label}"] = prob[:, j].astype(np.float64)
             else:
@@ -598,6 +609,13 @@ def _score_shard(
     seg_pred_ex = seg_pred = None
     for task, model in models.items():
         prob = _predict_batched(model, inputs, bs)
+        if task == "regression":  # continuous phenotypes: truth, clean-image and processed predictions
+            truth = cohort.regression_targets()[te]
+            for j, name in enumerate(cohort.regression):
+                df[f"reg_target:{name}"] = truth[:, j].astype(np.float64)
+                df[f"clean_pred:{name}"] = clean[f"clean_pred:{name}"].to_numpy()
+                df[f"pred:{name}"] = prob[:, j].astype(np.float64)
+            continue
         if task == "classification":
             for j, label in enumerate(cohort.labels):
                 df[f"clean_score:{label}"] = clean[f"clean_score:{label}"].to_numpy()
@@ -649,6 +667,8 @@ def _score_shard(
 
     for c, v in generative_columns(cohort, te, clean_imgs, recon, deg_test, clean_models, seg_pred,
                                    features=features, batch_size=batch_studies).items():
+        df[c] = v
+    for c, v in companion_columns(cohort, te, clean_imgs, clean_models, seg_pred).items():  # isolines, series
         df[c] = v
     if n_ex:
         examples["study_index"] = df["study_index"].to_numpy()[ex_idx]
@@ -774,7 +794,7 @@ def step_direct_score(spec: DirectScoreSpec, ctx: StepContext, out: Path) -> Non
         part = test.subset(list(range(a, b)))
         return direct_inputs(part.image, part.kspace, spec.input)
 
-    models = {t: load_task_model(ctx, "direct_model", k)[0] for t, k in spec.direct_models.items()}
+    models = {t: load_task_model(ctx, spec.model_kind, k)[0] for t, k in spec.direct_models.items()}
     clean_models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec.task_models.items()}
     df = _score_common(spec, ctx, out, cohort, te, df, inputs, models, None, test, clean_models)
     write_records_parquet(df, out / "records.parquet", ctx.shard_studies)
@@ -823,6 +843,8 @@ STEP_FUNCS = {
     "score": step_score,
     "direct_model": step_direct_model,
     "direct_score": step_direct_score,
+    "aligned_model": step_aligned_model,
+    "aligned_score": step_direct_score,  # the direct arm's records, from the aligned models
 }
 
 

@@ -228,6 +228,12 @@ class NetworkDiagnosticModel(DiagnosticModel):
         self.net.eval()
         return self._features(images.to(self.device, torch.float32))
 
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and penultimate features ``(N, F)`` of the network as it is (train or eval mode),
+        differentiable with respect to the weights: what latent alignment trains on
+        (:mod:`reconaudit.tasks.alignment`).  Subclasses compute both in one forward pass."""
+        return self.net(x), self._features(x)
+
     def predict(self, images) -> np.ndarray:
         """Sigmoid probabilities, computed in batches of ``eval_batch_size`` without gradient."""
         x = self._prepare_images(images, "images")

@@ -195,3 +195,8 @@ class Segmenter(NetworkDiagnosticModel):
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         _, bottleneck = hooked_output(self.net, unet_bottleneck(self.net), x)
         return pooled(bottleneck)
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the pooled bottleneck from one forward pass."""
+        out, bottleneck = hooked_output(self.net, unet_bottleneck(self.net), x)
+        return out, pooled(bottleneck)

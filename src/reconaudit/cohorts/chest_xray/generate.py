@@ -21,6 +21,7 @@ from reconaudit.progress import task
 
 logger = logging.getLogger(__name__)
 
+
 def chest_xray_table(params: ChestXrayParams | None = None, **overrides: Any) -> pd.DataFrame:
     """The study table of :func:`generate_chest_xray` (groups, splits, labels) without rendering images.
 
@@ -86,6 +87,7 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
         lesion_masks=lesion,
         data_card=_data_card(params, table),
         meta=params.model_dump(mode="json"),
+        regression=list(params.regression_columns),
     )
 
 
@@ -120,7 +122,12 @@ def write_chest_xray(params: ChestXrayParams, directory, *, shard_studies: int =
     _log_size(studies, table, size)
     writer.finish(name="chest-xray", modality="xray", table=table, labels=list(LABELS),
                   group_attributes=["sex", "age_band", "site"], data_card=_data_card(params, table),
-                  meta=params.model_dump(mode="json"))
+                  meta=params.model_dump(mode="json"), regression=list(params.regression_columns))
+
+
+def supported_tasks(params: dict) -> tuple[str, ...]:
+    """Classification, and regression when ``regression_columns`` names phenotypes."""
+    return ("classification", "regression") if (params or {}).get("regression_columns") else ("classification",)
 
 
 class ChestXrayCohort(CohortBuilder):
@@ -129,7 +136,7 @@ class ChestXrayCohort(CohortBuilder):
     name = "chest-xray"
     kind = "synthetic"
     modality = "xray"
-    tasks = ("classification",)
+    tasks = ("classification", "regression")
     groups = "sex, age_band, site"
     description = "synthetic chest radiographs (attenuation maps) with 5 findings and bias knobs"
     Params = ChestXrayParams
