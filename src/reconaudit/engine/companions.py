@@ -39,7 +39,9 @@ def teacher_latents(model, images: torch.Tensor, batch_size: int = 64) -> torch.
 def step_aligned_model(spec, ctx, out: Path) -> None:
     """The aligned direct arm: a model of the clean model's kind and arch on the degraded inputs, trained
     with its task loss plus an alignment loss to the clean model's latent of the clean image."""
+    from reconaudit.arrays import as_tensor, is_lazy
     from reconaudit.engine.steps import (
+        DirectInputs,
         _json,
         _make_task,
         _seed_all,
@@ -54,7 +56,9 @@ def step_aligned_model(spec, ctx, out: Path) -> None:
 
     cohort = load_cohort(ctx, spec.cohort)
     deg = load_degraded(ctx, spec.degrade)
-    x = direct_inputs(deg.image, deg.kspace, spec.input)
+    # the aligned fit holds its inputs in memory (it is not streamed like the other steps)
+    x = as_tensor(DirectInputs(deg, spec.input)) if is_lazy(deg.image) else direct_inputs(deg.image, deg.kspace,
+                                                                                           spec.input)
     teacher, _ = load_task_model(ctx, "task_model", spec.teacher)
     tr, va = cohort.indices("train"), cohort.indices("val")
     t_tr = teacher_latents(teacher, cohort.images[tr])
@@ -67,7 +71,9 @@ def step_aligned_model(spec, ctx, out: Path) -> None:
     if probe.shape[1] != t_tr.shape[1]:
         raise ValueError(f"direct.alignment: the {spec.task} model's latent has {probe.shape[1]} features but the "
                          f"clean model's has {t_tr.shape[1]}; alignment needs the same architecture")
-    targets = _task_targets(cohort, spec.task)
+    targets = as_tensor(_task_targets(cohort, spec.task))
+    if isinstance(targets, torch.Tensor) and not targets.is_floating_point():
+        targets = targets.float()  # stored masks are uint8
     a = spec.alignment
     history = fit_aligned(model, x[tr], targets[tr], x[va], targets[va], t_tr, t_va, seed=spec.seed,
                           loss=a["loss"], weight=float(a["weight"]), temperature=float(a["temperature"]))
