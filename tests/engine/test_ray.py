@@ -234,7 +234,7 @@ def test_reconstruct_split_into_shard_tasks_on_two_workers_gives_identical_recor
         first = run_audit(cfg(shard_tasks=2), run_dir, executor="ray", report=False)
     finally:
         (ray_session / "break-shard-unet-4").unlink()
-    rec_unet = next(s for s in first.plan.steps if s.kind == "reconstruct" and s.spec.reconstructor == "unet")
+    rec_unet = next(s for s in first.plan.steps.values() if s.kind == "reconstruct" and s.spec.reconstructor == "unet")
     assert [f.step for f in first.summary.failed] == [rec_unet.id]
     assert "injected failure in the shard of unet from study 4" in first.summary.failed[0].error
     assert not (run_dir / "store" / "reconstruct" / rec_unet.key).exists()  # no artifact of a partial step
