@@ -41,8 +41,27 @@ CLEAN_SCORE = "clean_score:"
 SCORE = "score:"
 THRESHOLD = "threshold:"
 SAMPLE_SCORE = "sample_score:"
-COLUMN_PREFIXES: tuple[str, ...] = (GROUP, TARGET, CLEAN_SCORE, SCORE, THRESHOLD, SAMPLE_SCORE)
-"""Prefixes of the per-name columns, in their order in the table (after :data:`RECORD_KEYS`)."""
+REG_TARGET = "reg_target:"
+PRED = "pred:"
+CLEAN_PRED = "clean_pred:"
+COLUMN_PREFIXES: tuple[str, ...] = (GROUP, TARGET, CLEAN_SCORE, SCORE, THRESHOLD, SAMPLE_SCORE, REG_TARGET,
+                                    CLEAN_PRED, PRED)
+"""Prefixes of the per-name columns, in their order in the table (after :data:`RECORD_KEYS`).
+``reg_target:<name>`` is a regression task's true value, ``clean_pred:<name>`` / ``pred:<name>``
+the regressor's prediction on the clean image / on the processed input."""
+
+ISOLINE_DICE = "isoline_dice:"
+ISOLINE_VOLUME_ERROR = "isoline_volume_error:"
+"""Isoline scores (``<prefix><isoline>``, and ``clean_<prefix><isoline>`` for the clean model on clean
+images): Dice and relative volume error of the segmentation against the concentration region c > isoline."""
+
+REGRESSION_METRICS: tuple[str, ...] = ("mae", "rmse", "r2")
+REGRESSION_FAIRNESS: tuple[str, ...] = ("mae_gap", "worst_group_mae")
+
+
+def isoline_name(value: float) -> str:
+    """The column suffix of an isoline, ``0.01`` -> ``"0.01"`` (shortest round-trip text)."""
+    return f"{float(value):g}"
 
 QUALITY_METRICS: tuple[str, ...] = ("psnr", "ssim", "nmse")
 """Image-quality columns of a record (each also as ``input_<name>`` for the degraded input)."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from reconaudit.arrays import StudyArray
 from reconaudit.cohorts import brain_glioma as bg
 from reconaudit.cohorts.brain_glioma import (
     LABELS,
@@ -73,8 +74,9 @@ def test_shapes_ranges_and_targets(tiny):
 def test_save_load_roundtrip(tiny, tmp_path):
     tiny.save(tmp_path / "c")
     back = type(tiny).load(tmp_path / "c")
-    assert torch.equal(back.images, tiny.images) and torch.equal(back.masks, tiny.masks)
-    assert torch.equal(back.roi_masks, tiny.roi_masks)
+    assert isinstance(back.images, StudyArray)  # read lazily from the study store, bit for bit
+    assert torch.equal(back.images.load(), tiny.images) and torch.equal(back.masks.load(), tiny.masks)
+    assert torch.equal(back.roi_masks.load(), tiny.roi_masks) and back.roi_masks.dtype == torch.bool
     assert back.table[LABELS].equals(tiny.table[LABELS]) and back.meta == tiny.meta
 
 

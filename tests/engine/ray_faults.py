@@ -12,6 +12,8 @@ the directory named by ``RECONAUDIT_TEST_FAULT_DIR``.  :func:`install` wraps som
 
 where ``<tag>`` is ``<kind>-<reconstructor>`` for real steps (``reconstruct-unet``) and
 ``<kind>-<spec["n"]>`` for fake ones.  Each attempt appends a line to ``attempts-<tag>``.
+``break-shard-<reconstructor>-<start>`` makes the shard task of a reconstruct step split into Ray
+shard tasks that starts at test study ``<start>`` raise.
 """
 
 from __future__ import annotations
@@ -94,6 +96,16 @@ def install() -> None:
         steps.STEP_FUNCS[kind] = _wrap(kind, steps.STEP_FUNCS[kind], Path(d))
     for kind, fn in fake_steps(Path(d)).items():
         steps.STEP_FUNCS[kind] = fn
+    steps.reconstruct_shard = _wrap_shard(steps.reconstruct_shard, Path(d))
+
+
+def _wrap_shard(fn, d: Path):
+    def wrapped(spec, ctx, writer, a, b, **kw):
+        if (d / f"break-shard-{spec.reconstructor}-{a}").exists():
+            raise ValueError(f"injected failure in the shard of {spec.reconstructor} from study {a}")
+        return fn(spec, ctx, writer, a, b, **kw)
+
+    return wrapped
 
 
 def fake_steps(d: Path) -> dict:

@@ -209,3 +209,39 @@ def test_killed_worker_is_retried_failure_reported_and_rerun_computes_only_the_m
     assert again.summary.ok
     pd.testing.assert_frame_equal(pd.read_parquet(local_run.records_path), pd.read_parquet(again.records_path),
                                   check_exact=True)
+
+
+@pytest.mark.ray
+@needs_ray
+def test_reconstruct_split_into_shard_tasks_on_two_workers_gives_identical_records(ray_session, tmp_path):
+    """A reconstruct step cut into Ray shard tasks (2 at a time) gives the records of one worker; a
+    failing shard fails the step, which commits nothing, and a rerun completes it."""
+    def cfg(**execution):
+        c = ray_tiny_config()
+        c["execution"] = {"batch_studies": 4, "shard_studies": 4, "threads": 1, "retries": 0, **execution}
+        return load_config(c)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        lone = run_audit(cfg(), tmp_path / "lone", report=False)  # local, in this process, one shard at a time
+    finally:
+        torch.set_num_threads(threads)
+    assert lone.summary.ok
+    run_dir = tmp_path / "sharded"
+    (ray_session / "break-shard-unet-4").touch()  # the second shard of the unet's test set fails
+    try:
+        first = run_audit(cfg(shard_tasks=2), run_dir, executor="ray", report=False)
+    finally:
+        (ray_session / "break-shard-unet-4").unlink()
+    rec_unet = next(s for s in first.plan.steps.values() if s.kind == "reconstruct" and s.spec.reconstructor == "unet")
+    assert [f.step for f in first.summary.failed] == [rec_unet.id]
+    assert "injected failure in the shard of unet from study 4" in first.summary.failed[0].error
+    assert not (run_dir / "store" / "reconstruct" / rec_unet.key).exists()  # no artifact of a partial step
+    again = run_audit(cfg(shard_tasks=2), run_dir, executor="ray", report=False)
+    assert again.summary.ok and rec_unet.id in again.summary.computed
+    n_test = len(pd.read_parquet(lone.records_path).query("reconstructor == 'unet'"))
+    log = (run_dir / "run.log").read_text()
+    assert f"reconstruct unet: {n_test} studies in {-(-n_test // 4)} shard tasks on 2 workers" in log
+    pd.testing.assert_frame_equal(pd.read_parquet(lone.records_path), pd.read_parquet(again.records_path),
+                                  check_exact=True)

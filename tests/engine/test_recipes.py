@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from reconaudit.arrays import open_arrays
 from reconaudit.cohorts import COHORTS, make_cohort
 from reconaudit.engine.config import load_config
 from reconaudit.engine.run import run_audit
@@ -104,7 +105,7 @@ def test_reconstructor_recipe_fits_its_least_squares_gain_and_gets_study_ids(aud
     full = _cohort()
     tr = full.indices("train")
     info, d = _artifact(result, "degrade")
-    x = load_file(str(d / "degraded.safetensors"))["image"][torch.as_tensor(tr)].double().flatten(1)
+    x = open_arrays(d / "degraded.zarr")["image"][tr].double().flatten(1)
     y = full.images[torch.as_tensor(tr)].double().flatten(1)
     _, fit = _artifact(result, "fit_recon", mitigation=None)
     a = float(load_file(str(fit / "weights.safetensors"))["a"])
@@ -137,7 +138,7 @@ def test_mitigation_recipe_weights_the_fit_as_declared(audit):
     full = _cohort()
     tr = full.indices("train")
     _, d = _artifact(result, "degrade")
-    x = load_file(str(d / "degraded.safetensors"))["image"][torch.as_tensor(tr)].double().flatten(1)
+    x = open_arrays(d / "degraded.zarr")["image"][tr].double().flatten(1)
     y = full.images[torch.as_tensor(tr)].double().flatten(1)
     w = torch.as_tensor(1.0 + 3.0 * (full.table["sex"].to_numpy()[tr] == "F"), dtype=torch.float64)
     fits = [s for s in result.plan.steps.values() if s.kind == "fit_recon" and s.spec.mitigation]

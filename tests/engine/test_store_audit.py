@@ -55,6 +55,11 @@ def _zero_range(f, frac=0.4):
     f.write_bytes(bytes(data))
 
 
+def _recon_shard(d):
+    """The first shard file of a reconstruct artifact's ``mean`` array (the study store, zarr)."""
+    return sorted(p for p in (d / "recon.zarr" / "mean" / "c").rglob("*") if p.is_file())[0]
+
+
 def _truncate(f):
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
 
@@ -66,7 +71,7 @@ def test_damage_is_detected_recomputed_and_the_records_equal_a_lone_run(tmp_path
     run = tmp_path / "run"
     shutil.copytree(src, run)
     if case == "zeroed-recon":
-        _zero_range(_artifact(run, plan, "reconstruct", "unet") / "recon.safetensors")
+        _zero_range(_recon_shard(_artifact(run, plan, "reconstruct", "unet")))
         expect = ["reconstruct"]
     elif case == "truncated-records":
         _truncate(_artifact(run, plan, "score", "unet") / "records.parquet")

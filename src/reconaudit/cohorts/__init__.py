@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 
+from reconaudit.arrays import DEFAULT_SHARD_STUDIES
 from reconaudit.cohorts.base import SPLITS, Cohort, CohortBuilder, CohortError, assign_splits_by_patient
 from reconaudit.cohorts.brain_glioma import BrainGliomaCohort
 from reconaudit.cohorts.chest_xray import ChestXrayCohort
@@ -59,6 +60,12 @@ def make_cohort(name: str, **params: object) -> Cohort:
     return _builder(name).build(validate_cohort_params(name, dict(params)))
 
 
+def write_cohort(name: str, directory, *, shard_studies: int = DEFAULT_SHARD_STUDIES, **params: object) -> None:
+    """Write the cohort ``name`` with ``params`` to ``directory`` shard by shard (``CohortBuilder.write``);
+    :meth:`Cohort.load` reads it back lazily."""
+    _builder(name).write(validate_cohort_params(name, dict(params)), directory, shard_studies=shard_studies)
+
+
 __all__ = [
     "COHORTS",
     "SPLITS",
@@ -67,6 +74,7 @@ __all__ = [
     "CohortError",
     "assign_splits_by_patient",
     "make_cohort",
+    "write_cohort",
     "supported_tasks",
     "validate_cohort_params",
 ]

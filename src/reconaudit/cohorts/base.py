@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from reconaudit.arrays import DEFAULT_SHARD_STUDIES, ArrayWriter, StudyArray, open_arrays
 
 SPLITS = ("train", "val", "test")
 Modality = Literal["xray", "mri"]
@@ -39,7 +41,9 @@ class Cohort:
     modality:
         ``"xray"`` or ``"mri"``: decides which degradations apply.
     images:
-        Clean images, float32 in [0, 1], shape (N, 1, H, W).
+        Clean images, float32 in [0, 1], shape (N, 1, H, W): a tensor, or (a cohort read with
+        :meth:`load`) a lazy :class:`~reconaudit.arrays.StudyArray` whose ``images[idx]`` reads only
+        those studies; the masks and k-space likewise.
     table:
         One row per study, aligned with ``images``: ``study_id`` (unique str), ``patient_id`` (str),
         ``split`` (train/val/test, assigned by patient), one column per group attribute and one
@@ -58,6 +62,12 @@ class Cohort:
     kspace:
         Measured complex64 k-space (N, C, H, W) (C receive coils; 1 single-coil) when the cohort
         comes from raw data, else ``None``.
+    regression:
+        Names of the continuous target columns of ``table`` (phenotypes, e.g. ``tumor_area_cm2``;
+        NaN where missing), the targets of the ``regression`` task; may be empty.
+    concentration:
+        The ground-truth tumour concentration field, float32 (N, 1, H, W) in [0, 1], when the cohort
+        keeps it (brain-glioma with ``isolines``), else ``None``: the truth of the isoline scores.
     data_card:
         Markdown description (size, prevalence per group, bias mechanisms).
     meta:
@@ -76,6 +86,8 @@ class Cohort:
     kspace: torch.Tensor | None = None
     data_card: str = ""
     meta: dict = field(default_factory=dict)
+    regression: list[str] = field(default_factory=list)
+    concentration: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,13 +100,16 @@ class Cohort:
             raise CohortError(f"cohort {self.name!r}: images must be (N, 1, H, W), got {tuple(self.images.shape)}")
         if self.images.dtype != torch.float32:
             raise CohortError(f"cohort {self.name!r}: images must be float32, got {self.images.dtype}")
-        if n and (float(self.images.min()) < 0.0 or float(self.images.max()) > 1.0):
+        # a cohort read from the store was checked shard by shard when it was written (CohortWriter)
+        if n and not isinstance(self.images, StudyArray) and (
+            float(self.images.min()) < 0.0 or float(self.images.max()) > 1.0
+        ):
             raise CohortError(f"cohort {self.name!r}: images must lie in [0, 1]")
         if self.modality not in ("xray", "mri"):
             raise CohortError(f"cohort {self.name!r}: modality must be 'xray' or 'mri', got {self.modality!r}")
         if len(self.table) != n:
             raise CohortError(f"cohort {self.name!r}: table has {len(self.table)} rows but there are {n} images")
-        for col in (*REQUIRED_COLUMNS, *self.group_attributes, *self.labels):
+        for col in (*REQUIRED_COLUMNS, *self.group_attributes, *self.labels, *self.regression):
             if col not in self.table.columns:
                 raise CohortError(f"cohort {self.name!r}: table lacks column {col!r}")
         if self.table["study_id"].duplicated().any():
@@ -117,7 +132,8 @@ class Cohort:
                 f"cohort {self.name!r}: kspace shape {tuple(self.kspace.shape)} must be (N, C, H, W) with N, H, W "
                 f"of images {tuple(self.images.shape)}"
             )
-        for name, t in (("masks", self.masks), ("roi_masks", self.roi_masks), ("lesion_masks", self.lesion_masks)):
+        for name, t in (("masks", self.masks), ("roi_masks", self.roi_masks), ("lesion_masks", self.lesion_masks),
+                        ("concentration", self.concentration)):
             if t is not None and tuple(t.shape) != tuple(self.images.shape):
                 raise CohortError(
                     f"cohort {self.name!r}: {name} shape {tuple(t.shape)} differs from images {tuple(self.images.shape)}"
@@ -169,11 +185,19 @@ class Cohort:
             kspace=pick(self.kspace),
             data_card=self.data_card,
             meta=dict(self.meta),
+            regression=list(self.regression),
+            concentration=pick(self.concentration),
         )
 
     def split(self, split: str) -> Cohort:
         """The studies of one split."""
         return self.subset(self.indices(split))
+
+    def regression_targets(self) -> np.ndarray:
+        """Continuous targets (phenotypes) as float (N, R) in the order of ``regression``, NaN where missing."""
+        if not self.regression:
+            return np.zeros((len(self), 0), dtype=np.float32)
+        return self.table[self.regression].to_numpy(dtype=np.float32)
 
     def targets(self) -> np.ndarray:
         """Classification targets as float (N, L), NaN where missing."""
@@ -182,41 +206,43 @@ class Cohort:
         return self.table[self.labels].to_numpy(dtype=np.float32)
 
     # ------------------------------------------------------------------ storage
-    def save(self, directory: str | Path) -> None:
-        """Write tensors (safetensors), table (Parquet), metadata (JSON) and data card (Markdown)."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        tensors = {"images": self.images.contiguous()}
-        if self.masks is not None:
-            tensors["masks"] = self.masks.to(torch.uint8).contiguous()
-        if self.roi_masks is not None:
-            tensors["roi_masks"] = self.roi_masks.to(torch.uint8).contiguous()
-        if self.lesion_masks is not None:
-            tensors["lesion_masks"] = self.lesion_masks.to(torch.uint8).contiguous()
-        if self.kspace is not None:
-            tensors["kspace_real"] = self.kspace.real.contiguous()
-            tensors["kspace_imag"] = self.kspace.imag.contiguous()
-        save_file(tensors, str(d / "tensors.safetensors"))
-        self.table.to_parquet(d / "table.parquet", index=False)
-        meta = {
-            "name": self.name,
-            "modality": self.modality,
-            "labels": self.labels,
-            "group_attributes": self.group_attributes,
-            "meta": self.meta,
-        }
-        (d / "cohort.json").write_text(json.dumps(meta, indent=2, default=str))
-        (d / "data_card.md").write_text(self.data_card)
+    def save(self, directory: str | Path, *, shard_studies: int = DEFAULT_SHARD_STUDIES) -> None:
+        """Write the cohort as :meth:`load` reads it: per-study arrays in ``arrays.zarr`` (shards of
+        ``shard_studies`` studies), the table (Parquet), metadata (JSON) and data card (Markdown)."""
+        writer = CohortWriter(directory, len(self), shard_studies)
+        for start in range(0, len(self), writer.shard):
+            sl = slice(start, start + writer.shard)
+            writer.append(images=self.images[sl], masks=_opt(self.masks, sl), roi_masks=_opt(self.roi_masks, sl),
+                          lesion_masks=_opt(self.lesion_masks, sl), kspace=_opt(self.kspace, sl),
+                          concentration=_opt(self.concentration, sl))
+        writer.finish(name=self.name, modality=self.modality, table=self.table, labels=self.labels,
+                      group_attributes=self.group_attributes, data_card=self.data_card, meta=self.meta,
+                      regression=self.regression)
 
     @classmethod
     def load(cls, directory: str | Path) -> Cohort:
-        """Read a cohort written by :meth:`save`."""
+        """Read a cohort written by :meth:`save` or :class:`CohortWriter`.
+
+        The per-study arrays stay on disk (:class:`~reconaudit.arrays.StudyArray`); the table and
+        metadata are read.  A cohort saved by an earlier version (``tensors.safetensors``) is read
+        into memory.
+        """
         d = Path(directory)
-        meta = json.loads((d / "cohort.json").read_text())
-        t = load_file(str(d / "tensors.safetensors"))
-        kspace = None
-        if "kspace_real" in t:
-            kspace = torch.complex(t["kspace_real"], t["kspace_imag"])
+        try:
+            meta = json.loads((d / "cohort.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError) as e:
+            raise CohortError(f"{d / 'cohort.json'}: not a readable cohort ({e})") from e
+        if (d / "tensors.safetensors").exists():  # written before the study store
+            t: dict = load_file(str(d / "tensors.safetensors"))
+            if "kspace_real" in t:
+                t["kspace"] = torch.complex(t.pop("kspace_real"), t.pop("kspace_imag"))
+            for k in ("roi_masks", "lesion_masks"):
+                if k in t:
+                    t[k] = t[k].bool()
+        else:
+            t = open_arrays(d / ARRAYS)
+            if "images" not in t:
+                raise CohortError(f"{d / ARRAYS}: the cohort has no images array")
         return cls(
             name=meta["name"],
             modality=meta["modality"],
@@ -225,12 +251,86 @@ class Cohort:
             labels=list(meta["labels"]),
             group_attributes=list(meta["group_attributes"]),
             masks=t.get("masks"),
-            roi_masks=t["roi_masks"].bool() if "roi_masks" in t else None,
-            lesion_masks=t["lesion_masks"].bool() if "lesion_masks" in t else None,
-            kspace=kspace,
+            roi_masks=t.get("roi_masks"),
+            lesion_masks=t.get("lesion_masks"),
+            kspace=t.get("kspace"),
             data_card=(d / "data_card.md").read_text(),
             meta=meta.get("meta", {}),
+            regression=list(meta.get("regression", [])),
+            concentration=t.get("concentration"),
         )
+
+
+#: The directory of a stored cohort's per-study arrays (zarr v3).
+ARRAYS = "arrays.zarr"
+#: The dtype each per-study array of a cohort is stored in (the precision it needs).
+COHORT_ARRAY_DTYPES = {"images": torch.float32, "masks": torch.uint8, "roi_masks": torch.bool,
+                       "lesion_masks": torch.bool, "kspace": torch.complex64, "concentration": torch.float32}
+
+
+def _opt(t: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
+    return None if t is None else t[sl]
+
+
+class CohortWriter:
+    """Writes a cohort to ``directory`` shard by shard, never holding it whole.
+
+    ``append(images=..., masks=..., roi_masks=..., lesion_masks=..., kspace=...)`` adds the next
+    studies (any batch size; give the same arrays every time, ``None`` for absent ones); each batch
+    is checked (shape, dtype, images in [0, 1]) and converted to the dtype of
+    :data:`COHORT_ARRAY_DTYPES`.  ``finish(...)`` writes the table and metadata, closes the arrays
+    and checks the result by reading it back with :meth:`Cohort.load` (every check of
+    :meth:`Cohort.validate` except the value range, which the batches had).  Generators and loaders
+    use it to write cohorts larger than memory.
+    """
+
+    def __init__(self, directory: str | Path, n: int, shard_studies: int = DEFAULT_SHARD_STUDIES) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.n = int(n)
+        self.shard = int(shard_studies)
+        self._arrays = ArrayWriter(self.directory / ARRAYS, self.n, self.shard)
+        self._seen = 0
+
+    def append(self, **batches: torch.Tensor | None) -> None:
+        """Add the next studies; keys are the array names of :data:`COHORT_ARRAY_DTYPES`."""
+        unknown = set(batches) - set(COHORT_ARRAY_DTYPES)
+        if unknown:
+            raise CohortError(f"{self.directory}: unknown cohort arrays {sorted(unknown)}; "
+                              f"allowed: {sorted(COHORT_ARRAY_DTYPES)}")
+        images = batches.get("images")
+        if images is None or images.ndim != 4 or images.shape[1] != 1:
+            raise CohortError(f"{self.directory}: images must be (B, 1, H, W), got "
+                              f"{None if images is None else tuple(images.shape)}")
+        if images.dtype != torch.float32:
+            raise CohortError(f"{self.directory}: images must be float32, got {images.dtype}")
+        if len(images) and (float(images.min()) < 0.0 or float(images.max()) > 1.0):
+            raise CohortError(f"{self.directory}: images of studies {self._seen}..{self._seen + len(images) - 1} "
+                              f"must lie in [0, 1]")
+        for name, t in batches.items():
+            if t is None:
+                continue
+            if t.shape[0] != images.shape[0]:
+                raise CohortError(f"{self.directory}: {name} has {t.shape[0]} studies in a batch of "
+                                  f"{images.shape[0]} images")
+            self._arrays.append(name, t.to(COHORT_ARRAY_DTYPES[name]))
+        self._seen += int(images.shape[0])
+
+    def finish(self, *, name: str, modality: str, table: pd.DataFrame, labels: list[str],
+               group_attributes: list[str], data_card: str = "", meta: dict | None = None,
+               regression: list[str] | None = None) -> None:
+        """Write the table, metadata and data card; close and check the arrays."""
+        if self._seen != self.n:
+            raise CohortError(f"{self.directory}: {self._seen} studies were appended, {self.n} expected")
+        self._arrays.close()
+        table.to_parquet(self.directory / "table.parquet", index=False)
+        info = {"name": name, "modality": modality, "labels": list(labels),
+                "group_attributes": list(group_attributes), "meta": meta or {}}
+        if regression:
+            info["regression"] = list(regression)
+        (self.directory / "cohort.json").write_text(json.dumps(info, indent=2, default=str))
+        (self.directory / "data_card.md").write_text(data_card)
+        Cohort.load(self.directory)  # validates shapes, table and splits
 
 
 def assign_splits_by_patient(
@@ -298,3 +398,12 @@ class CohortBuilder(ABC):
     @abstractmethod
     def build(cls, params: BaseModel) -> Cohort:
         """Build or load the cohort from validated ``params`` (an instance of ``Params``)."""
+
+    @classmethod
+    def write(cls, params: BaseModel, directory: str | Path, *, shard_studies: int = DEFAULT_SHARD_STUDIES) -> None:
+        """Write the cohort to ``directory`` (what the ``cohort`` step stores; :meth:`Cohort.load` reads it).
+
+        The default builds it in memory and saves it; a builder that can produce studies in
+        batches overrides this with a :class:`CohortWriter` loop, so the cohort is never held whole.
+        """
+        cls.build(params).save(directory, shard_studies=shard_studies)

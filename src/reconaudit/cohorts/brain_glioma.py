@@ -70,6 +70,14 @@ TUMOR_TYPES = ("glioblastoma", "astrocytoma", "oligodendroglioma")
 TYPE_LABELS = [f"type_{t}" for t in TUMOR_TYPES]
 LABELS = ["high_grade", *TYPE_LABELS]
 GROUP_VALUES = {"sex": SEXES, "age_band": tuple(AGE_BANDS)}
+#: Ground-truth phenotypes a config may expose as regression targets (``regression_columns``).
+PHENOTYPES: dict[str, str] = {
+    "tumor_area_cm2": "visible abnormality (c > mask_threshold, in the brain) in the slice, cm^2",
+    "tumor_volume_ml": "visible abnormality in the subject's PDE slab at that time, ml",
+    "infiltration_mm": "infiltration margin: equivalent radius of c > 0.01 minus that of the visible region, mm",
+}
+#: The concentration of the infiltration margin of ``infiltration_mm``.
+INFILTRATION_ISOLINE = 0.01
 
 # tissue/tumour intensities per contrast: csf, gm, wm, oedema, core, necrosis, calcification
 CONTRASTS: dict[str, dict[str, float]] = {
@@ -188,6 +196,40 @@ class BrainGliomaParams(BaseModel):
     necrosis_threshold: float = Field(0.75, gt=0, lt=1, description="density of glioblastoma necrosis")
     diffusivity_heterogeneity: float = Field(0.5, ge=0, le=2, description="sd of the smooth log-D factor")
     window_voxels: int = Field(50, ge=16, le=96, description="in-plane side of the PDE window (2 mm voxels)")
+
+    # --- companions (issue 21): phenotypes, the concentration field, longitudinal series
+    regression_columns: list[str] = Field(
+        default_factory=list,
+        description=f"ground-truth phenotypes exposed as regression targets, any of {list(PHENOTYPES)}",
+    )
+    isolines: list[float] = Field(
+        default_factory=list,
+        description="concentration isolines scored by Dice and volume error (keeps the concentration field)",
+    )
+    time_points: list[float] = Field(
+        default_factory=list,
+        description="longitudinal series: fractions in (0, 1] of each subject's growth time, one study per "
+        "time point and slice (ids <patient>-t<k>-s<j>)",
+    )
+
+    @field_validator("regression_columns")
+    @classmethod
+    def _phenotypes(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c not in PHENOTYPES]
+        if bad or len(set(v)) != len(v):
+            raise ValueError(f"regression_columns: unknown or repeated phenotype {bad or v}; allowed: {list(PHENOTYPES)}")
+        return v
+
+    @field_validator("isolines", "time_points")
+    @classmethod
+    def _unit_interval(cls, v: list[float], info) -> list[float]:
+        lo_open = info.field_name == "time_points"
+        for x in v:
+            if not (0 < x <= 1 if lo_open else 0 < x < 1):
+                raise ValueError(f"{info.field_name}: values must lie in {'(0, 1]' if lo_open else '(0, 1)'}, got {x}")
+        if len(set(v)) != len(v) or list(v) != sorted(v):
+            raise ValueError(f"{info.field_name}: values must be increasing and distinct, got {v}")
+        return v
 
     @field_validator("contrast")
     @classmethod
@@ -453,36 +495,48 @@ def generate_brain_glioma(params: BrainGliomaParams | None = None, **overrides) 
     n_sub, s_per = len(sub), p.slices_per_subject
     size = p.size
     chunk = max(1, int(1_500_000 // (s_per * size * size + p.window_voxels**2 * 8)))
-    images, masks, rois, c_levels, days = [], [], [], [], []
+    n_t = len(p.time_points) or 1  # studies per slice: one per time point of a longitudinal series
+    images, masks, rois, c_levels, days, concs, vols = [], [], [], [], [], [], []
     with task("brain-glioma: growing tumours", total=n_sub) as bar:
         for start in range(0, n_sub, chunk):
             part = sub.iloc[start : start + chunk].reset_index(drop=True)
-            img, msk, roi, lev, dd = _generate_chunk(part, p, vol)
+            img, msk, roi, lev, dd, conc, vml = _generate_chunk(part, p, vol)
             days.append(dd)
             images.append(img)
             masks.append(msk)
             rois.append(roi)
             c_levels.append(lev)
+            concs.append(conc)
+            vols.append(vml)
             bar.advance(len(part))
     images_t = torch.cat(images)
     masks_t = torch.cat(masks)
     rois_t = torch.cat(rois)
     levels = np.concatenate(c_levels)
+    conc_t = torch.cat(concs)
 
-    # --- table: one row per slice (study)
+    # --- table: one row per slice (study), per time point of a series
     sub["growth_days"] = np.concatenate(days)
-    study_sub = np.repeat(np.arange(n_sub), s_per)
+    study_sub = np.repeat(np.arange(n_sub), s_per * n_t)
     tab = sub.iloc[study_sub].reset_index(drop=True)
-    tab.insert(
-        0, "study_id", [f"{pid}-s{j}" for pid, j in zip(tab["patient_id"], np.tile(np.arange(s_per), n_sub))]
-    )
-    tab["slice_index"] = np.tile(np.arange(s_per), n_sub)
+    slice_idx = np.tile(np.arange(s_per), n_sub * n_t)
+    if p.time_points:
+        t_idx = np.tile(np.repeat(np.arange(n_t), s_per), n_sub)
+        tab.insert(0, "study_id", [f"{pid}-t{k}-s{j}" for pid, k, j in zip(tab["patient_id"], t_idx, slice_idx)])
+        tab["series_id"] = [f"{pid}-s{j}" for pid, j in zip(tab["patient_id"], slice_idx)]
+        tab["time_index"] = t_idx
+        tab["growth_days"] = tab["growth_days"].to_numpy() * np.asarray(p.time_points)[t_idx]
+    else:
+        tab.insert(0, "study_id", [f"{pid}-s{j}" for pid, j in zip(tab["patient_id"], slice_idx)])
+    tab["slice_index"] = slice_idx
     tab["slice_z_mm"] = levels
     tab["split"] = assign_splits_by_patient(tab["patient_id"].to_numpy(), p.split_fractions, p.seed)
     brain_px = rois_t.flatten(1).sum(1).double()
     tumor_px = masks_t.flatten(1).sum(1).double()
     tab["tumor_px"] = tumor_px.numpy().astype(np.int64)
     tab["tumor_fraction"] = (tumor_px / brain_px.clamp_min(1)).numpy()
+    if p.regression_columns:
+        tab = _add_phenotypes(tab, p, masks_t, rois_t, conc_t, np.concatenate(vols))
     drop = [
         "seed_u",
         "modes_k",
@@ -511,7 +565,32 @@ def generate_brain_glioma(params: BrainGliomaParams | None = None, **overrides) 
         roi_masks=rois_t,
         data_card=card,
         meta=p.model_dump(mode="json"),
+        regression=list(p.regression_columns),
+        concentration=conc_t if p.isolines else None,
     )
+
+
+def _add_phenotypes(tab: pd.DataFrame, p: BrainGliomaParams, masks: torch.Tensor, rois: torch.Tensor,
+                    conc: torch.Tensor, volume_ml: np.ndarray) -> pd.DataFrame:
+    """The ground-truth phenotypes of :data:`PHENOTYPES` asked for by ``regression_columns``, per study.
+
+    With pixel area :math:`a = (\\mathrm{fov}/\\mathrm{size})^2` mm²: ``tumor_area_cm2`` = :math:`a |M| / 100` for
+    the visible mask :math:`M`; ``infiltration_mm`` = :math:`\\sqrt{a |I| / \\pi} - \\sqrt{a |M| / \\pi}` with
+    :math:`I = \\{c > 0.01\\}` in the brain (the equivalent-radius margin the eye cannot see);
+    ``tumor_volume_ml`` = :math:`8\\,\\mathrm{mm}^3 \\cdot |\\{c > \\text{mask\\_threshold}\\}| / 1000` over the
+    subject's PDE slab at the study's time.
+    """
+    area = (p.fov_mm / p.size) ** 2
+    vis = masks.flatten(1).sum(1).double().numpy() * area
+    inf = ((conc > INFILTRATION_ISOLINE) & rois).flatten(1).sum(1).double().numpy() * area
+    values = {
+        "tumor_area_cm2": vis / 100.0,
+        "infiltration_mm": np.sqrt(np.maximum(inf, vis) / math.pi) - np.sqrt(vis / math.pi),
+        "tumor_volume_ml": volume_ml,
+    }
+    for name in p.regression_columns:
+        tab[name] = values[name].astype(np.float64)
+    return tab
 
 
 def _generate_chunk(sub: pd.DataFrame, p: BrainGliomaParams, vol: torch.Tensor):
@@ -562,8 +641,13 @@ def _generate_chunk(sub: pd.DataFrame, p: BrainGliomaParams, vol: torch.Tensor):
         return_time=True,
     )
     planes = margin + torch.arange(s_per) * p.slice_gap  # slab planes of the output slices
-    c_sl = c[:, planes]  # (B, S, w, w)
     levels = seed[:, 2:3] + off_k[planes].view(1, -1)  # (B, S) mm
+    # a longitudinal series: the same subject grown for a fraction f of its growth time (f = 1: c itself)
+    states = [("", c)]
+    if p.time_points:
+        states = [(f"-t{i}", c if f == 1.0 else grow_tumor(
+            dif.reshape(shape), torch.tensor(sub["rho"].to_numpy()), c0.reshape(shape), days * f,
+            spacing_mm=_GRID_MM, domain=domain.reshape(shape))) for i, f in enumerate(p.time_points)]
 
     # --- output pixel grid (subject mm): row 0 anterior, column 0 patient right (+x)
     pix = (torch.arange(size, dtype=torch.float32) + 0.5) * (p.fov_mm / size) - p.fov_mm / 2
@@ -587,14 +671,27 @@ def _generate_chunk(sub: pd.DataFrame, p: BrainGliomaParams, vol: torch.Tensor):
     iy = (gy - seed[:, 1].view(b, 1, 1)) / _GRID_MM + w // 2
     grid = torch.stack([2 * ix / (w - 1) - 1, 2 * iy / (w - 1) - 1], dim=-1)  # (B, size, size, 2)
     grid = grid[:, None].expand(b, s_per, size, size, 2).reshape(b * s_per, size, size, 2)
-    c_img = F.grid_sample(
-        c_sl.reshape(b * s_per, 1, w, w), grid, mode="bilinear", padding_mode="zeros", align_corners=True
-    )
     roi = mask_o > 0.5
-    seg = (c_img > p.mask_threshold) & roi
+    outs = []
+    for tag, c_t in states:
+        c_img = F.grid_sample(
+            c_t[:, planes].reshape(b * s_per, 1, w, w), grid, mode="bilinear", padding_mode="zeros",
+            align_corners=True,
+        )
+        seg = (c_img > p.mask_threshold) & roi
+        img = _synthesize(p, sub, gm_o, wm_o, csf_o, mask_o, c_img, roi, tag)
+        vml = (c_t > p.mask_threshold).flatten(1).sum(1).double() * _GRID_MM**3 / 1000.0
+        outs.append((img, seg.to(torch.uint8), c_img.clamp(0, 1).to(torch.float32), vml.repeat_interleave(s_per)))
+    n_t = len(states)
 
-    img = _synthesize(p, sub, gm_o, wm_o, csf_o, mask_o, c_img, roi)
-    return img, seg.to(torch.uint8), roi, levels.reshape(-1).numpy().astype(np.float64), days.numpy()
+    def subject_major(ts: list[torch.Tensor]) -> torch.Tensor:  # (T, B*S, ...) -> (B*T*S, ...)
+        x = torch.stack(ts).reshape(n_t, b, s_per, *ts[0].shape[1:]).transpose(0, 1)
+        return x.reshape(b * n_t * s_per, *ts[0].shape[1:]).contiguous()
+
+    img, seg, conc, vml = (subject_major([o[i] for o in outs]) for i in range(4))
+    roi_all = subject_major([roi] * n_t) if n_t > 1 else roi
+    lev = levels[:, None].expand(b, n_t, s_per).reshape(-1).numpy().astype(np.float64)
+    return img, seg, roi_all, lev, days.numpy(), conc, vml.numpy()
 
 
 def _heterogeneity(sub: pd.DataFrame, q: torch.Tensor) -> torch.Tensor:
@@ -614,8 +711,9 @@ def _smooth_noise(gen: torch.Generator, n: int, size: int) -> torch.Tensor:
     return z / z.flatten(1).std(1).clamp_min(1e-6).view(n, 1, 1, 1)
 
 
-def _synthesize(p, sub, gm, wm, csf, mask, c, roi) -> torch.Tensor:
-    """Mix tissue and tumour intensities, then bias field, blur and Rician noise (batched)."""
+def _synthesize(p, sub, gm, wm, csf, mask, c, roi, tag: str = "") -> torch.Tensor:
+    """Mix tissue and tumour intensities, then bias field, blur and Rician noise (batched); a study's
+    random fields are seeded by its id (``<patient><tag>-s<slice>``, ``tag`` the time point of a series)."""
     n, size, s_per = gm.shape[0], p.size, p.slices_per_subject
     it = CONTRASTS[p.contrast]
     tot = (gm + wm + csf).clamp_min(1e-6)
@@ -628,7 +726,7 @@ def _synthesize(p, sub, gm, wm, csf, mask, c, roi) -> torch.Tensor:
     noise = torch.empty(n, 2, size, size)
     for i in range(n):
         pid = sub["patient_id"].iloc[i // s_per]
-        gen = torch_generator(derive_seed("brain-glioma/study", p.seed, f"{pid}-s{i % s_per}"))
+        gen = torch_generator(derive_seed("brain-glioma/study", p.seed, f"{pid}{tag}-s{i % s_per}"))
         tex[i] = _smooth_noise(gen, 2, size)[:, 0]
         fine[i] = torch.randn(1, _NOISE_GRID, _NOISE_GRID, generator=gen)
         bias_coef[i] = 0.08 * torch.randn(3, generator=gen)
@@ -737,13 +835,20 @@ def _data_card(p: BrainGliomaParams, tab: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def supported_tasks(params: dict) -> tuple[str, ...]:
+    """The tasks of a brain-glioma config: segmentation and classification, and regression when
+    ``regression_columns`` names phenotypes (so a default task list stays what it was)."""
+    base = ("segmentation", "classification")
+    return (*base, "regression") if (params or {}).get("regression_columns") else base
+
+
 class BrainGliomaCohort(CohortBuilder):
     """The ``brain-glioma`` cohort (:func:`generate_brain_glioma`)."""
 
     name = "brain-glioma"
     kind = "synthetic"
     modality = "mri"
-    tasks = ("segmentation", "classification")
+    tasks = ("segmentation", "classification", "regression")
     groups = "sex, age_band"
     description = "MNI152 brain slices with gliomas grown by a Fisher-Kolmogorov model; masks, grade, type"
     Params = BrainGliomaParams

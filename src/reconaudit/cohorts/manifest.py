@@ -32,6 +32,8 @@ class ManifestParams(GroupOptions):
     study_column: str | None = None
     split_column: str | None = None
     target_columns: list[str] = Field(default_factory=list)
+    regression_columns: list[str] = Field(
+        default_factory=list, description="continuous targets (phenotypes): numbers, blank for missing")
     group_columns: list[str] = Field(default_factory=list)
     age_column: str | None = None
     mask_column: str | None = None
@@ -67,7 +69,7 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
     root = Path(p.root) if p.root is not None else path.parent
     csv = path.suffix.lower() not in (".parquet", ".pq")
     df = _io.read_table(path, what=WHAT)
-    cols = [p.image_column, p.patient_column, *p.target_columns, *p.group_columns]
+    cols = [p.image_column, p.patient_column, *p.target_columns, *p.regression_columns, *p.group_columns]
     cols += [c for c in (p.study_column, p.split_column, p.mask_column, p.age_column) if c is not None]
     _io.require_columns(df, cols, path, what=WHAT)
     drops = _io.DropReport(source=f"{WHAT} ({path})")
@@ -98,6 +100,10 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
         _io.check_patient_splits(table["patient_id"].to_numpy(), table["split"].to_numpy(), path, what=WHAT)
     for c in p.target_columns:
         table[c] = _io.numeric_column(df, c, path, allowed=(0, 1), csv=csv, what=WHAT)
+    for c in p.regression_columns:
+        if c in p.target_columns:
+            raise CohortError(f"{WHAT}: column {c!r} is in both target_columns and regression_columns; name it once")
+        table[c] = _io.numeric_column(df, c, path, csv=csv, what=WHAT)
     grep = GroupReport()
     groups = list(p.group_columns)
     for c in p.group_columns:
@@ -177,13 +183,15 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
             "groups": gmeta, "dropped": drops.as_meta()}
     return Cohort(name=p.name, modality=p.modality, images=images, table=table, labels=list(p.target_columns),
                   group_attributes=groups, masks=masks if masks is None else masks.to(torch.uint8),
-                  data_card=card, meta=meta)
+                  data_card=card, meta=meta, regression=list(p.regression_columns))
 
 
 def supported_tasks(params: dict) -> tuple[str, ...]:
-    """Tasks a manifest offers: classification with ``target_columns``, segmentation with ``mask_column``."""
+    """Tasks a manifest offers: classification with ``target_columns``, segmentation with ``mask_column``,
+    regression with ``regression_columns``."""
     out = ("classification",) if params.get("target_columns") else ()
-    return out + (("segmentation",) if params.get("mask_column") else ())
+    out += ("segmentation",) if params.get("mask_column") else ()
+    return out + (("regression",) if params.get("regression_columns") else ())
 
 
 def input_files(p: ManifestParams) -> list[Path]:
@@ -210,7 +218,7 @@ class ManifestCohort(CohortBuilder):
     name = "manifest"
     kind = "loader"
     modality = "xray|mri"
-    tasks = ("classification", "segmentation")
+    tasks = ("classification", "segmentation", "regression")
     groups = "any columns you name"
     description = "generic CSV/Parquet manifest: image path, patient id, split, targets, group columns"
     Params = ManifestParams

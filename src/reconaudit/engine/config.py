@@ -13,7 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-BUNDLED = ("quickstart", "paper-xray", "paper-mri", "mitigation", "multicoil", "generative")
+from reconaudit.arrays import DEFAULT_SHARD_STUDIES
+
+BUNDLED = ("quickstart", "paper-xray", "paper-mri", "mitigation", "multicoil", "generative", "companions")
 
 
 class ConfigError(ValueError):
@@ -64,7 +66,7 @@ class CohortConfig(_Strict):
     name: str = Field(description="cohort name, see `reconaudit cohorts`")
     params: dict[str, Any] = Field(default_factory=dict, description="generator or loader parameters")
     data_seed: int = 0
-    tasks: dict[Literal["classification", "segmentation"], TaskConfig] | Literal["none"] = Field(
+    tasks: dict[Literal["classification", "segmentation", "regression"], TaskConfig] | Literal["none"] = Field(
         default_factory=dict,
         description="diagnostic models; {} = every task the cohort supports; none (or []) = no diagnostic "
         "model: a reconstruction-quality audit; a list of task names = those tasks with default models",
@@ -80,7 +82,7 @@ class CohortConfig(_Strict):
         if isinstance(v, list | tuple):
             if not v:
                 return "none"
-            default = {"classification": "small-cnn", "segmentation": "unet"}
+            default = {"classification": "small-cnn", "segmentation": "unet", "regression": "small-cnn"}
             return {t: {"arch": default.get(t, "small-cnn")} if isinstance(t, str) else t for t in v}
         return v
 
@@ -129,6 +131,15 @@ class DirectConfig(_Strict):
 
     enabled: bool = True
     input: Literal["image", "kspace"] = "image"
+    alignment: Literal["none", "latent"] = Field(
+        default="none",
+        description="latent: also train the direct model with an alignment loss to the frozen clean model's "
+        "latent (k-MTR), reported as reconstructor 'direct-aligned' beside the unaligned 'direct'",
+    )
+    alignment_loss: Literal["cosine", "mse", "infonce"] = Field(
+        default="cosine", description="cosine or mse distillation, or the contrastive InfoNCE of k-MTR")
+    alignment_weight: float = Field(default=1.0, gt=0, description="lambda of the alignment term")
+    alignment_temperature: float = Field(default=0.1, gt=0, description="InfoNCE temperature tau")
 
 
 class EvaluationConfig(_Strict):
@@ -212,6 +223,34 @@ class ExecutionConfig(_Strict):
     resources: dict[str, ResourceConfig] = Field(
         default_factory=dict, description="per step kind: fit_recon, task_model, ... (default 1 CPU)"
     )
+    shard_studies: int = Field(
+        default=DEFAULT_SHARD_STUDIES, ge=1,
+        description="studies per shard of the on-disk study store and per batch of every streaming step "
+                    "(degrade, predict, reconstruct, score): peak memory grows with it, not with the cohort. "
+                    "Results do not depend on it, so it is not part of any step's key",
+    )
+    batch_studies: int | None = Field(
+        default=None, ge=1,
+        description="studies per compute batch of every streaming step; default each step's own (degrade 256, "
+                    "reconstruct 32, predict 64). shard_studies must be a multiple of it (of 256 when unset) so "
+                    "that batches fall at the same studies whatever the shard size: CPU results of a network "
+                    "depend on its batch in the last digits",
+    )
+    shard_tasks: int = Field(
+        default=1, ge=1,
+        description="on Ray, split each reconstruct step into parallel shard tasks, at most this many at a "
+                    "time (results identical to one worker; the step commits when every shard has)",
+    )
+
+
+    @model_validator(mode="after")
+    def _shards_hold_whole_batches(self) -> ExecutionConfig:
+        unit = self.batch_studies or 256
+        if self.shard_studies % unit:
+            what = "execution.batch_studies" if self.batch_studies else "the largest step batch (set batch_studies to change it)"
+            raise ValueError(f"execution.shard_studies ({self.shard_studies}) must be a multiple of {what} ({unit}), "
+                             f"so that compute batches fall at the same studies whatever the shard size")
+        return self
 
 
 class AuditConfig(_Strict):
@@ -246,8 +285,8 @@ class AuditConfig(_Strict):
         for r in self.reconstructors:
             if r.display in seen:
                 raise ValueError(f"reconstructor label {r.display!r} is used twice; give one a distinct `label`")
-            if r.display == "direct":
-                raise ValueError("'direct' is reserved for the no-reconstruction arm; choose another label")
+            if r.display in ("direct", "direct-aligned"):
+                raise ValueError(f"{r.display!r} is reserved for the no-reconstruction arm; choose another label")
             seen.add(r.display)
         return self
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from reconaudit.arrays import DEFAULT_SHARD_STUDIES
 from reconaudit.engine.plan import Step
 from reconaudit.engine.scheduler import (  # noqa: F401 - re-exported: the executors' result types
     Outcome,
@@ -37,6 +38,9 @@ class ContextSpec:
     device: str = "cpu"
     mixed_precision: bool = False
     threads: int | None = None
+    shard_studies: int = DEFAULT_SHARD_STUDIES
+    shard_tasks: int = 1
+    batch_studies: int | None = None
 
     def make(self) -> StepContext:
         """Open the store and resolve the device in the current process."""
@@ -44,7 +48,7 @@ class ContextSpec:
         from reconaudit.engine.store import open_store
 
         return StepContext(open_store(self.store), str(resolve_device(self.device)), self.mixed_precision,
-                           self.threads)
+                           self.threads, self.shard_studies, self.shard_tasks, self.batch_studies)
 
 
 class Executor(Protocol):

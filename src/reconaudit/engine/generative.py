@@ -32,7 +32,8 @@ def observed_pixels(degraded: Degraded) -> np.ndarray | None:
 
 def generative_columns(
     cohort: Cohort, te: np.ndarray, clean_imgs: torch.Tensor, recon: dict | None, deg_test: Degraded,
-    clean_models: dict, seg_pred: np.ndarray | None,
+    clean_models: dict, seg_pred: np.ndarray | None, *, features: dict[str, list] | None = None,
+    batch_size: int | None = None,
 ) -> dict[str, np.ndarray | float]:
     """Record columns for one cell (see docs/records.md); empty for the direct arm's image columns.
 
@@ -44,6 +45,11 @@ def generative_columns(
     deg_test : the degraded test studies
     clean_models : task -> frozen diagnostic model trained on clean images
     seg_pred : binary segmentation of the evaluated inputs (N, 1, H, W), or None
+    features : when given (a shard of the test set), the penultimate features of the clean images and
+        reconstructions are appended to ``features["clean"]`` and ``features["recon"]``, for the
+        caller to compute ``gen_frechet`` over every shard
+    batch_size : when given, networks see batches of this many studies (``execution.batch_studies``);
+        else each model's own batching over ``clean_imgs``
     """
     from reconaudit.metrics import (
         feature_distance,
@@ -62,7 +68,11 @@ def generative_columns(
     if seg_pred is not None:
         truth = cohort.masks[ti].numpy() != 0
         seg_model = clean_models["segmentation"]
-        clean_pred = np.asarray(seg_model.predict(clean_imgs)) >= float(seg_model.thresholds[0])
+        step = batch_size or max(1, len(clean_imgs))
+        clean_prob = np.concatenate([np.asarray(seg_model.predict(clean_imgs[i : i + step]))
+                                     for i in range(0, len(clean_imgs), step)]) if len(clean_imgs) else \
+            np.asarray(seg_model.predict(clean_imgs))
+        clean_pred = clean_prob >= float(seg_model.thresholds[0])
         pred = np.asarray(seg_pred) != 0
         cols["gen_seg_volume"] = pred.reshape(len(pred), -1).sum(1).astype(np.float64)
         cols["gen_clean_seg_volume"] = clean_pred.reshape(len(pred), -1).sum(1).astype(np.float64)
@@ -93,11 +103,15 @@ def generative_columns(
     feat_model = clean_models.get("classification") or next(iter(clean_models.values()), None)
     if feat_model is not None:
         try:
-            f_clean = penultimate_features(feat_model, clean_imgs)
-            f_rec = penultimate_features(feat_model, mean)
+            kw = {} if batch_size is None else {"batch_size": int(batch_size)}
+            f_clean = penultimate_features(feat_model, clean_imgs, **kw)
+            f_rec = penultimate_features(feat_model, mean, **kw)
         except NotImplementedError:  # a plug-in model without features(): no perceptual distance
             log.info("the diagnostic model exposes no features; gen_feature_distance and gen_frechet left out")
             return cols
         cols["gen_feature_distance"] = feature_distance(f_rec, f_clean)
+        if features is not None:
+            features["clean"].append(np.asarray(f_clean))
+            features["recon"].append(np.asarray(f_rec))
         cols["gen_frechet"] = frechet_distance(f_rec, f_clean) if len(f_rec) >= 2 else float("nan")
     return cols

@@ -30,10 +30,14 @@ STEP_VERSIONS = {
     "score": 2,  # also: penultimate features (feature:<k>, clean_feature:<k>)
     "direct_model": 2,
     "direct_score": 2,
+    "aligned_model": 1,
+    "aligned_score": 1,
 }
 STEP_KINDS = tuple(STEP_VERSIONS)
 #: The ``task`` of the cells of a cohort audited without any diagnostic model (``tasks: none``).
 NO_TASK = "none"
+#: The ``reconstructor`` of the aligned direct arm's cells (``direct.alignment: latent``).
+ALIGNED = "direct-aligned"
 
 
 @dataclass(frozen=True)
@@ -330,6 +334,28 @@ def _direct_cell(b: _Builder, cfg: AuditConfig, sl: _Slice) -> Cell:
     return sl.cell(cell_id, "direct", "direct", "none", nan, score_id)
 
 
+def _aligned_cell(b: _Builder, cfg: AuditConfig, sl: _Slice) -> Cell:
+    """The aligned direct arm (``direct.alignment: latent``): per task a model trained on the degraded
+    inputs with an alignment loss to the clean model's latent, and its cell (``direct-aligned``)."""
+    ev, d = sl.evaluation, cfg.direct
+    alignment = {"loss": d.alignment_loss, "weight": float(d.alignment_weight),
+                 "temperature": float(d.alignment_temperature)}
+    am_ids = {
+        t: b.add("aligned_model", [sl.cohort_id, sl.deg_id, sl.task_ids[t]], cohort=_key(sl.cohort_id),
+                 degrade=_key(sl.deg_id), task=t, arch=tc["arch"], params=tc["params"], seed=sl.seed,
+                 input=d.input, teacher=_key(sl.task_ids[t]), alignment=alignment,
+                 threshold_policy=ev.threshold_policy, target_sensitivity=ev.target_sensitivity,
+                 inputs=sl.task_inputs[t])
+        for t, tc in sorted(sl.tasks.items())
+    }
+    nan = float("nan")
+    cell_id, score_id = _score_step(b, "aligned_score", [*sl.score_deps(), *am_ids.values()], **sl.cell_fields(),
+                                    reconstructor=ALIGNED, arm="direct", mitigation="none",
+                                    mitigation_strength=nan, direct_models={t: _key(s) for t, s in am_ids.items()},
+                                    input=d.input)
+    return sl.cell(cell_id, ALIGNED, "direct", "none", nan, score_id)
+
+
 def build_plan(cfg: AuditConfig, digests: InputDigests | None = None) -> Plan:
     """Expand ``cfg`` into cells and steps (no work is done; no user code is called).
 
@@ -358,4 +384,6 @@ def build_plan(cfg: AuditConfig, digests: InputDigests | None = None) -> Plan:
                         cells.extend(_reconstructor_cells(b, cfg, sl, rc, digests))
                     if cfg.direct.enabled and tasks:
                         cells.append(_direct_cell(b, cfg, sl))
+                        if cfg.direct.alignment == "latent":
+                            cells.append(_aligned_cell(b, cfg, sl))
     return Plan(cells=cells, steps=b.steps, digests=digests)

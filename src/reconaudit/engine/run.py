@@ -475,7 +475,8 @@ def _run_locked(cfg: AuditConfig, run_dir: Path, *, workers: int | None, executo
                            address or cfg.execution.address,
                            resources={k: v.model_dump() for k, v in cfg.execution.resources.items()})
         summary = ex.run(todo, ContextSpec(store.url, ctx_device, cfg.execution.mixed_precision,
-                                             cfg.execution.threads),
+                                             cfg.execution.threads, cfg.execution.shard_studies,
+                                             cfg.execution.shard_tasks, cfg.execution.batch_studies),
                          cfg.execution.retries)
         summary.reused.extend(s.id for s in plan.ordered() if s not in todo)
         for f in summary.failed:

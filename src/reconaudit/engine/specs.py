@@ -191,16 +191,48 @@ class DirectScoreSpec(_CellRecordsSpec):
     ``input``; ``task_models`` are the clean models (clean baseline, example figure)."""
 
     kind: ClassVar[str] = "direct_score"
+    #: the step kind of the models ``direct_models`` names (not a field: not in the key)
+    model_kind: ClassVar[str] = "direct_model"
     direct_models: dict
     input: str
     cell_id: str
+
+
+@dataclass(frozen=True)
+class AlignedModelSpec(StepSpec):
+    """The aligned direct arm's model (k-MTR): ``task``/``arch`` trained on the degraded ``input`` of
+    ``degrade`` with its task loss plus an ``alignment`` loss (``loss``, ``weight``, ``temperature``) to the
+    latent of the frozen clean model ``teacher`` (a ``task_model`` key) on the clean images."""
+
+    kind: ClassVar[str] = "aligned_model"
+    cohort: str
+    degrade: str
+    task: str
+    arch: str
+    params: dict
+    seed: int
+    input: str
+    teacher: str
+    alignment: dict
+    threshold_policy: str
+    target_sensitivity: float | None
+    inputs: dict
+
+
+@dataclass(frozen=True)
+class AlignedScoreSpec(DirectScoreSpec):
+    """Records of one aligned direct-arm cell: the fields of :class:`DirectScoreSpec`, with
+    ``direct_models`` naming ``aligned_model`` steps."""
+
+    kind: ClassVar[str] = "aligned_score"
+    model_kind: ClassVar[str] = "aligned_model"
 
 
 #: The spec class of every step kind.
 SPECS: dict[str, type[StepSpec]] = {
     cls.kind: cls
     for cls in (CohortSpec, TaskModelSpec, PredictCleanSpec, DegradeSpec, FitReconSpec, ReconstructSpec,
-                ScoreSpec, DirectModelSpec, DirectScoreSpec)
+                ScoreSpec, DirectModelSpec, DirectScoreSpec, AlignedModelSpec, AlignedScoreSpec)
 }
 
 

@@ -8,6 +8,7 @@ the private directory the store commits when the function returns.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -17,9 +18,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from reconaudit.arrays import (
+    DEFAULT_SHARD_STUDIES,
+    ArrayWriter,
+    LazyStudies,
+    as_tensor,
+    is_lazy,
+    open_arrays,
+    shard_ranges,
+    view,
+)
 from reconaudit.cohorts.base import Cohort
+from reconaudit.engine.companions import companion_columns, step_aligned_model
 from reconaudit.engine.plan import Step
 from reconaudit.engine.specs import (
     CohortSpec,
@@ -48,6 +60,17 @@ class StepContext:
     mixed_precision: bool = False
     #: torch threads of every step (``execution.threads``); None keeps the executor's setting
     threads: int | None = None
+    #: studies per shard of the study store and of every streaming step (``execution.shard_studies``)
+    shard_studies: int = DEFAULT_SHARD_STUDIES
+    #: parallel shard tasks a reconstruct step is split into on Ray (``execution.shard_tasks``)
+    shard_tasks: int = 1
+    #: studies per compute batch of every streaming step (``execution.batch_studies``); None keeps
+    #: each step's own (degrade 256, reconstruct 32, predict and features 64)
+    batch_studies: int | None = None
+
+    def batch(self, default: int) -> int:
+        """The compute batch of a streaming step whose own batch is ``default``."""
+        return int(self.batch_studies or default)
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -75,14 +98,47 @@ def load_cohort(ctx: StepContext, key: str) -> Cohort:
     return _load_cohort_cached(str(ctx.store.path("cohort", key)))
 
 
+#: The study-array directories (zarr) of the degrade and reconstruct artifacts.
+DEGRADED, RECON = "degraded.zarr", "recon.zarr"
+
+
 def load_degraded(ctx: StepContext, key: str) -> Degraded:
-    """The degraded studies of every split, aligned with the cohort's rows."""
+    """The degraded studies of every split, aligned with the cohort's rows.
+
+    ``image``, ``kspace`` and ``mask`` are lazy arrays of the study store
+    (:class:`~reconaudit.arrays.StudyArray`): ``deg.subset(idx)`` reads those studies; use
+    :func:`degraded_view` for a split without reading it.  An artifact written before the study
+    store (``degraded.safetensors``) is read into memory.
+    """
     d = ctx.store.path("degrade", key)
     info = json.loads((d / "info.json").read_text())
-    return Degraded.from_tensors(load_file(str(d / "degraded.safetensors")), info)
+    if (d / "degraded.safetensors").exists():
+        return Degraded.from_tensors(load_file(str(d / "degraded.safetensors")), info)
+    a = open_arrays(d / DEGRADED)
+    return Degraded(a["image"], a.get("kspace"), a.get("mask"), info)
+
+
+def degraded_view(deg: Degraded, idx) -> Degraded:
+    """The studies at ``idx`` of ``deg``: lazy views of lazy arrays (nothing read), else a subset."""
+    if not is_lazy(deg.image):
+        return deg.subset(idx)
+    mask = deg.mask
+    if mask is not None and not (mask.shape[0] == 1 and deg.image.shape[0] != 1):
+        mask = view(mask, idx)
+    return Degraded(view(deg.image, idx), view(deg.kspace, idx), mask, dict(deg.info))
+
+
+def load_recon(ctx: StepContext, key: str) -> dict:
+    """The reconstruct artifact ``key``: ``mean`` (and ``samples``, ``std`` for K > 1), lazy arrays."""
+    d = ctx.store.path("reconstruct", key)
+    if (d / "recon.safetensors").exists():  # written before the study store
+        return load_file(str(d / "recon.safetensors"))
+    return open_arrays(d / RECON)
 
 
 def _task_n_outputs(cohort: Cohort, task: str) -> int:
+    if task == "regression":
+        return len(cohort.regression)
     return len(cohort.labels) if task == "classification" else 1
 
 
@@ -93,6 +149,9 @@ def task_data_problem(cohort: Cohort, task: str) -> str | None:
                 f"fastMRI labels_csv) or set tasks: none for a reconstruction-quality audit")
     if task == "segmentation" and cohort.masks is None:
         return f"cohort {cohort.name!r} has no segmentation masks; remove the segmentation task"
+    if task == "regression" and not cohort.regression:
+        return (f"cohort {cohort.name!r} has no regression targets; give its params regression_columns "
+                f"(e.g. brain-glioma: [tumor_area_cm2, infiltration_mm]) or remove the regression task")
     return None
 
 
@@ -104,7 +163,9 @@ def _task_targets(cohort: Cohort, task: str) -> np.ndarray | torch.Tensor:
         raise CohortError(problem)
     if task == "classification":
         return cohort.targets()
-    return cohort.masks.float()
+    if task == "regression":
+        return cohort.regression_targets()
+    return cohort.masks  # uint8; a segmentation model reads them as float32 (lazily for a stored cohort)
 
 
 def _make_task(task: str, arch: str, params: dict, ctx: StepContext, in_channels: int, n_outputs: int,
@@ -191,10 +252,10 @@ def _seed_all(seed: int) -> None:
 # ---------------------------------------------------------------------------------------- steps
 def step_cohort(spec: CohortSpec, ctx: StepContext, out: Path) -> None:
     """Build or load a cohort (generator or loader) and store it."""
-    from reconaudit.cohorts import make_cohort
+    from reconaudit.cohorts import write_cohort
 
-    cohort = make_cohort(spec.name, **cohort_params(spec.name, spec.params, spec.data_seed))
-    cohort.save(out)
+    write_cohort(spec.name, out, shard_studies=ctx.shard_studies,
+                 **cohort_params(spec.name, spec.params, spec.data_seed))
 
 
 def cohort_params(name: str, params: dict, data_seed: int) -> dict:
@@ -218,9 +279,10 @@ def step_task_model(spec: TaskModelSpec, ctx: StepContext, out: Path) -> None:
     model = _make_task(task, spec.arch, spec.params, ctx, 1, n_out, spec.threshold_policy, spec.target_sensitivity,
                        cohort.labels)
     tr, va = cohort.indices("train"), cohort.indices("val")
-    history = model.fit(
-        cohort.images[tr], targets[tr], cohort.images[va], targets[va], seed=spec.seed
-    )
+    x, y = cohort.images, targets
+    if not getattr(model, "reads_lazily", False):  # a user's model gets tensors
+        x, y = as_tensor(x), as_tensor(y)
+    history = model.fit(view(x, tr), view(y, tr), view(x, va), view(y, va), seed=spec.seed)
     model.save(out / "model.safetensors")
     _json(
         out / "info.json",
@@ -232,19 +294,27 @@ def step_predict_clean(spec: PredictCleanSpec, ctx: StepContext, out: Path) -> N
     """Apply the frozen diagnostic models to the clean test images (shared by every cell)."""
     cohort = load_cohort(ctx, spec.cohort)
     te = cohort.indices("test")
-    table = pd.DataFrame({"study_id": cohort.table["study_id"].to_numpy()[te]})
-    images = cohort.images[te]
-    for task, key in spec.task_models.items():
-        model, _ = load_task_model(ctx, "task_model", key)
-        prob = _predict_batched(model, images)
-        if task == "classification":
-            for j, label in enumerate(cohort.labels):
-                table[f"clean_score:{label}"] = prob[:, j].astype(np.float64)
-        else:
-            _, d, h = _seg_scores(prob, float(model.thresholds[0]), cohort.masks[te])
-            table["clean_dice"] = d
-            table["clean_hd95"] = h
-    table.to_parquet(out / "clean.parquet", index=False)
+    models = {task: load_task_model(ctx, "task_model", key)[0] for task, key in spec.task_models.items()}
+    parts = []
+    for a, b in shard_ranges(len(te), ctx.shard_studies):  # one shard of test images in memory at a time
+        rows = te[a:b]
+        table = pd.DataFrame({"study_id": cohort.table["study_id"].to_numpy()[rows]})
+        images = cohort.images[rows]
+        for task, model in models.items():
+            prob = _predict_batched(model, images, ctx.batch(64))
+            if task == "regression":
+                for j, name in enumerate(cohort.regression):
+                    table[f"clean_pred:{name}"] = prob[:, j].astype(np.float64)
+            elif task == "classification":
+                for j, label in enumerate(cohort.labels):
+                    table[f"clean_score:{label}"] = prob[:, j].astype(np.float64)
+            else:
+                _, d, h = _seg_scores(prob, float(model.thresholds[0]), cohort.masks[rows])
+                table["clean_dice"] = d
+                table["clean_hd95"] = h
+        parts.append(table)
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"study_id": pd.Series([], dtype=object)})
+    table.to_parquet(out / "clean.parquet", index=False, row_group_size=ctx.shard_studies)
 
 
 def step_degrade(spec: DegradeSpec, ctx: StepContext, out: Path) -> None:
@@ -255,25 +325,33 @@ def step_degrade(spec: DegradeSpec, ctx: StepContext, out: Path) -> None:
     op = make_degradation(spec.degradation, spec.level, **spec.params)
     ids = cohort.table["study_id"].astype(str).tolist()
     seeds = study_seeds(f"degrade/{spec.degradation}/{spec.level}", spec.seed, ids)
-    parts = []
-    bs = 256
+    infos: list[tuple[dict, int]] = []
+    bs = ctx.batch(256)
+    writer = ArrayWriter(out / DEGRADED, len(ids), ctx.shard_studies)
     from reconaudit import progress
 
     with progress.task(f"degrade {cohort.name} {spec.degradation}={spec.level:g}", len(ids)) as t:
-        for i in range(0, len(ids), bs):
-            imgs = cohort.images[i : i + bs].to(ctx.device)  # the physics runs where the step runs
-            kw = {}
-            if cohort.kspace is not None and getattr(op, "accepts_kspace", False):
-                kw["kspace"] = cohort.kspace[i : i + bs].to(ctx.device)
-            parts.append(op(imgs, seeds[i : i + bs], **kw).to("cpu"))
-            t.advance(len(imgs))
-    deg = Degraded.concat(parts)
-    info = {k: v for k, v in parts[0].info.items() if isinstance(v, int | float | str | bool)}
+        for s0, s1 in shard_ranges(len(ids), ctx.shard_studies):  # read, degrade and write one shard at a time
+            shard_imgs = cohort.images[s0:s1]
+            shard_k = cohort.kspace[s0:s1] if cohort.kspace is not None and getattr(op, "accepts_kspace", False) \
+                else None
+            for i in range(0, s1 - s0, bs):
+                imgs = shard_imgs[i : i + bs].to(ctx.device)  # the physics runs where the step runs
+                kw = {} if shard_k is None else {"kspace": shard_k[i : i + bs].to(ctx.device)}
+                part = op(imgs, seeds[s0 + i : s0 + i + bs], **kw).to("cpu")
+                writer.append("image", part.image)
+                if part.kspace is not None:
+                    writer.append("kspace", part.kspace)
+                if part.mask is not None:  # a mask shared by the batch is stored per study
+                    writer.append("mask", part.mask.expand(len(part), *part.mask.shape[1:]))
+                infos.append((part.info, len(part)))
+                t.advance(len(imgs))
+    writer.close()
+    info = {k: v for k, v in infos[0][0].items() if isinstance(v, int | float | str | bool)} if infos else {}
     for k in list(info):
-        vals = [p.info.get(k) for p in parts]
+        vals = [i.get(k) for i, _ in infos]
         if all(isinstance(v, int | float) for v in vals):
-            info[k] = float(np.average(vals, weights=[len(p) for p in parts]))
-    save_file(deg.tensors(), str(out / "degraded.safetensors"))
+            info[k] = float(np.average(vals, weights=[n for _, n in infos]))
     _json(out / "info.json", {**info, "level_name": getattr(op, "level_name", "level")})
 
 
@@ -282,14 +360,31 @@ def _pairset(cohort: Cohort, deg: Degraded, split: str):
 
     idx = cohort.indices(split)
     sub = cohort.table.iloc[idx].reset_index(drop=True)
-    return PairSet(
-        degraded=deg.subset(idx),
-        clean=cohort.images[torch.as_tensor(idx)],
+    return PairSet(  # lazy views of a stored cohort and degraded set: training reads them batch by batch
+        degraded=degraded_view(deg, idx),
+        clean=view(cohort.images, idx),
         study_ids=sub["study_id"].astype(str).tolist(),
         groups=sub[cohort.group_attributes].astype(str),
         targets=cohort.targets()[idx] if cohort.labels else None,
-        masks=cohort.masks[torch.as_tensor(idx)] if cohort.masks is not None else None,
+        masks=view(cohort.masks, idx),
     )
+
+
+def _reads_lazily(rec) -> bool:
+    """Whether a reconstructor's ``fit`` takes lazy arrays: it says so, or it is the base's no-op."""
+    from reconaudit.recon.base import Reconstructor
+
+    return bool(getattr(rec, "reads_lazily", False)) or type(rec).fit is Reconstructor.fit
+
+
+def _in_memory(pairs):
+    """A :class:`PairSet` with every lazy array read (for a user's ``fit`` that expects tensors)."""
+    d = pairs.degraded
+    mask = d.mask
+    if mask is not None and is_lazy(mask):
+        mask = mask.load()
+    deg = Degraded(as_tensor(d.image), as_tensor(d.kspace), mask, dict(d.info))
+    return dataclasses.replace(pairs, degraded=deg, clean=as_tensor(pairs.clean), masks=as_tensor(pairs.masks))
 
 
 def _make_recon(name: str, params: dict, ctx: StepContext):
@@ -305,6 +400,8 @@ def step_fit_recon(spec: FitReconSpec, ctx: StepContext, out: Path, *, key: str 
     train, val = _pairset(cohort, deg, "train"), _pairset(cohort, deg, "val")
     _seed_all(spec.seed)
     rec = _make_recon(spec.reconstructor, spec.params, ctx)
+    if not _reads_lazily(rec):
+        train, val = _in_memory(train), _in_memory(val)
     ckpt = ctx.store.checkpoint_dir("fit_recon", key) if rec.trainable else None
     mit = spec.mitigation
     if mit is None:
@@ -324,35 +421,129 @@ def step_fit_recon(spec: FitReconSpec, ctx: StepContext, out: Path, *, key: str 
 
 
 def step_reconstruct(spec: ReconstructSpec, ctx: StepContext, out: Path) -> None:
-    """Reconstruct the test studies (K samples each for stochastic reconstructors)."""
+    """Reconstruct the test studies (K samples each for stochastic reconstructors), shard by shard.
+
+    Each shard of ``ctx.shard_studies`` test studies is read, reconstructed in batches of 32 and
+    written to ``recon.zarr`` (``mean``; ``samples`` and ``std`` when K > 1).  With
+    ``ctx.shard_tasks > 1`` inside a Ray worker the shards run as parallel Ray tasks writing their
+    own shards of the same arrays; the step (and so its artifact) finishes only when every shard has.
+    """
+    cohort = load_cohort(ctx, spec.cohort)
+    te = cohort.indices("test")
+    shards = list(shard_ranges(len(te), ctx.shard_studies))
+    tails = _recon_tails(spec, ctx, cohort, te)
+    writer = ArrayWriter(out / RECON, len(te), ctx.shard_studies)
+    for name, tail in tails.items():
+        writer.create(name, tail, torch.float32)
+    from reconaudit import progress
+
+    if ctx.shard_tasks > 1 and len(shards) > 1 and _in_ray_worker():
+        _ray_shards(spec, ctx, out / RECON, shards)
+        return
+    with progress.task(f"reconstruct {spec.reconstructor}", len(te)) as t:
+        rec = _loaded_recon(spec, ctx)
+        for a, b in shards:
+            reconstruct_shard(spec, ctx, writer, a, b, rec=rec)
+            t.advance(b - a)
+
+
+def _loaded_recon(spec: ReconstructSpec, ctx: StepContext):
+    rec = _make_recon(spec.reconstructor, spec.params, ctx)
+    rec.load(ctx.store.path("fit_recon", spec.fit) / "weights.safetensors")
+    return rec
+
+
+def _recon_tails(spec: ReconstructSpec, ctx: StepContext, cohort: Cohort, te: np.ndarray) -> dict:
+    """The per-study shapes of the reconstruct arrays (the image's; samples add the K axis)."""
+    tail = tuple(int(v) for v in cohort.images.shape[1:])
+    k = int(spec.samples)
+    return {"samples": (k, *tail), "mean": tail, "std": tail} if k > 1 else {"mean": tail}
+
+
+def reconstruct_shard(spec: ReconstructSpec, ctx: StepContext, writer: ArrayWriter, a: int, b: int, *,
+                      rec=None) -> None:
+    """Reconstruct test studies ``a:b`` (a shard) in batches of 32 and write them into ``writer``'s arrays.
+
+    Seeds are per study (``study_seeds``), so a shard gives the same numbers whichever worker runs it.
+    """
     cohort = load_cohort(ctx, spec.cohort)
     deg = load_degraded(ctx, spec.degrade)
     te = cohort.indices("test")
-    test = deg.subset(te)
-    ids = cohort.table["study_id"].astype(str).to_numpy()[te].tolist()
-    rec = _make_recon(spec.reconstructor, spec.params, ctx)
-    rec.load(ctx.store.path("fit_recon", spec.fit) / "weights.safetensors")
+    rows = te[a:b]
+    part_all = degraded_view(deg, rows)
+    ids = cohort.table["study_id"].astype(str).to_numpy()[rows].tolist()
+    rec = rec if rec is not None else _loaded_recon(spec, ctx)
     k = int(spec.samples)
     seeds = study_seeds(f"reconstruct/{spec.reconstructor}", spec.seed, ids)
-    bs = 32
+    bs = ctx.batch(32)
     outs = []
-    from reconaudit import progress
-
-    with torch.no_grad(), progress.task(f"reconstruct {spec.reconstructor}", len(ids)) as t:
+    with torch.no_grad():
         for i in range(0, len(ids), bs):
-            part = test.subset(list(range(i, min(i + bs, len(ids)))))
+            part = part_all.subset(list(range(i, min(i + bs, len(ids)))))
             r = rec.reconstruct(part.to(ctx.device), seeds=seeds[i : i + bs], samples=k, study_ids=ids[i : i + bs])
             outs.append(r.detach().float().cpu())
-            t.advance(len(part))
-    r = torch.cat(outs, 0)
-    tensors: dict[str, torch.Tensor] = {}
+    r = torch.cat(outs, 0) if outs else torch.zeros((0,))
+    want = (k, *part_all.image.shape[1:]) if k > 1 else tuple(part_all.image.shape[1:])
+    if len(ids) and tuple(r.shape[1:]) != want:
+        raise ValueError(f"reconstructor {spec.reconstructor!r} returned studies of shape {tuple(r.shape[1:])}; "
+                         f"expected {want} (the degraded image's shape{', K samples first' if k > 1 else ''})")
     if k > 1:
-        tensors["samples"] = r.clamp(0, 1).contiguous()
-        tensors["mean"] = r.clamp(0, 1).mean(1).contiguous()
-        tensors["std"] = r.clamp(0, 1).std(1, unbiased=True).contiguous()
+        writer.write("samples", a, r.clamp(0, 1).contiguous())
+        writer.write("mean", a, r.clamp(0, 1).mean(1).contiguous())
+        writer.write("std", a, r.clamp(0, 1).std(1, unbiased=True).contiguous())
     else:
-        tensors["mean"] = r.clamp(0, 1).contiguous()
-    save_file(tensors, str(out / "recon.safetensors"))
+        writer.write("mean", a, r.clamp(0, 1).contiguous())
+
+
+def _in_ray_worker() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized()
+
+
+def _shard_task(spec: ReconstructSpec, ctx_args: dict, path: str, a: int, b: int) -> tuple[int, str]:
+    """One Ray shard task of a reconstruct step (see :func:`reconstruct_shard`); returns the number of
+    studies and the worker (host:pid) that reconstructed them."""
+    import os
+    import socket
+
+    from reconaudit.engine.store import open_store
+
+    ctx = StepContext(open_store(ctx_args["store"]), ctx_args["device"], ctx_args["mixed_precision"],
+                      ctx_args["threads"], ctx_args["shard_studies"], 1, ctx_args["batch_studies"])
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if ctx.threads:
+        torch.set_num_threads(ctx.threads)
+    writer = ArrayWriter(path, int(b - a), ctx.shard_studies, mode="r+")
+    reconstruct_shard(spec, ctx, writer, a, b)
+    return b - a, f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _ray_shards(spec: ReconstructSpec, ctx: StepContext, path: Path, shards: list[tuple[int, int]]) -> None:
+    """Run ``shards`` as Ray tasks (at most ``ctx.shard_tasks`` at a time); every one must succeed.
+
+    The arrays live in the step's private directory, so this needs a store that every worker sees
+    as a filesystem path (a local or shared directory).
+    """
+    import ray
+
+    task = ray.remote(num_cpus=1, num_gpus=1 if str(ctx.device).startswith("cuda") else 0, max_retries=0)(_shard_task)
+    ctx_args = {"store": ctx.store.url, "device": ctx.device, "mixed_precision": ctx.mixed_precision,
+                "threads": ctx.threads, "shard_studies": ctx.shard_studies, "batch_studies": ctx.batch_studies}
+    pending, done, workers = list(shards), 0, set()
+    running: list = []
+    while pending or running:
+        while pending and len(running) < ctx.shard_tasks:
+            a, b = pending.pop(0)
+            running.append(task.remote(spec, ctx_args, str(path), a, b))
+        ready, running = ray.wait(running, num_returns=1)
+        n, where = ray.get(ready[0])  # a failed shard raises here: the step fails and nothing is committed
+        done += int(n)
+        workers.add(where)
+    log.info("reconstruct %s: %d studies in %d shard tasks on %d workers", spec.reconstructor, done, len(shards),
+             len(workers))
 
 
 def _saliency(model, images: torch.Tensor, label_idx: np.ndarray) -> np.ndarray:
@@ -395,32 +586,36 @@ def _base_rows(cohort: Cohort, spec: ScoreSpec | DirectScoreSpec) -> tuple[pd.Da
     return df, te
 
 
-def _score_common(
-    spec: ScoreSpec | DirectScoreSpec, ctx: StepContext, out: Path, cohort: Cohort, te: np.ndarray, df: pd.DataFrame,
-    inputs: torch.Tensor, models: dict, recon: dict | None, deg_test: Degraded, clean_models: dict,
-) -> pd.DataFrame:
-    """Apply diagnostic ``models`` to ``inputs``; add scores, Dice, image quality; write examples.
+def _score_shard(
+    spec: ScoreSpec | DirectScoreSpec, cohort: Cohort, te: np.ndarray, df: pd.DataFrame, clean: pd.DataFrame | None,
+    inputs: torch.Tensor, models: dict, recon: dict | None, deg_test: Degraded, clean_models: dict, n_ex: int,
+    features: dict[str, list], batch_studies: int | None,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """One shard of :func:`_score_common`: the rows ``df`` of test rows ``te`` (cohort positions).
 
-    ``clean_models`` are the frozen models trained on clean images (the same as ``models`` for the
-    reconstruct arm); the example figure shows their saliency and segmentation on the clean image.
+    ``clean`` holds the shard's clean predictions, ``inputs``, ``recon`` and ``deg_test`` the shard's
+    studies in memory; ``n_ex`` of its first studies are example studies.  Returns the shard's records
+    (thresholds at the models' clean-validation values) and examples; the penultimate features of the
+    clean images and reconstructions are appended to ``features`` for the set-level Fréchet distance.
+    Networks see batches of ``batch_studies`` (default 64) counted from the shard's start.
     """
-    from reconaudit.tasks import choose_threshold
-
+    bs = batch_studies or 64
     ev = spec.evaluation
-    clean = None  # a reconstruction-quality audit (tasks: none) has no clean predictions
-    if spec.predict_clean:
-        clean = pd.read_parquet(ctx.store.path("predict_clean", spec.predict_clean) / "clean.parquet")
-        if list(clean["study_id"]) != list(df["study_id"]):
-            raise RuntimeError("clean predictions and test studies are not aligned (corrupt store?)")
-    roi = cohort.roi_masks[torch.as_tensor(te)] if (ev.roi and cohort.roi_masks is not None) else None
-    clean_imgs = cohort.images[torch.as_tensor(te)]
+    roi = cohort.roi_masks[te] if (ev.roi and cohort.roi_masks is not None) else None
+    clean_imgs = cohort.images[te]
     k = int(recon["samples"].shape[1]) if recon is not None and "samples" in recon else 1
     examples: dict[str, np.ndarray] = {}
-    n_ex = min(int(ev.examples), len(te))
     ex_idx = np.arange(n_ex)
     seg_pred_ex = seg_pred = None
     for task, model in models.items():
-        prob = _predict_batched(model, inputs)
+        prob = _predict_batched(model, inputs, bs)
+        if task == "regression":  # continuous phenotypes: truth, clean-image and processed predictions
+            truth = cohort.regression_targets()[te]
+            for j, name in enumerate(cohort.regression):
+                df[f"reg_target:{name}"] = truth[:, j].astype(np.float64)
+                df[f"clean_pred:{name}"] = clean[f"clean_pred:{name}"].to_numpy()
+                df[f"pred:{name}"] = prob[:, j].astype(np.float64)
+            continue
         if task == "classification":
             for j, label in enumerate(cohort.labels):
                 df[f"clean_score:{label}"] = clean[f"clean_score:{label}"].to_numpy()
@@ -428,23 +623,18 @@ def _score_common(
                 thr = float(model.thresholds[j])
                 # the clean baseline is judged at the clean model's own operating point, in every arm
                 clean_thr = float(clean_models["classification"].thresholds[j])
-                if ev.rechoose_on_test:
-                    y_test = df[f"target:{label}"].to_numpy()
-                    thr = float(choose_threshold(y_test, prob[:, j], ev.threshold_policy,
-                                                 ev.target_sensitivity))
-                    clean_thr = float(choose_threshold(y_test, df[f"clean_score:{label}"].to_numpy(),
-                                                       ev.threshold_policy, ev.target_sensitivity))
+                # (rechoose_on_test: both are chosen again on the whole test set by _score_common)
                 df[f"threshold:{label}"] = thr
                 df[f"clean_threshold:{label}"] = clean_thr
-            feats = _features_batched(model, inputs)
-            clean_feats = _features_batched(clean_models["classification"], clean_imgs)
+            feats = _features_batched(model, inputs, bs)
+            clean_feats = _features_batched(clean_models["classification"], clean_imgs, bs)
             if feats is not None and clean_feats is not None:
                 df = pd.concat([df, pd.DataFrame(feats, columns=[f"feature:{i}" for i in range(feats.shape[1])]),
                                 pd.DataFrame(clean_feats, columns=[f"clean_feature:{i}" for i in
                                                                    range(clean_feats.shape[1])])], axis=1)
             if k > 1:
                 for s in range(k):
-                    ps = _predict_batched(model, recon["samples"][:, s])
+                    ps = _predict_batched(model, recon["samples"][:, s], bs)
                     for j, label in enumerate(cohort.labels):
                         df[f"sample_score:{label}:{s}"] = ps[:, j].astype(np.float64)
             if n_ex:
@@ -456,7 +646,7 @@ def _score_common(
                     examples["saliency_recon"] = _saliency(model, inputs[ex_idx], label_idx)
                 examples["saliency_label"] = np.array([cohort.labels[i] for i in label_idx])
         else:
-            pred, d, h = _seg_scores(prob, float(model.thresholds[0]), cohort.masks[torch.as_tensor(te)])
+            pred, d, h = _seg_scores(prob, float(model.thresholds[0]), cohort.masks[te])
             df["clean_dice"] = clean["clean_dice"].to_numpy()
             df["clean_hd95"] = clean["clean_hd95"].to_numpy()
             df["dice"] = d
@@ -475,7 +665,10 @@ def _score_common(
     df["samples"] = k
     from reconaudit.engine.generative import generative_columns  # region_* and gen_* columns
 
-    for c, v in generative_columns(cohort, te, clean_imgs, recon, deg_test, clean_models, seg_pred).items():
+    for c, v in generative_columns(cohort, te, clean_imgs, recon, deg_test, clean_models, seg_pred,
+                                   features=features, batch_size=batch_studies).items():
+        df[c] = v
+    for c, v in companion_columns(cohort, te, clean_imgs, clean_models, seg_pred).items():  # isolines, series
         df[c] = v
     if n_ex:
         examples["study_index"] = df["study_index"].to_numpy()[ex_idx]
@@ -486,14 +679,69 @@ def _score_common(
             if "std" in recon:
                 examples["uncertainty"] = recon["std"][ex_idx, 0].numpy()
         if cohort.masks is not None and seg_pred_ex is not None:
-            examples["seg_true"] = cohort.masks[torch.as_tensor(te)][ex_idx, 0].numpy()
+            examples["seg_true"] = cohort.masks[te][ex_idx, 0].numpy()
             examples["seg_recon"] = seg_pred_ex
             clean_model = clean_models.get("segmentation")
             if clean_model is not None:
                 cp = _predict_batched(clean_model, clean_imgs[ex_idx])
                 examples["seg_clean"] = (cp >= float(clean_model.thresholds[0])).astype(np.uint8)[:, 0]
+    return df, examples
+
+
+def _score_common(
+    spec: ScoreSpec | DirectScoreSpec, ctx: StepContext, out: Path, cohort: Cohort, te: np.ndarray, df: pd.DataFrame,
+    inputs, models: dict, recon: dict | None, deg_test: Degraded, clean_models: dict,
+) -> pd.DataFrame:
+    """Apply diagnostic ``models`` to ``inputs``; add scores, Dice, image quality; write examples.
+
+    ``clean_models`` are the frozen models trained on clean images (the same as ``models`` for the
+    reconstruct arm); the example figure shows their saliency and segmentation on the clean image.
+    ``inputs(a, b)`` gives the evaluated inputs of test studies ``a:b`` (``None``: the reconstruction's
+    mean, read once with the rest of the shard's reconstruction); ``recon`` and ``deg_test``
+    may be lazy.  The test set is scored in shards of ``ctx.shard_studies`` studies
+    (:func:`_score_shard`), so only one shard of images is in memory; what needs the whole test set
+    (thresholds chosen on it with ``rechoose_on_test``, ``gen_frechet``) is computed from the
+    shards' scores and features afterwards.
+    """
+    from reconaudit.metrics import frechet_distance
+    from reconaudit.tasks import choose_threshold
+
+    ev = spec.evaluation
+    clean = None  # a reconstruction-quality audit (tasks: none) has no clean predictions
+    if spec.predict_clean:
+        clean = pd.read_parquet(ctx.store.path("predict_clean", spec.predict_clean) / "clean.parquet")
+        if list(clean["study_id"]) != list(df["study_id"]):
+            raise RuntimeError("clean predictions and test studies are not aligned (corrupt store?)")
+    n_ex = min(int(ev.examples), len(te))
+    features: dict[str, list] = {"clean": [], "recon": []}
+    parts, ex_parts = [], []
+    for a, b in shard_ranges(len(te), ctx.shard_studies):
+        rec_s = None if recon is None else {name: arr[a:b] for name, arr in recon.items()}
+        part, ex = _score_shard(
+            spec, cohort, te[a:b], df.iloc[a:b].reset_index(drop=True),
+            None if clean is None else clean.iloc[a:b].reset_index(drop=True),
+            rec_s["mean"] if inputs is None else inputs(a, b), models, rec_s,
+            deg_test.subset(list(range(a, b))), clean_models, int(np.clip(n_ex - a, 0, b - a)), features,
+            ctx.batch_studies,
+        )
+        parts.append(part)
+        if ex:
+            ex_parts.append(ex)
+    out_df = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0] if parts else df
+    if "gen_frechet" in out_df and features["clean"]:
+        f_rec, f_clean = np.concatenate(features["recon"]), np.concatenate(features["clean"])
+        out_df["gen_frechet"] = frechet_distance(f_rec, f_clean) if len(f_rec) >= 2 else float("nan")
+    if ev.rechoose_on_test and "classification" in models:
+        for label in cohort.labels:
+            y_test = out_df[f"target:{label}"].to_numpy()
+            out_df[f"threshold:{label}"] = float(choose_threshold(
+                y_test, out_df[f"score:{label}"].to_numpy(), ev.threshold_policy, ev.target_sensitivity))
+            out_df[f"clean_threshold:{label}"] = float(choose_threshold(
+                y_test, out_df[f"clean_score:{label}"].to_numpy(), ev.threshold_policy, ev.target_sensitivity))
+    if ex_parts:
+        examples = {key: np.concatenate([e[key] for e in ex_parts if key in e]) for key in ex_parts[0]}
         np.savez_compressed(out / "examples.npz", **examples)
-    return df
+    return out_df
 
 
 def step_score(spec: ScoreSpec, ctx: StepContext, out: Path) -> None:
@@ -501,10 +749,11 @@ def step_score(spec: ScoreSpec, ctx: StepContext, out: Path) -> None:
     cohort = load_cohort(ctx, spec.cohort)
     deg = load_degraded(ctx, spec.degrade)
     df, te = _base_rows(cohort, spec)
-    recon = load_file(str(ctx.store.path("reconstruct", spec.reconstruct) / "recon.safetensors"))
+    recon = load_recon(ctx, spec.reconstruct)
     models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec.task_models.items()}
-    df = _score_common(spec, ctx, out, cohort, te, df, recon["mean"], models, recon, deg.subset(te), models)
-    df.to_parquet(out / "records.parquet", index=False)
+    df = _score_common(spec, ctx, out, cohort, te, df, None, models, recon,
+                       degraded_view(deg, te), models)
+    write_records_parquet(df, out / "records.parquet", ctx.shard_studies)
 
 
 def step_direct_model(spec: DirectModelSpec, ctx: StepContext, out: Path) -> None:
@@ -514,14 +763,16 @@ def step_direct_model(spec: DirectModelSpec, ctx: StepContext, out: Path) -> Non
     cohort = load_cohort(ctx, spec.cohort)
     deg = load_degraded(ctx, spec.degrade)
     task = spec.task
-    x = direct_inputs(deg.image, deg.kspace, spec.input)
+    x = DirectInputs(deg, spec.input) if is_lazy(deg.image) else direct_inputs(deg.image, deg.kspace, spec.input)
     n_out = _task_n_outputs(cohort, task)
     _seed_all(spec.seed)
     model = _make_task(task, spec.arch, spec.params, ctx, int(x.shape[1]), n_out, spec.threshold_policy,
                        spec.target_sensitivity, cohort.labels)
     tr, va = cohort.indices("train"), cohort.indices("val")
     targets = _task_targets(cohort, task)
-    history = model.fit(x[tr], targets[tr], x[va], targets[va], seed=spec.seed)
+    if not getattr(model, "reads_lazily", False):  # a user's model gets tensors
+        x, targets = as_tensor(x), as_tensor(targets)
+    history = model.fit(view(x, tr), view(targets, tr), view(x, va), view(targets, va), seed=spec.seed)
     model.save(out / "model.safetensors")
     _json(
         out / "info.json",
@@ -537,12 +788,49 @@ def step_direct_score(spec: DirectScoreSpec, ctx: StepContext, out: Path) -> Non
     cohort = load_cohort(ctx, spec.cohort)
     deg = load_degraded(ctx, spec.degrade)
     df, te = _base_rows(cohort, spec)
-    test = deg.subset(te)
-    x = direct_inputs(test.image, test.kspace, spec.input)
-    models = {t: load_task_model(ctx, "direct_model", k)[0] for t, k in spec.direct_models.items()}
+    test = degraded_view(deg, te)
+
+    def inputs(a: int, b: int) -> torch.Tensor:
+        part = test.subset(list(range(a, b)))
+        return direct_inputs(part.image, part.kspace, spec.input)
+
+    models = {t: load_task_model(ctx, spec.model_kind, k)[0] for t, k in spec.direct_models.items()}
     clean_models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec.task_models.items()}
-    df = _score_common(spec, ctx, out, cohort, te, df, x, models, None, test, clean_models)
-    df.to_parquet(out / "records.parquet", index=False)
+    df = _score_common(spec, ctx, out, cohort, te, df, inputs, models, None, test, clean_models)
+    write_records_parquet(df, out / "records.parquet", ctx.shard_studies)
+
+
+class DirectInputs(LazyStudies):
+    """The direct arm's inputs (:func:`~reconaudit.tasks.direct.direct_inputs`) of a lazily stored
+    degraded set, computed batch by batch as a diagnostic model reads them (study by study, so the
+    numbers are those of the whole set at once)."""
+
+    def __init__(self, deg: Degraded, mode: str) -> None:
+        from reconaudit.tasks.direct import direct_inputs
+
+        self.deg, self.mode = deg, mode
+        probe = direct_inputs(deg.subset([0]).image, deg.subset([0]).kspace, mode) if len(deg) else None
+        tail = tuple(probe.shape[1:]) if probe is not None else tuple(deg.image.shape[1:])
+        self.shape = (len(deg), *tail)
+        self.dtype = torch.float32
+
+    def take(self, idx) -> DirectInputs:
+        """A view of the studies at ``idx`` (nothing is read)."""
+        return DirectInputs(degraded_view(self.deg, idx), self.mode)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        from reconaudit.tasks.direct import direct_inputs
+
+        if isinstance(idx, slice):
+            idx = list(range(len(self)))[idx]
+        part = self.deg.subset(idx)
+        return direct_inputs(part.image, part.kspace, self.mode)
+
+
+def write_records_parquet(df: pd.DataFrame, path: Path, shard_studies: int) -> None:
+    """Write a step's records as Parquet with one row group per shard of ``shard_studies`` rows, so
+    an analysis can read them shard by shard and only the columns it needs."""
+    df.to_parquet(path, index=False, row_group_size=max(1, int(shard_studies)))
 
 
 STEP_FUNCS = {
@@ -555,6 +843,8 @@ STEP_FUNCS = {
     "score": step_score,
     "direct_model": step_direct_model,
     "direct_score": step_direct_score,
+    "aligned_model": step_aligned_model,
+    "aligned_score": step_direct_score,  # the direct arm's records, from the aligned models
 }
 
 

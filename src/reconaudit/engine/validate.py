@@ -114,8 +114,17 @@ def validate_task_params(kind: str, arch: str, params: dict, build_plugins: bool
     if arch == "plugin" and not build_plugins:
         _check_plugin_unbuilt(params)
         return
-    n = None if kind == "classification" else 1
+    n = None if kind in ("classification", "regression") else 1
     make_task_model(kind, arch=arch, device="cpu", in_channels=1, n_outputs=n or 2, **params)
+
+
+def _supported(name: str, params: dict) -> tuple[str, ...]:
+    from reconaudit.cohorts import supported_tasks
+
+    try:
+        return supported_tasks(name, params)
+    except Exception:  # noqa: BLE001 - a params error is reported by the params check
+        return ()
 
 
 def validate_components(cfg: AuditConfig, where: str = "<config>", build_plugins: bool = True) -> None:
@@ -140,6 +149,9 @@ def validate_components(cfg: AuditConfig, where: str = "<config>", build_plugins
         for t in cc.task_configs:
             if entry.kind == "synthetic" and t not in entry.tasks:
                 errors.append(f"  {p}.tasks.{t}: cohort {cc.name!r} supports only {', '.join(entry.tasks)}")
+            elif t == "regression" and entry.kind == "synthetic" and t not in _supported(cc.name, cc.params):
+                errors.append(f"  {p}.tasks.regression: cohort {cc.name!r} has no regression targets with these "
+                              f"params; set {p}.params.regression_columns (the phenotypes to regress)")
         for t, tc in cc.task_configs.items():
             _check(errors, f"{p}.tasks.{t}", validate_task_params, t, tc.arch, tc.params, build_plugins)
         for j, dc in enumerate(cc.degradations):

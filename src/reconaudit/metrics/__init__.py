@@ -26,6 +26,7 @@ from .fairness import (
     skewed_error_ratio,
     worst_group,
 )
+from .growth import series_growth
 from .hallucination import (
     decision_flips,
     false_positive_volume,
@@ -41,6 +42,7 @@ from .image import nmse, psnr, ssim, ssim_map
 from .observer import CHOResult, channelized_hotelling, laguerre_gauss_channels
 from .perception import feature_distance, frechet_distance
 from .region import REGION_METRICS, REGIONS, group_mean_summary, region_masks, region_quality
+from .regression import group_mae, mae, r2, regression_summary, rmse, weighted_regression_metrics
 from .stats import (
     BootstrapResult,
     ChangeResult,
@@ -80,6 +82,13 @@ from .task import (
 from .thresholds import THRESHOLD_POLICIES, apply_thresholds, choose_threshold, choose_thresholds
 
 __all__ = [
+    "group_mae",
+    "mae",
+    "r2",
+    "regression_summary",
+    "rmse",
+    "series_growth",
+    "weighted_regression_metrics",
     "CHOResult",
     "channelized_hotelling",
     "decision_flips",

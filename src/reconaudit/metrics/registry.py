@@ -8,7 +8,9 @@ compute every registered metric of a family without naming it:
 - ``fairness``: ``fn(y_true, arg, *, sensitive_features, min_group_size)`` where ``arg`` is the
   thresholded prediction (``input="prediction"``) or the score (``input="score"``);
 - ``segmentation_fairness``: ``fn(dice, *, sensitive_features, min_group_size)`` over per-study Dice
-  (``input="dice"``).
+  (``input="dice"``);
+- ``regression``: ``fn(y_true, y_pred) -> float`` over continuous targets (``input="value"``); their
+  group gaps come from :func:`reconaudit.metrics.regression.group_mae`.
 
 To add a metric: write the function (one module of ``metrics/``, docstring with its formula) and
 add one line to the family's table below.  The names of the fairness family are the records
@@ -32,6 +34,7 @@ from .fairness import (
     skewed_error_ratio,
 )
 from .image import nmse, psnr, ssim
+from .regression import mae, r2, rmse
 from .task import auroc, dice
 
 
@@ -40,8 +43,8 @@ class Metric:
     """A registered metric: its function, family and (fairness) which input it takes."""
 
     fn: Callable
-    family: Literal["image", "task", "fairness", "segmentation_fairness"]
-    input: Literal["prediction", "score", "image", "mask", "dice"] = "prediction"
+    family: Literal["image", "task", "fairness", "segmentation_fairness", "regression"]
+    input: Literal["prediction", "score", "image", "mask", "dice", "value"] = "prediction"
 
     @property
     def name(self) -> str:
@@ -73,5 +76,11 @@ SEGMENTATION_FAIRNESS_METRICS = _table(
     Metric(dice_gap, "segmentation_fairness", "dice"),
     Metric(dice_skewed_error_ratio, "segmentation_fairness", "dice"),
 )
-METRICS: dict[str, Metric] = {**IMAGE_METRICS, **TASK_METRICS, **FAIRNESS_METRICS, **SEGMENTATION_FAIRNESS_METRICS}
+REGRESSION_METRICS = _table(
+    Metric(mae, "regression", "value"),
+    Metric(rmse, "regression", "value"),
+    Metric(r2, "regression", "value"),
+)
+METRICS: dict[str, Metric] = {**IMAGE_METRICS, **TASK_METRICS, **FAIRNESS_METRICS, **SEGMENTATION_FAIRNESS_METRICS,
+                              **REGRESSION_METRICS}
 """Every registered metric by name."""

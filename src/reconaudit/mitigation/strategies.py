@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from reconaudit.arrays import as_float_view, is_lazy
 from reconaudit.mitigation.penalties import AdversarialPenalty, DiceGapPenalty, EqualizedOddsPenalty
 from reconaudit.recon.base import PairSet, TrainingHooks
 from reconaudit.validation import validate_params
@@ -245,7 +246,8 @@ class EqualizedOddsFineTune(MitigationStrategy):
         else:
             if train.masks is None:
                 raise ValueError("eodd on a segmentation task needs masks in the training pairs")
-            pen = DiceGapPenalty(model, train.masks.float(), groups, strength, temperature=p.temperature,
+            masks = as_float_view(train.masks) if is_lazy(train.masks) else train.masks.float()  # read per batch
+            pen = DiceGapPenalty(model, masks, groups, strength, temperature=p.temperature,
                                  momentum=p.momentum, penalty_floor=p.penalty_floor)
         return TrainingHooks(loss_hook=pen), pen
 

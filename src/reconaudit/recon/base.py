@@ -96,6 +96,11 @@ class Reconstructor(ABC):
                 f"samples=1, study_ids=None))"
             )
 
+    #: ``fit`` accepts a :class:`PairSet` of lazy arrays of the study store (:mod:`reconaudit.arrays`)
+    #: and reads it in batches; when False (a user's reconstructor that overrides ``fit``) the engine
+    #: gives it in-memory tensors of the split
+    reads_lazily: ClassVar[bool] = False
+
     def __init__(self, device: str | torch.device = "cpu", **params: object) -> None:
         self.device = torch.device(device)
         self.params = dict(params)

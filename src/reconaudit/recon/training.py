@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from reconaudit.arrays import batch_loader
 from reconaudit.physics.base import Degraded
 from reconaudit.progress import task
 from reconaudit.recon.base import PairSet, Reconstructor, TrainingHooks
@@ -70,6 +71,9 @@ class TrainParams(ReconParams):
         ``lr_e = lr_min + (lr - lr_min) (1 + cos(pi (e - 1) / E)) / 2`` with ``lr_min = lr / 100``
         (cosine annealing, Loshchilov & Hutter 2017, without restarts), set at the start of every
         epoch so that resuming from a checkpoint gives the same rates.
+    max_batches:
+        Train on at most this many mini-batches per epoch (the first of the epoch's shuffled order),
+        so a large split trains in a fixed time (``None``: every batch, one pass over the split).
     """
 
     epochs: int = Field(3, ge=0)
@@ -81,6 +85,7 @@ class TrainParams(ReconParams):
     clip_output: bool = True
     eval_batch_size: int = Field(32, ge=1)
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    max_batches: int | None = Field(None, ge=1)
 
 
 def validate_params(cls: type[Reconstructor], params: dict[str, Any]) -> ReconParams:
@@ -165,6 +170,7 @@ class LearnedReconstructor(ParamsMixin, Reconstructor):
 
     trainable: ClassVar[bool] = True
     Params: ClassVar[type[ReconParams]] = TrainParams
+    reads_lazily: ClassVar[bool] = True  # run_training reads batches through a DataLoader
 
     def __init__(self, device: str | torch.device = "cpu", **params: object) -> None:
         self._init_params(device, dict(params))
@@ -355,10 +361,10 @@ def _validation_loss(rec: LearnedReconstructor, val: PairSet, seed: int) -> floa
     total = 0.0
     bs = rec.hp.eval_batch_size
     with torch.no_grad():
-        for start in range(0, n, bs):
-            sl = list(range(start, min(n, start + bs)))
-            batch = val.degraded.subset(sl).to(rec.device)
-            loss = rec._batch_val_loss(batch, val.clean[sl].to(rec.device), gen)
+        batches = [list(range(start, min(n, start + bs))) for start in range(0, n, bs)]
+        for sl, (batch, clean) in zip(batches, batch_loader((val.degraded, val.clean), batches, device=rec.device),
+                                      strict=True):
+            loss = rec._batch_val_loss(batch.to(rec.device), clean.to(rec.device), gen)
             total += float(loss) * len(sl)
     return total / n
 
@@ -465,7 +471,7 @@ def run_training(
         return history()
 
     bs = rec.hp.batch_size
-    n_batches = math.ceil(n / bs)
+    n_batches = min(math.ceil(n / bs), getattr(rec.hp, "max_batches", None) or math.ceil(n / bs))
     weights = hooks.sample_weights if hooks is not None else None
     with task(f"fit {rec.name}", total=(epochs - st["epoch"]) * n_batches) as bar:
         for epoch in range(int(st["epoch"]) + 1, epochs + 1):
@@ -476,10 +482,11 @@ def run_training(
                     group["lr"] = epoch_lr(lr, epoch, epochs, rec.hp.lr_schedule)
             rec._train_mode(True)
             tot, base_tot = 0.0, 0.0
-            for start in range(0, n, bs):
-                idx = order[start:start + bs]
-                batch = train.degraded.subset(idx).to(rec.device)
-                base, total = rec._train_step(batch, train.clean[idx].to(rec.device), idx, gen, hooks, opts)
+            batches = list(order.split(bs))[: getattr(rec.hp, "max_batches", None)]
+            seen = sum(len(idx) for idx in batches)
+            loader = batch_loader((train.degraded, train.clean), batches, device=rec.device)
+            for idx, (batch, clean) in zip(batches, loader, strict=True):
+                base, total = rec._train_step(batch.to(rec.device), clean.to(rec.device), idx, gen, hooks, opts)
                 if not math.isfinite(total):
                     raise FloatingPointError(f"{rec.name}.fit: non-finite loss {total} at epoch {epoch}; lower lr")
                 tot += total * len(idx)
@@ -488,8 +495,8 @@ def run_training(
                     hooks.on_batch_end(idx)
                 bar.advance(1)
             vloss = _validation_loss(rec, val, seed)
-            st["train_loss"].append(tot / n)
-            st["train_base_loss"].append(base_tot / n)
+            st["train_loss"].append(tot / seen)
+            st["train_base_loss"].append(base_tot / seen)
             st["val_loss"].append(vloss)
             st["epoch"] = epoch
             # With a penalty (mitigation fine-tuning) the validation reconstruction loss would pick the

@@ -996,7 +996,7 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
         task = str(cr["task"].mode().iloc[0])
         # a cohort audited for several tasks ("classification+segmentation") is summarised by its
         # segmentation task (Dice) and still gets every classification statistic
-        tasks = task.split("+")
+        tasks = [t for t in task.split("+") if t != "regression"] or ["none"]
         task = "segmentation" if "segmentation" in tasks else tasks[0]
         cohorts[str(cohort)] = {
             "task": task, "labels": labels, "group_attributes": attrs,
@@ -1015,10 +1015,11 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
             cell_rows.append(_cell_quality(rows, keys, s, seed))
             # "none": a reconstruction-quality audit (tasks: none), image quality only
             cell_tasks = [] if keys["task"] == "none" else str(keys["task"]).split("+")
-            unknown = [t for t in cell_tasks if t not in ("classification", "segmentation")]
+            # regression (phenotypes) is analysed by report/companions.py (MAE, RMSE, R2, group gaps)
+            unknown = [t for t in cell_tasks if t not in ("classification", "segmentation", "regression")]
             if unknown:
                 raise ValueError(f"records.parquet: cell {cell_id!r} has task {keys['task']!r}; expected "
-                                 "'classification', 'segmentation', both joined by '+', or 'none'")
+                                 "'classification', 'segmentation', 'regression' joined by '+', or 'none'")
             attrs, policy = info["group_attributes"], info["unknown_groups"]
             if "classification" in cell_tasks and info["labels"]:
                 t, f = _excluding_unknown(_classification_cell, rows, attrs, policy, (keys, info["labels"]), (s, seed))

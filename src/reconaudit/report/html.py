@@ -25,6 +25,7 @@ from markupsafe import Markup
 
 from .. import __version__
 from .analysis import Analysis, analyse
+from .companions import companion_sections
 from .depth import analyse_depth, write_depth
 from .figures import Figure, render_figures
 from .generative import GenerativeSection, generative_section
@@ -116,11 +117,14 @@ def _depth_sections(depth: list[dict], first_figure: int) -> list[dict]:
 
 
 def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path: Path | str,
-                depth: list[dict] | None = None, generative: GenerativeSection | None = None) -> Path:
+                depth: list[dict] | None = None, generative: GenerativeSection | None = None,
+                companions: list[dict] | None = None) -> Path:
     """Render ``report.html`` from an analysis, the run description, the written figures and the depth sections.
 
     ``generative`` (from :func:`reconaudit.report.generative.generative_section`) adds the
-    generative-trust section when the records carry its columns.
+    generative-trust section when the records carry its columns; ``companions`` (from
+    :func:`reconaudit.report.companions.companion_sections`) the three ways to diagnose, isoline,
+    regression and growth sections.
     """
     a = analysis
     fmt = formatted_tables(a)
@@ -131,6 +135,7 @@ def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path:
     tmpl = env.get_template("report.html.j2")
     figs = [_figure_dict(f, i) for i, f in enumerate(figures, start=1)]
     depth_secs = _depth_sections(depth or [], len(figs) + 1)
+    comp_secs = _depth_sections(companions or [], len(figs) + 1 + sum(len(d["figures"]) for d in depth_secs))
     task_by, fair_by = [], []
     for cohort in a.cohorts:
         t = fmt["task"][fmt["task"]["cohort"] == cohort] if not fmt["task"].empty else fmt["task"]
@@ -166,6 +171,8 @@ def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path:
              "children": [{"id": "generative-region", "title": "Region-aware image quality"},
                           {"id": "generative-hallucination", "title": "Hallucination and uncertainty"}]}]
           if generative is not None and not generative.empty else []),
+        *([{"id": "companions", "title": "Diagnosis without an image, infiltration, growth",
+            "children": [{"id": d["id"], "title": d["title"]} for d in comp_secs]}] if comp_secs else []),
         {"id": "data", "title": "Cohorts and data cards", "children": []},
         {"id": "config", "title": "Configuration", "children": []},
         {"id": "versions", "title": "Software versions", "children": []},
@@ -181,6 +188,7 @@ def render_html(analysis: Analysis, meta: dict, figures: list[Figure], out_path:
         families=a.families.to_dict("records"), summary=_table(fmt["summary"]), figures=figs,
         task_by_cohort=task_by, fairness_by_cohort=fair_by, fairness_sig=_table(sig),
         seeds=_table(fmt["seeds"]), definitions=_table(a.definitions), depth=depth_secs, cohorts=cohorts,
+        companions=comp_secs,
         generative=None if generative is None or generative.empty else {
             "region": [{"cohort": c, "table": _table(t)} for c, t in generative.region.items()],
             "hallucination": [{"cohort": c, "table": _table(t)} for c, t in generative.hallucination.items()]},
@@ -261,7 +269,8 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None, *, jobs
         figures = render_figures(records, meta, analysis, run_dir, out / "figures")
         generative = generative_section(records, meta, out)
         depth = write_depth(analyse_depth(records, meta, analysis), analysis, out / "tables", out / "figures")
+    companions = companion_sections(records, meta, analysis, out / "tables", out / "figures")
     path = render_html(analysis, meta, figures + generative.figures, out / "report.html", depth=depth,
-                       generative=generative)
+                       generative=generative, companions=companions)
     logger.info("report written to %s", path)
     return path

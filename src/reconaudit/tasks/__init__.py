@@ -18,6 +18,7 @@ from reconaudit.tasks.classification import Classifier, SmallCNN, masked_bce_wit
 from reconaudit.tasks.direct import DIRECT_IN_CHANNELS, direct_inputs, kspace_channels, make_direct_model
 from reconaudit.tasks.params import TaskConfigError
 from reconaudit.tasks.plugins import PluginClassifier, PluginSegmenter
+from reconaudit.tasks.regression import Regressor
 from reconaudit.tasks.segmentation import Segmenter
 from reconaudit.tasks.thresholds import (
     THRESHOLD_POLICIES,
@@ -29,6 +30,7 @@ from reconaudit.tasks.thresholds import (
 TASK_MODELS: dict[str, dict[str, type[DiagnosticModel]]] = {
     "classification": {"small-cnn": Classifier, "densenet": Classifier, "plugin": PluginClassifier},
     "segmentation": {"small-cnn": Segmenter, "unet": Segmenter, "plugin": PluginSegmenter},
+    "regression": {"small-cnn": Regressor},
 }
 """Registry: kind -> arch -> class.  ``"small-cnn"`` is the CPU default of both kinds (for
 segmentation a small U-Net)."""
@@ -47,7 +49,8 @@ def make_task_model(
     Parameters
     ----------
     kind:
-        ``"classification"`` or ``"segmentation"``.
+        ``"classification"``, ``"segmentation"`` or ``"regression"`` (continuous phenotypes,
+        :class:`~reconaudit.tasks.regression.Regressor`).
     arch:
         Classification: ``"small-cnn"`` (default), ``"densenet"``, ``"plugin"``; segmentation:
         ``"small-cnn"`` (a small U-Net, default), ``"unet"``, ``"plugin"``.
@@ -79,8 +82,8 @@ def make_task_model(
     if arch not in archs:
         raise TaskConfigError(f"{kind}: unknown arch {arch!r}; allowed: {', '.join(archs)}")
     if n_outputs is None:
-        if kind == "classification":
-            raise TaskConfigError("classification: n_outputs (the number of labels) is required")
+        if kind in ("classification", "regression"):
+            raise TaskConfigError(f"{kind}: n_outputs (the number of labels or targets) is required")
         n_outputs = 1
     cls = archs[arch]
     return cls(device, arch=arch, in_channels=in_channels, n_outputs=n_outputs, **params)  # type: ignore[call-arg]
@@ -94,6 +97,7 @@ __all__ = [
     "DiagnosticModel",
     "PluginClassifier",
     "PluginSegmenter",
+    "Regressor",
     "Segmenter",
     "SmallCNN",
     "TaskConfigError",

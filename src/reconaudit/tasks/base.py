@@ -27,6 +27,9 @@ class DiagnosticModel(ABC):
     """
 
     kind: ClassVar[str] = "classification"
+    #: ``fit`` accepts lazy arrays of the study store (:mod:`reconaudit.arrays`) and reads them in
+    #: batches; when False (a user's model) the engine gives it in-memory tensors of the split
+    reads_lazily: ClassVar[bool] = False
 
     def __init__(self, device: str | torch.device = "cpu", **params: object) -> None:
         self.device = torch.device(device)

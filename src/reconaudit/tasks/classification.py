@@ -224,6 +224,14 @@ class Classifier(NetworkDiagnosticModel):
             return densenet_features(self.net, x)
         return self.net.forward_features(x)
 
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and pooled penultimate features from one forward pass."""
+        if self.arch == "densenet":
+            f = densenet_features(self.net, x)
+            return self.net.class_layers[-1](f), f
+        f = self.net.forward_features(x)
+        return self.net.head(self.net.dropout(f)), f
+
     def _check_images(self, x: torch.Tensor, name: str) -> None:
         if self.arch == "densenet" and min(x.shape[-2:]) < 32:
             raise ValueError(f"{name}: arch 'densenet' needs images of at least 32x32, got {tuple(x.shape[-2:])}")

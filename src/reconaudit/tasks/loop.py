@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from reconaudit import progress
+from reconaudit.arrays import batch_loader
 from reconaudit.seeding import derive_seed, torch_generator
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def train_network(
     eval_batch_size: int = 64,
     device: torch.device | str = "cpu",
     description: str = "training diagnostic model",
+    max_batches: int | None = None,
 ) -> dict:
     """Fit ``net`` with Adam on mini-batches and keep the weights of the best validation epoch.
 
@@ -115,8 +117,9 @@ def train_network(
     loss_fn:
         ``loss_fn(outputs, targets) -> scalar``.
     x, y, val_x, val_y:
-        Training and validation inputs and targets (first axis: studies); moved to ``device`` batch
-        by batch.
+        Training and validation inputs and targets (first axis: studies): tensors, or lazy arrays
+        of the study store (:mod:`reconaudit.arrays`) read batch by batch through a
+        :func:`~reconaudit.arrays.batch_loader` DataLoader; moved to ``device`` batch by batch.
     seed:
         Fixes the batch order, the augmentation draws and dropout.
     epochs, batch_size, lr, weight_decay:
@@ -131,6 +134,8 @@ def train_network(
         Where the computation runs.
     description:
         Progress bar name (see :mod:`reconaudit.progress`).
+    max_batches:
+        At most this many mini-batches per epoch (the first of its shuffled order); ``None``: all.
 
     Returns
     -------
@@ -158,11 +163,10 @@ def train_network(
             net.train()
             order = torch.randperm(n, generator=gen)
             total, count = 0.0, 0
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                if has_bn and idx.numel() == 1 and n > 1:
-                    continue  # BatchNorm cannot train on a batch of one; drop the remainder
-                xb, yb = x[idx], y[idx]
+            # BatchNorm cannot train on a batch of one; drop the remainder
+            batches = [idx for idx in order.split(batch_size)
+                       if not (has_bn and idx.numel() == 1 and n > 1)][:max_batches]
+            for idx, (xb, yb) in zip(batches, batch_loader((x, y), batches, device=device), strict=True):
                 if augment:
                     xb, yb = random_shift(xb, yb, max_shift, gen)
                 xb, yb = xb.to(device), yb.to(device)

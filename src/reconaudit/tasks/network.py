@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from reconaudit.arrays import as_float_view, is_lazy
 from reconaudit.devices import resolve_device
 from reconaudit.seeding import derive_seed
 from reconaudit.tasks.base import DiagnosticModel
@@ -40,7 +41,13 @@ def hooked_output(net: nn.Module, module: nn.Module, x: torch.Tensor) -> tuple[t
 
 
 def as_float_tensor(a, name: str) -> torch.Tensor:
-    """``a`` (numpy array or tensor) as a float32 CPU tensor; error naming ``name`` otherwise."""
+    """``a`` (numpy array or tensor) as a float32 CPU tensor; error naming ``name`` otherwise.
+
+    A lazy array of the study store (:class:`~reconaudit.arrays.LazyStudies`) stays lazy, read as
+    float32 batch by batch.
+    """
+    if is_lazy(a):
+        return as_float_view(a)
     if isinstance(a, torch.Tensor):
         return a.detach().to("cpu", torch.float32)
     if isinstance(a, np.ndarray):
@@ -63,6 +70,7 @@ class NetworkDiagnosticModel(DiagnosticModel):
 
     arch_params: ClassVar[dict[str, type[TrainParams]]] = {}
     reinit_on_fit: ClassVar[bool] = True
+    reads_lazily: ClassVar[bool] = True  # train_network reads batches through a DataLoader
 
     def __init__(
         self,
@@ -146,7 +154,7 @@ class NetworkDiagnosticModel(DiagnosticModel):
                 f"{name} must be (N, {self.in_channels}, H, W) for this {self.kind} model "
                 f"(in_channels={self.in_channels}), got {tuple(x.shape)}"
             )
-        if not torch.isfinite(x).all():
+        if not is_lazy(x) and not torch.isfinite(x).all():  # a stored cohort was checked when written
             raise ValueError(f"{name} holds NaN or infinite values")
         self._check_images(x, name)
         return x
@@ -161,6 +169,7 @@ class NetworkDiagnosticModel(DiagnosticModel):
             patience=c.patience,
             augment=c.augment,
             eval_batch_size=c.eval_batch_size,
+            max_batches=c.max_batches,
         )
 
     def fit(self, images, targets, val_images, val_targets, *, seed: int = 0) -> dict:
@@ -218,6 +227,12 @@ class NetworkDiagnosticModel(DiagnosticModel):
             raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
         self.net.eval()
         return self._features(images.to(self.device, torch.float32))
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and penultimate features ``(N, F)`` of the network as it is (train or eval mode),
+        differentiable with respect to the weights: what latent alignment trains on
+        (:mod:`reconaudit.tasks.alignment`).  Subclasses compute both in one forward pass."""
+        return self.net(x), self._features(x)
 
     def predict(self, images) -> np.ndarray:
         """Sigmoid probabilities, computed in batches of ``eval_batch_size`` without gradient."""

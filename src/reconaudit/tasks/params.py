@@ -33,6 +33,9 @@ class TrainParams(BaseModel):
         Early stopping: epochs without a lower validation loss before training stops.
     augment:
         Light augmentation (random circular shifts of up to H/16 pixels); off by default.
+    max_batches:
+        Train on at most this many mini-batches per epoch (the first of the epoch's shuffled
+        order), so a large split trains in a fixed time; ``None``: every batch.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -44,6 +47,7 @@ class TrainParams(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(3, ge=1)
     augment: bool = False
+    max_batches: int | None = Field(None, ge=1)
 
 
 def validate_params(model: type[BaseModel], params: dict, where: str) -> BaseModel:

@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from reconaudit.arrays import is_lazy
 from reconaudit.tasks.loop import LossFn
 from reconaudit.tasks.network import NetworkDiagnosticModel, as_float_tensor, hooked_output, pooled
 from reconaudit.tasks.params import TrainParams
@@ -181,7 +182,7 @@ class Segmenter(NetworkDiagnosticModel):
         expected = (n, 1, *x.shape[-2:]) if x is not None else None
         if y.ndim != 4 or (expected is not None and tuple(y.shape) != expected):
             raise ValueError(f"{name} must be masks of shape {expected}, got {tuple(y.shape)}")
-        if torch.isnan(y).any() or y.min() < 0 or y.max() > 1:
+        if not is_lazy(y) and (torch.isnan(y).any() or y.min() < 0 or y.max() > 1):  # stored masks are uint8
             raise ValueError(f"{name} must hold values in [0, 1] (binary masks) without NaN")
         return y
 
@@ -194,3 +195,8 @@ class Segmenter(NetworkDiagnosticModel):
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         _, bottleneck = hooked_output(self.net, unet_bottleneck(self.net), x)
         return pooled(bottleneck)
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the pooled bottleneck from one forward pass."""
+        out, bottleneck = hooked_output(self.net, unet_bottleneck(self.net), x)
+        return out, pooled(bottleneck)

@@ -8,7 +8,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from reconaudit.cohorts.base import Cohort, CohortBuilder
+from reconaudit.arrays import DEFAULT_SHARD_STUDIES
+from reconaudit.cohorts.base import Cohort, CohortBuilder, CohortWriter
 from reconaudit.cohorts.chest_xray.anatomy import render, stack_draws
 from reconaudit.cohorts.chest_xray.card import _data_card
 from reconaudit.cohorts.chest_xray.draws import _draw_cohort, _resolve
@@ -19,6 +20,7 @@ from reconaudit.cohorts.chest_xray.params import (
 from reconaudit.progress import task
 
 logger = logging.getLogger(__name__)
+
 
 def chest_xray_table(params: ChestXrayParams | None = None, **overrides: Any) -> pd.DataFrame:
     """The study table of :func:`generate_chest_xray` (groups, splits, labels) without rendering images.
@@ -65,25 +67,14 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
     studies, table = _draw_cohort(params)
 
     size = params.size
-    chunk = int(max(1, min(256, 2**22 // (size * size))))
     images = torch.empty((len(studies), 1, size, size), dtype=torch.float32)
     roi = torch.empty((len(studies), 1, size, size), dtype=torch.bool)
     lesion = torch.empty((len(studies), 1, size, size), dtype=torch.bool)
-    with task("chest-xray: rendering studies", total=len(studies)) as bar:
-        for start in range(0, len(studies), chunk):
-            batch = studies[start : start + chunk]
-            img, body, finding = render(stack_draws([st.render for st in batch]), size)
-            images[start : start + len(batch)] = img
-            roi[start : start + len(batch)] = body
-            lesion[start : start + len(batch)] = finding
-            bar.advance(len(batch))
-    logger.info(
-        "chest-xray: %d studies of %d patients at %dx%d",
-        len(studies),
-        table["patient_id"].nunique(),
-        size,
-        size,
-    )
+    for start, img, body, finding in _render_chunks(studies, size):
+        images[start : start + len(img)] = img
+        roi[start : start + len(img)] = body
+        lesion[start : start + len(img)] = finding
+    _log_size(studies, table, size)
 
     return Cohort(
         name="chest-xray",
@@ -96,7 +87,47 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
         lesion_masks=lesion,
         data_card=_data_card(params, table),
         meta=params.model_dump(mode="json"),
+        regression=list(params.regression_columns),
     )
+
+
+def _render_chunks(studies: list, size: int):
+    """``(start, images, body, findings)`` of consecutive rendering chunks of ``min(256, 2**22 / size**2)``."""
+    chunk = int(max(1, min(256, 2**22 // (size * size))))
+    with task("chest-xray: rendering studies", total=len(studies)) as bar:
+        for start in range(0, len(studies), chunk):
+            batch = studies[start : start + chunk]
+            img, body, finding = render(stack_draws([st.render for st in batch]), size)
+            yield start, img, body, finding
+            bar.advance(len(batch))
+
+
+def _log_size(studies: list, table: pd.DataFrame, size: int) -> None:
+    logger.info("chest-xray: %d studies of %d patients at %dx%d", len(studies), table["patient_id"].nunique(),
+                size, size)
+
+
+def write_chest_xray(params: ChestXrayParams, directory, *, shard_studies: int = DEFAULT_SHARD_STUDIES) -> None:
+    """Write :func:`generate_chest_xray`'s cohort to ``directory`` shard by shard (the same bits).
+
+    The draws (one table row per study) are made first; images, body and finding masks are then
+    rendered in the same chunks as :func:`generate_chest_xray` and appended to a
+    :class:`~reconaudit.cohorts.base.CohortWriter`, so at most one shard and one chunk are in memory.
+    """
+    studies, table = _draw_cohort(params)
+    size = params.size
+    writer = CohortWriter(directory, len(studies), shard_studies)
+    for _, img, body, finding in _render_chunks(studies, size):
+        writer.append(images=img, roi_masks=body, lesion_masks=finding)
+    _log_size(studies, table, size)
+    writer.finish(name="chest-xray", modality="xray", table=table, labels=list(LABELS),
+                  group_attributes=["sex", "age_band", "site"], data_card=_data_card(params, table),
+                  meta=params.model_dump(mode="json"), regression=list(params.regression_columns))
+
+
+def supported_tasks(params: dict) -> tuple[str, ...]:
+    """Classification, and regression when ``regression_columns`` names phenotypes."""
+    return ("classification", "regression") if (params or {}).get("regression_columns") else ("classification",)
 
 
 class ChestXrayCohort(CohortBuilder):
@@ -105,7 +136,7 @@ class ChestXrayCohort(CohortBuilder):
     name = "chest-xray"
     kind = "synthetic"
     modality = "xray"
-    tasks = ("classification",)
+    tasks = ("classification", "regression")
     groups = "sex, age_band, site"
     description = "synthetic chest radiographs (attenuation maps) with 5 findings and bias knobs"
     Params = ChestXrayParams
@@ -114,3 +145,8 @@ class ChestXrayCohort(CohortBuilder):
     def build(cls, params: ChestXrayParams) -> Cohort:
         """:func:`generate_chest_xray` with validated ``params``."""
         return generate_chest_xray(params)
+
+    @classmethod
+    def write(cls, params: ChestXrayParams, directory, *, shard_studies: int = DEFAULT_SHARD_STUDIES) -> None:
+        """:func:`write_chest_xray`: rendered and written shard by shard."""
+        write_chest_xray(params, directory, shard_studies=shard_studies)

@@ -112,6 +112,11 @@ class ChestXrayParams(BaseModel, extra="forbid"):
     n_studies: int = Field(300, ge=1, description="number of studies")
     size: int = Field(64, ge=16, le=1024, description="image side length in pixels")
     seed: int = Field(0, description="seed of every draw")
+    regression_columns: list[Literal["cardiothoracic_ratio"]] = Field(
+        default_factory=list,
+        description="ground-truth phenotypes exposed as regression targets: cardiothoracic_ratio (heart width "
+        "over thorax width, the quantity behind cardiomegaly)",
+    )
     studies_per_patient: tuple[int, int] = Field(
         (1, 3), description="inclusive range of studies (baseline + follow-ups) per patient, drawn uniformly"
     )

@@ -1,0 +1,122 @@
+"""The study store and streaming steps: lazy arrays, shard sizes that do not change a number, and steps
+that never read a whole split at once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from reconaudit.arrays import (
+    READS,
+    ArrayStoreError,
+    ArrayWriter,
+    MappedArray,
+    StudyArray,
+    open_arrays,
+    to_float32,
+)
+from reconaudit.engine.config import ConfigError, load_config
+from reconaudit.engine.run import run_audit
+from tests.engine.tiny import tiny_config
+
+
+# ------------------------------------------------------------------------------ the arrays
+def test_study_arrays_round_trip_and_index_like_tensors(tmp_path):
+    x = torch.rand(23, 1, 4, 5)
+    k = torch.complex(torch.rand(23, 2, 4, 5), torch.rand(23, 2, 4, 5))
+    w = ArrayWriter(tmp_path / "a.zarr", 23, shard_studies=8)
+    for start in (0, 3, 10, 17):  # batches of uneven sizes, across shard boundaries
+        stop = {0: 3, 3: 10, 10: 17, 17: 23}[start]
+        w.append("x", x[start:stop])
+        w.append("k", k[start:stop])
+        w.append("m", x[start:stop] > 0.5)
+    w.constant("shared", torch.ones(1, 1, 4, 5))
+    w.close()
+    a = open_arrays(tmp_path / "a.zarr")
+    assert isinstance(a["x"], StudyArray) and a["x"].shape == (23, 1, 4, 5) and a["x"].dtype == torch.float32
+    assert torch.equal(a["x"].load(), x) and torch.equal(a["k"].load(), k) and a["m"].dtype == torch.bool
+    assert torch.equal(a["m"].load(), x > 0.5) and torch.equal(a["shared"], torch.ones(1, 1, 4, 5))
+    idx = np.array([7, 2, 2, 19, 0])  # unordered, repeated
+    assert torch.equal(a["x"][idx], x[idx]) and torch.equal(a["x"][torch.as_tensor(idx)], x[idx])
+    assert torch.equal(a["x"][5], x[5]) and torch.equal(a["x"][-1], x[-1]) and torch.equal(a["x"][3:9:2], x[3:9:2])
+    assert torch.equal(a["k"][2:6, 1], k[2:6, 1])
+    split = a["x"].take([1, 4, 9, 12, 20])
+    assert len(split) == 5 and torch.equal(split[[4, 0]], x[[20, 1]]) and torch.equal(split.take([2])[0], x[9])
+    assert list(split.shards(2)) == [(0, 2), (2, 4), (4, 5)]
+    f = MappedArray(a["m"], to_float32)
+    assert f.dtype == torch.float32 and torch.equal(f.take([3])[0], (x[3] > 0.5).float())
+
+
+def test_an_incomplete_array_is_an_error_naming_it(tmp_path):
+    w = ArrayWriter(tmp_path / "b.zarr", 10, shard_studies=4)
+    w.append("x", torch.zeros(6, 1, 2, 2))
+    with pytest.raises(ArrayStoreError, match=r"b\.zarr/x: 6 studies were written, 10 expected"):
+        w.close()
+
+
+def test_shard_size_must_hold_whole_compute_batches():
+    cfg = tiny_config(execution={"shard_studies": 10, "batch_studies": 4})
+    with pytest.raises(ConfigError, match=r"shard_studies \(10\) must be a multiple of execution\.batch_studies"):
+        load_config(cfg)
+    with pytest.raises(ConfigError, match=r"multiple of the largest step batch"):
+        load_config(tiny_config(execution={"shard_studies": 100}))
+
+
+# ------------------------------------------------------------------------------ shard sizes
+def _brain() -> dict:
+    return tiny_config(
+        cohorts=[{"name": "brain-glioma", "params": {"n_subjects": 16, "slices_per_subject": 2, "size": 32},
+                  "tasks": {"segmentation": {"arch": "unet", "params": {"epochs": 1}}},
+                  "degradations": [{"name": "kspace", "levels": [4], "params": {"pattern": "radial"}}]}],
+        reconstructors=[{"name": "identity"}, {"name": "classical"},
+                        {"name": "irsde", "params": {"epochs": 1, "steps": 3, "channels": [8, 8, 8]}, "samples": 2}],
+        direct={"enabled": True, "input": "kspace"},
+    )
+
+
+@pytest.mark.parametrize("make", [tiny_config, _brain], ids=["chest-xray", "brain-kspace"])
+def test_small_shards_give_the_records_of_one_shard(make, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = {}
+        for shard in (1024, 8):  # one shard of the whole cohort, then shards of 8 studies (several per split)
+            cfg = make()
+            cfg["execution"] = {"batch_studies": 4, "shard_studies": shard}
+            res = run_audit(load_config(cfg), tmp_path / f"s{shard}", report=False)
+            assert res.summary.ok
+            runs[shard] = pd.read_parquet(res.records_path)
+    finally:
+        torch.set_num_threads(threads)
+    pd.testing.assert_frame_equal(runs[1024], runs[8], check_exact=True)
+    store = tmp_path / "s8" / "store"
+    recon = next(p for p in (store / "reconstruct").glob("*/recon.zarr/mean"))
+    assert len(list((recon / "c").rglob("*"))) > 1  # the test split was written as several shard files
+
+
+def test_no_step_reads_a_whole_split_at_once(tmp_path):
+    """Every read of a stored array (cohort images and masks, degraded inputs, reconstructions) is at
+    most one batch, while every split is several times larger."""
+    small = {"epochs": 1, "batch_size": 8, "eval_batch_size": 8}
+    cfg = tiny_config(
+        reconstructors=[{"name": "identity"}, {"name": "unet", "params": {**small, "channels": [8, 16]}}],
+        execution={"batch_studies": 4, "shard_studies": 8},
+    )
+    cfg["cohorts"][0]["params"]["n_studies"] = 160
+    cfg["cohorts"][0]["tasks"]["classification"]["params"] = small
+    cfg["cohorts"][0]["degradations"][0]["levels"] = [3000]
+    READS.reset()
+    res = run_audit(load_config(cfg), tmp_path / "run", report=False)
+    assert res.summary.ok
+    from reconaudit.cohorts.base import Cohort
+
+    cohort = Cohort.load(next((tmp_path / "run" / "store" / "cohort").iterdir()))
+    smallest_split = min(len(cohort.indices(s)) for s in ("train", "val", "test"))
+    assert smallest_split >= 24
+    read = {name: n for name, n in READS.largest.items() if n}
+    for name in ("arrays.zarr/images", "arrays.zarr/roi_masks", "degraded.zarr/image", "recon.zarr/mean"):
+        assert READS.total.get(name, 0) > 0, f"{name} was never read from the store"
+    assert max(read.values()) <= 8, read  # a training batch or a shard, never a split
+    assert sum(READS.total[n] for n in read if n.startswith("recon.zarr")) == 2 * len(cohort.indices("test"))
