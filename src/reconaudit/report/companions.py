@@ -350,33 +350,36 @@ def companion_sections(records: pd.DataFrame, meta: dict, analysis: Analysis, ta
                      "values are group means of the per-study Dice with patient-level bootstrap intervals (segmentation) "
                      "or the group's mean AUROC over labels (classification); the gap is the largest minus the smallest.",
                      "figures": [fig] if fig else [], "tables": [("Three ways to diagnose, per level and group", t)]})
-    t, s = _isolines(df, seed)
-    if not t.empty:
-        t.to_csv(tables_dir / "isolines.csv", index=False)
-        s.to_csv(tables_dir / "isolines-groups.csv", index=False)
-        secs.append({"id": "isolines", "title": "Infiltration: Dice at concentration isolines", "empty": "",
-                     "definition": "The segmentation (trained on the visible abnormality) against the true region c > "
+    _add_table_section(secs, tables_dir, *_isolines(df, seed), "isolines.csv", "isolines-groups.csv", "isolines",
+                       "Infiltration: Dice at concentration isolines",
+                       "The segmentation (trained on the visible abnormality) against the true region c > "
                      "isoline of the tumour concentration the generator grew: Dice 2|P∩T|/(|P|+|T|) and relative volume "
                      "error (|P| - |T|)/|T|. Low isolines are the infiltration beyond the visible border; a reconstructor "
                      "that lowers Dice there more than at the core hides infiltration.",
-                     "figures": [], "tables": [("Isoline Dice and volume error", t)]})
-    t, s = reg_table, reg_full
-    if not t.empty:
-        t.to_csv(tables_dir / "regression.csv", index=False)
-        s.to_csv(tables_dir / "regression-bootstrap.csv", index=False)
-        secs.append({"id": "regression", "title": "Regression of phenotypes", "empty": "",
-                     "definition": "MAE = mean |ŷ - y|, RMSE = sqrt(mean (ŷ - y)²), R² = 1 - SS_res/SS_tot, on clean "
+                       "Isoline Dice and volume error")
+    _add_table_section(secs, tables_dir, reg_table, reg_full, "regression.csv", "regression-bootstrap.csv",
+                       "regression",
+                       "Regression of phenotypes",
+                       "MAE = mean |ŷ - y|, RMSE = sqrt(mean (ŷ - y)²), R² = 1 - SS_res/SS_tot, on clean "
                      "images (the clean model) and on the processed input; the MAE gap is the largest minus the smallest "
                      "group MAE (clean -> processed) and its change; patient-level paired bootstrap 95% intervals.",
-                     "figures": [], "tables": [("Regression per target", t)]})
-    t, s = _growth(df, seed)
-    if not t.empty:
-        t.to_csv(tables_dir / "growth.csv", index=False)
-        s.to_csv(tables_dir / "growth-bootstrap.csv", index=False)
-        secs.append({"id": "growth", "title": "Measured growth over time", "empty": "",
-                     "definition": "Per series (a subject's slice at its first and last time point) the measured growth "
+                       "Regression per target")
+    _add_table_section(secs, tables_dir, *_growth(df, seed), "growth.csv", "growth-bootstrap.csv", "growth",
+                       "Measured growth over time",
+                       "Per series (a subject's slice at its first and last time point) the measured growth "
                      "is the change in segmented area (mm²), the truth the change in the true mask's area; the table gives "
                      "the MAE of measured against true growth on clean images and on the processed input, its change and "
                      "the group gap of that error.",
-                     "figures": [], "tables": [("Growth error per method", t)]})
+                       "Growth error per method")
     return secs
+
+
+def _add_table_section(secs: list, tables_dir, table, full, csv_name: str, full_name: str, sec_id: str, title: str,
+                       definition: str, caption: str) -> None:
+    """Append a one-table section (and write its table and full bootstrap CSVs) when ``table`` has rows."""
+    if table.empty:
+        return
+    table.to_csv(tables_dir / csv_name, index=False)
+    full.to_csv(tables_dir / full_name, index=False)
+    secs.append({"id": sec_id, "title": title, "empty": "", "definition": definition, "figures": [],
+                 "tables": [(caption, table)]})
