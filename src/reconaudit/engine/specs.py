@@ -199,24 +199,15 @@ class DirectScoreSpec(_CellRecordsSpec):
 
 
 @dataclass(frozen=True)
-class AlignedModelSpec(StepSpec):
-    """The aligned direct arm's model (k-MTR): ``task``/``arch`` trained on the degraded ``input`` of
-    ``degrade`` with its task loss plus an ``alignment`` loss (``loss``, ``weight``, ``temperature``) to the
-    latent of the frozen clean model ``teacher`` (a ``task_model`` key) on the clean images."""
+class AlignedModelSpec(DirectModelSpec):
+    """The aligned direct arm's model (k-MTR): the fields of :class:`DirectModelSpec`, trained with its
+    task loss plus an ``alignment`` loss (``loss``, ``weight``, ``temperature``) to the latent of the
+    frozen clean model ``teacher`` (a ``task_model`` key) on the clean images.  (A key hashes the spec
+    as a dict with sorted keys, so field order does not enter it.)"""
 
     kind: ClassVar[str] = "aligned_model"
-    cohort: str
-    degrade: str
-    task: str
-    arch: str
-    params: dict
-    seed: int
-    input: str
     teacher: str
     alignment: dict
-    threshold_policy: str
-    target_sensitivity: float | None
-    inputs: dict
 
 
 @dataclass(frozen=True)
