@@ -102,7 +102,7 @@ def one_run(config_path: str, executor: str, workers: int, out_dir: str, threads
     ex = make_executor(executor, workers,
                        resources={k: v.model_dump() for k, v in cfg.execution.resources.items()})
     t0 = time.perf_counter()
-    s = ex.run(plan.ordered(), ContextSpec(store.url, cfg.device, cfg.execution.mixed_precision),
+    s = ex.run(plan.ordered(), ContextSpec(store.url, device=cfg.device, mixed_precision=cfg.execution.mixed_precision),
                cfg.execution.retries)
     wall = time.perf_counter() - t0
     if executor == "ray":

@@ -85,7 +85,7 @@ def _child(run_dir: Path, what: str) -> None:
         extra = {"rows": len(records)}
     else:
         step = plan.steps[what]
-        ctx = StepContext(store, "cpu", False, cfg.execution.threads, cfg.execution.shard_studies)
+        ctx = StepContext(store, device="cpu", threads=cfg.execution.threads, shard_studies=cfg.execution.shard_studies)
         run_step(step, ctx)
         extra = {}
     wall = time.perf_counter() - t0

@@ -78,7 +78,7 @@ def test_task_body_pins_threads_and_keeps_gpu_less_steps_on_cpu(tmp_path, monkey
     monkeypatch.setitem(steps_mod.STEP_FUNCS, "t_ok", ray_faults._fake_ok)
     threads = torch.get_num_threads()
     try:
-        res = _ray_step(Step("t_ok", "k", {"n": 1}), ContextSpec(str(tmp_path), "auto"), 2.0, 0.0)
+        res = _ray_step(Step("t_ok", "k", {"n": 1}), ContextSpec(str(tmp_path), device="auto"), 2.0, 0.0)
     finally:
         torch.set_num_threads(threads)
     assert res["outcome"].computed and res["outcome"].error is None
@@ -130,7 +130,7 @@ def test_shared_step_runs_once_dependents_wait_and_logs_reach_the_driver(ray_ses
     shared = Step("t_slow", "shared", {"n": "shared", "sleep": 0.5})
     cells = [Step("t_ok", f"c{i}", {"n": f"c{i}", "needs": [["t_slow", "shared"]]}, (shared.id,))
              for i in range(4)]
-    summary = RayExecutor().run([shared, *cells], ContextSpec(str(tmp_path), "auto"), retries=0)
+    summary = RayExecutor().run([shared, *cells], ContextSpec(str(tmp_path), device="auto"), retries=0)
     assert summary.ok, summary.failed
     assert sorted(summary.computed) == sorted(s.id for s in [shared, *cells])
     assert (ray_session / "attempts-t_slow-shared").read_text().count("\n") == 1

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from reconaudit.arrays import DEFAULT_SHARD_STUDIES
 from reconaudit.engine.plan import Step
 from reconaudit.engine.scheduler import (  # noqa: F401 - re-exported: the executors' result types
     Outcome,
@@ -27,28 +26,22 @@ from reconaudit.engine.scheduler import (  # noqa: F401 - re-exported: the execu
     run_once,
     run_ready,
 )
-from reconaudit.engine.steps import StepContext
+from reconaudit.engine.steps import StepContext, StepSettings
 
 
 @dataclass
-class ContextSpec:
-    """Picklable recipe for a :class:`StepContext` (each worker opens its own store handle)."""
+class ContextSpec(StepSettings):
+    """Picklable recipe for a :class:`StepContext`: the store's URL and the keyword-only
+    :class:`~reconaudit.engine.steps.StepSettings` (each worker opens its own store handle)."""
 
     store: str
-    device: str = "cpu"
-    mixed_precision: bool = False
-    threads: int | None = None
-    shard_studies: int = DEFAULT_SHARD_STUDIES
-    shard_tasks: int = 1
-    batch_studies: int | None = None
 
     def make(self) -> StepContext:
         """Open the store and resolve the device in the current process."""
         from reconaudit.devices import resolve_device
         from reconaudit.engine.store import open_store
 
-        return StepContext(open_store(self.store), str(resolve_device(self.device)), self.mixed_precision,
-                           self.threads, self.shard_studies, self.shard_tasks, self.batch_studies)
+        return StepContext(open_store(self.store), **{**self.settings(), "device": str(resolve_device(self.device))})
 
 
 class Executor(Protocol):

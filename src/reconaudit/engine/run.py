@@ -474,9 +474,10 @@ def _run_locked(cfg: AuditConfig, run_dir: Path, *, workers: int | None, executo
         ex = make_executor(executor or cfg.execution.executor, workers or cfg.execution.workers,
                            address or cfg.execution.address,
                            resources={k: v.model_dump() for k, v in cfg.execution.resources.items()})
-        summary = ex.run(todo, ContextSpec(store.url, ctx_device, cfg.execution.mixed_precision,
-                                             cfg.execution.threads, cfg.execution.shard_studies,
-                                             cfg.execution.shard_tasks, cfg.execution.batch_studies),
+        summary = ex.run(todo, ContextSpec(store.url, device=ctx_device, mixed_precision=cfg.execution.mixed_precision,
+                                             threads=cfg.execution.threads, shard_studies=cfg.execution.shard_studies,
+                                             shard_tasks=cfg.execution.shard_tasks,
+                                             batch_studies=cfg.execution.batch_studies),
                          cfg.execution.retries)
         summary.reused.extend(s.id for s in plan.ordered() if s not in todo)
         for f in summary.failed:

@@ -51,11 +51,14 @@ from reconaudit.seeding import derive_seed, study_seeds
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class StepContext:
-    """What a step needs besides its spec: where artifacts live and where to compute."""
+@dataclass(kw_only=True)
+class StepSettings:
+    """How steps compute, apart from where artifacts live (``execution`` and ``device`` of the config).
 
-    store: ArtifactStore
+    The fields are shared by :class:`StepContext` and the executors' picklable
+    :class:`~reconaudit.engine.executors.ContextSpec`, so a new setting is declared once.
+    """
+
     device: str = "cpu"
     mixed_precision: bool = False
     #: torch threads of every step (``execution.threads``); None keeps the executor's setting
@@ -68,9 +71,21 @@ class StepContext:
     #: each step's own (degrade 256, reconstruct 32, predict and features 64)
     batch_studies: int | None = None
 
+    def settings(self) -> dict:
+        """The settings as a dict of keyword arguments (every field of :class:`StepSettings`)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(StepSettings)}
+
     def batch(self, default: int) -> int:
         """The compute batch of a streaming step whose own batch is ``default``."""
         return int(self.batch_studies or default)
+
+
+@dataclass
+class StepContext(StepSettings):
+    """What a step needs besides its spec: where artifacts live (``store``) and how to compute
+    (the keyword-only :class:`StepSettings`)."""
+
+    store: ArtifactStore
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -511,8 +526,7 @@ def _shard_task(spec: ReconstructSpec, ctx_args: dict, path: str, a: int, b: int
 
     from reconaudit.engine.store import open_store
 
-    ctx = StepContext(open_store(ctx_args["store"]), ctx_args["device"], ctx_args["mixed_precision"],
-                      ctx_args["threads"], ctx_args["shard_studies"], 1, ctx_args["batch_studies"])
+    ctx = StepContext(open_store(ctx_args["store"]), **{**ctx_args["settings"], "shard_tasks": 1})
     torch.use_deterministic_algorithms(True, warn_only=True)
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
@@ -530,8 +544,7 @@ def _ray_shards(spec: ReconstructSpec, ctx: StepContext, path: Path, shards: lis
     import ray
 
     task = ray.remote(num_cpus=1, num_gpus=1 if str(ctx.device).startswith("cuda") else 0, max_retries=0)(_shard_task)
-    ctx_args = {"store": ctx.store.url, "device": ctx.device, "mixed_precision": ctx.mixed_precision,
-                "threads": ctx.threads, "shard_studies": ctx.shard_studies, "batch_studies": ctx.batch_studies}
+    ctx_args = {"store": ctx.store.url, "settings": ctx.settings()}
     pending, done, workers = list(shards), 0, set()
     running: list = []
     while pending or running:
