@@ -42,7 +42,7 @@ from ..metrics.stats import COUNT_METRICS  # noqa: E402
 from ..seeding import derive_seed  # noqa: E402
 from .analysis import METRIC_NAMES, Analysis, level_text  # noqa: E402
 from .figures import _RC, Figure, _main_seed, _save, _Styles, _t  # noqa: E402
-from .tables import format_ci, to_latex, to_markdown  # noqa: E402
+from .tables import _level, _mitigation, arm_columns, format_ci, row_ci, to_latex, to_markdown  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,17 @@ def _label_arrays(rows: pd.DataFrame, label: str) -> dict | None:
             "pid": rows["patient_id"].to_numpy()[keep]}
 
 
+def _label_groups(rows: pd.DataFrame, labels, attrs):
+    """``(label, attribute, arrays, groups)`` for every label with usable arrays (:func:`_label_arrays`)
+    and every attribute: ``groups`` is the attribute's value of each kept study."""
+    for label in labels:
+        arr = _label_arrays(rows, label)
+        if arr is None:
+            continue
+        for a in attrs:
+            yield label, a, arr, rows[f"group:{a}"].to_numpy()[arr["keep"]]
+
+
 def _quiet(fn, *args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -123,39 +134,29 @@ def _quiet(fn, *args, **kwargs):
 
 def _calibration_cell(rows, keys, labels, attrs, s, seed, reliability) -> list[pd.DataFrame]:
     out = []
-    for label in labels:
-        arr = _label_arrays(rows, label)
-        if arr is None:
-            continue
-        for a in attrs:
-            g = rows[f"group:{a}"].to_numpy()[arr["keep"]]
-            t = _quiet(M.calibration_by_group, arr["y"], arr["sr"], y_prob_clean=arr["sc"], sensitive_features=g,
-                       patient_ids=arr["pid"], n_bins=s["calibration_bins"], strategy=s["calibration_strategy"],
-                       n_resamples=s["depth_resamples"], seed=seed, min_group_patients=s["min_group_patients"])
-            out.append(t.rename(columns={"arm": "input"}).assign(**keys, label=label, attribute=a))
-            curves = {}
-            for grp in np.unique(g):
-                m = g == grp
-                for arm, sc in (("clean", arr["sc"]), ("recon", arr["sr"])):
-                    curves[(str(grp), arm)] = M.reliability_curve(arr["y"][m], sc[m], n_bins=s["calibration_bins"],
-                                                                  strategy=s["calibration_strategy"])
-            reliability[(keys["cohort"], label, a, keys["level"], keys["reconstructor"], keys["arm"],
-                         keys["mitigation"], keys["seed"])] = curves
+    for label, a, arr, g in _label_groups(rows, labels, attrs):
+        t = _quiet(M.calibration_by_group, arr["y"], arr["sr"], y_prob_clean=arr["sc"], sensitive_features=g,
+                   patient_ids=arr["pid"], n_bins=s["calibration_bins"], strategy=s["calibration_strategy"],
+                   n_resamples=s["depth_resamples"], seed=seed, min_group_patients=s["min_group_patients"])
+        out.append(t.rename(columns={"arm": "input"}).assign(**keys, label=label, attribute=a))
+        curves = {}
+        for grp in np.unique(g):
+            m = g == grp
+            for arm, sc in (("clean", arr["sc"]), ("recon", arr["sr"])):
+                curves[(str(grp), arm)] = M.reliability_curve(arr["y"][m], sc[m], n_bins=s["calibration_bins"],
+                                                              strategy=s["calibration_strategy"])
+        reliability[(keys["cohort"], label, a, keys["level"], keys["reconstructor"], keys["arm"],
+                     keys["mitigation"], keys["seed"])] = curves
     return out
 
 
 def _operating_cell(rows, keys, labels, attrs, s, seed) -> list[pd.DataFrame]:
     out = []
-    for label in labels:
-        arr = _label_arrays(rows, label)
-        if arr is None:
-            continue
-        for a in attrs:
-            g = rows[f"group:{a}"].to_numpy()[arr["keep"]]
-            t = _quiet(M.operating_point_audit, arr["y"], arr["sc"], arr["sr"], arr["t"], sensitive_features=g,
-                       patient_ids=arr["pid"], n_resamples=s["depth_resamples"], seed=seed,
-                       min_group_patients=s["min_group_patients"])
-            out.append(t.assign(**keys, label=label, attribute=a))
+    for label, a, arr, g in _label_groups(rows, labels, attrs):
+        t = _quiet(M.operating_point_audit, arr["y"], arr["sc"], arr["sr"], arr["t"], sensitive_features=g,
+                   patient_ids=arr["pid"], n_resamples=s["depth_resamples"], seed=seed,
+                   min_group_patients=s["min_group_patients"])
+        out.append(t.assign(**keys, label=label, attribute=a))
     return out
 
 
@@ -513,14 +514,9 @@ def _est(r) -> str:
     return format_ci(r["estimate"], r["ci_low"], r["ci_high"], 3) if r is not None else "n/a"
 
 
-def _mit(m: str, lam: float) -> str:
-    return "none" if m == "none" else (f"{m} (λ={lam:g})" if np.isfinite(lam) else str(m))
-
-
 def _cell_fmt(r) -> dict:
-    return {"cohort": r["cohort"], "level": f"{r['level']:g}",
-            "reconstructor": _method(r),
-            "mitigation": _mit(r["mitigation"], float(r["mitigation_strength"])), "seed": str(r["seed"])}
+    return {"cohort": r["cohort"], "level": _level(r), "reconstructor": _method(r), "mitigation": _mitigation(r),
+            "seed": str(r["seed"])}
 
 
 def _pivot_arms(df: pd.DataFrame, keys: list[str], item: str) -> dict:
@@ -583,10 +579,7 @@ def _stat_fmt(df: pd.DataFrame, lead: list[str]) -> pd.DataFrame:
         sig = bool(r.get("significant", False))
         rows.append({**_cell_fmt(r), **{k: str(r[k]) for k in lead},
                      "metric": METRIC_NAMES.get(r["metric"], r["metric"]),
-                     "clean": format_ci(r["clean"], r["clean_ci_low"], r["clean_ci_high"], 3),
-                     "processed": format_ci(r["recon"], r["recon_ci_low"], r["recon_ci_high"], 3),
-                     "change": format_ci(r["change"], r["change_ci_low"], r["change_ci_high"], 3, True)
-                     + ("*" if sig else ""),
+                     **arm_columns(r, 3),
                      "p (adj.)": _f(r.get("p_adjusted", np.nan), 3), "_significant": sig})
     return pd.DataFrame(rows)
 
@@ -621,7 +614,7 @@ def formatted_depth(d: Depth) -> dict[str, pd.DataFrame]:
         "cohort": r["cohort"], "reconstructor": _method(r),
         "attribute": r["attribute"], "label": r["label"], "metric": METRIC_NAMES.get(r["metric"], r["metric"]),
         "onset level": r["onset"],
-        "change at onset": format_ci(r["change"], r["change_ci_low"], r["change_ci_high"], 3, True),
+        "change at onset": row_ci(r, "change", 3, signed=True),
         "p (adj.)": _f(r["p_adjusted"], 3), "_significant": r["onset_level"] is not None and np.isfinite(r["onset_level"]),
     } for r in t["onset"].to_dict("records")])
     ranking = pd.DataFrame([{

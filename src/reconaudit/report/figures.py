@@ -88,7 +88,7 @@ class _Styles:
 def _save(fig: plt.Figure, out_dir: Path, stem: str) -> tuple[Path, Path]:
     png, pdf = out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"
     fig.savefig(png)
-    fig.savefig(pdf)
+    fig.savefig(pdf, metadata={"CreationDate": None})  # no time stamp: the same report gives the same bytes
     plt.close(fig)
     return png, pdf
 

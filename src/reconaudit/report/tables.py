@@ -37,6 +37,18 @@ def format_ci(value: float, low: float, high: float, digits: int = 3, signed: bo
     return f"{v} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def row_ci(r, column: str, digits: int = 3, signed: bool = False) -> str:
+    """:func:`format_ci` of ``r[column]`` with its interval columns ``<column>_ci_low`` / ``_ci_high``."""
+    return format_ci(r[column], r[f"{column}_ci_low"], r[f"{column}_ci_high"], digits, signed)
+
+
+def arm_columns(r, digits: int = 3, change: str = "change") -> dict:
+    """The ``clean``, ``processed`` and ``change`` (named ``change``) cells of a long-table row with
+    ``clean``/``recon``/``change`` columns and intervals; the change starred when ``r["significant"]``."""
+    return {"clean": row_ci(r, "clean", digits), "processed": row_ci(r, "recon", digits),
+            change: row_ci(r, "change", digits, signed=True) + ("*" if r.get("significant", False) else "")}
+
+
 def _p(p: float) -> str:
     if p is None or not np.isfinite(p):
         return "n/a"
@@ -132,10 +144,7 @@ def _task_fmt(a: Analysis) -> pd.DataFrame:
             "cohort": r["cohort"], "level": _level(r), "reconstructor": r["reconstructor"],
             "mitigation": _mitigation(r), "seed": str(r["seed"]),
             "label": r["label"] or "", "metric": METRIC_NAMES.get(r["metric"], r["metric"]),
-            "clean": format_ci(r["clean"], r["clean_ci_low"], r["clean_ci_high"], d),
-            "processed": format_ci(r["recon"], r["recon_ci_low"], r["recon_ci_high"], d),
-            "change": format_ci(r["change"], r["change_ci_low"], r["change_ci_high"], d, signed=True)
-            + ("*" if r["significant"] else ""),
+            **arm_columns(r, d),
             "p": _p(r["p_value"]), "p (adj.)": _p(r["p_adjusted"]), "test": r["test"],
             "undefined": _share(r), "threshold": r["threshold_policy"], "note": _note(r),
             "_significant": bool(r["significant"]),
@@ -153,10 +162,7 @@ def _fairness_fmt(a: Analysis) -> pd.DataFrame:
             "mitigation": _mitigation(r), "seed": str(r["seed"]), "attribute": r["attribute"],
             "label": r["label"] or "", "metric": METRIC_NAMES.get(r["metric"], r["metric"]),
             "groups (n)": r["groups"],
-            "clean": format_ci(r["clean"], r["clean_ci_low"], r["clean_ci_high"], d),
-            "processed": format_ci(r["recon"], r["recon_ci_low"], r["recon_ci_high"], d),
-            "bias change": format_ci(r["change"], r["change_ci_low"], r["change_ci_high"], d, signed=True)
-            + ("*" if r["significant"] else ""),
+            **arm_columns(r, d, "bias change"),
             "change %": "n/a" if not np.isfinite(rel) else f"{rel:+.0f}%",
             "p": _p(r["p_value"]), "p (adj.)": _p(r["p_adjusted"]), "p (perm.)": _p(r["p_permutation"]),
             "worst group": r["worst_group_recon"] or "",
