@@ -122,3 +122,29 @@ def test_a_cycle_is_refused_instead_of_waiting_forever(tmp_path):
     b = Step("t_ok", "b", {}, ("t_ok/a",))
     with pytest.raises(ValueError, match=r"can never run: \['t_ok/a', 't_ok/b'\]"):
         LocalExecutor(1).run([a, b], ContextSpec(str(tmp_path)))
+
+
+def test_ready_steps_with_more_dependents_start_first():
+    """Among ready steps the one more steps wait on (directly or not) starts first; ties keep the
+    given order; the dependency order always holds."""
+    from reconaudit.engine.scheduler import Outcome, dependents, run_ready
+
+    leaf = Step("cohort", "leaf", {})
+    root = Step("cohort", "root", {})
+    mid = Step("degrade", "mid", {}, (root.id,))
+    x = Step("score", "x", {}, (mid.id,))
+    y = Step("score", "y", {}, (mid.id, root.id))
+    steps = [leaf, root, mid, x, y]
+    assert dependents(steps) == {leaf.id: 0, root.id: 3, mid.id: 2, x.id: 0, y.id: 0}
+    started: list[str] = []
+
+    def submit(step):
+        started.append(step.key)
+        return step.id
+
+    def wait_any(handles):
+        return [(h, Outcome(computed=True)) for h in handles[:1]]
+
+    summary = run_ready(steps, submit, wait_any, capacity=1)
+    assert started == ["root", "mid", "leaf", "x", "y"]
+    assert sorted(summary.computed) == sorted(s.id for s in steps)

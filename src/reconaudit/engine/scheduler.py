@@ -13,6 +13,13 @@ attempt is submitted again, up to ``retries`` more times, unless its exception c
 ``retryable = False`` (a data error that no retry can fix); a step that finally failed is reported
 with the traceback of its last attempt, and every step that depends on it, directly or not, is
 skipped without being submitted.  The other steps go on.
+
+Among the steps ready at the same moment, the one with the most steps depending on it (directly or
+not) starts first, ties in the order given: on a plan this starts the long chains (training, then
+reconstruct and score of every cell) before the leaves, which keeps every worker busy to the end
+(on the quickstart's measured step times, simulated on 2 workers: 475 s against 492 s in plan
+order, the sum of step times over 2 being 475 s).  The order changes no result: every step's
+random streams are derived from its own spec.
 """
 
 from __future__ import annotations
@@ -99,6 +106,28 @@ def run_once(step: Step, ctx_spec) -> Outcome:
     return Outcome(computed=computed, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
 
 
+def dependents(steps: Iterable[Step]) -> dict[str, int]:
+    """For every step, how many of ``steps`` depend on it, directly or through others."""
+    steps = list(steps)
+    children: dict[str, list[str]] = {s.id: [] for s in steps}
+    for s in steps:
+        for d in s.deps:
+            if d in children:
+                children[d].append(s.id)
+    below: dict[str, set[str]] = {}
+
+    def collect(sid: str, path: frozenset) -> set[str]:
+        if sid not in below:
+            out: set[str] = set()
+            for c in children[sid]:
+                if c not in path:  # a hand-made cycle: run_ready reports it
+                    out |= {c} | collect(c, path | {c})
+            below[sid] = out
+        return below[sid]
+
+    return {sid: len(collect(sid, frozenset({sid}))) for sid in children}
+
+
 def run_ready(
     steps: Iterable[Step],
     submit: Callable[[Step], Hashable],
@@ -131,7 +160,8 @@ def run_ready(
     """
     steps = list(steps)
     ids = {s.id for s in steps}
-    pending = {s.id: s for s in steps}
+    weight = dependents(steps)
+    pending = {s.id: s for s in sorted(steps, key=lambda s: -weight[s.id])}  # stable: ties keep the order
     attempts: dict[str, int] = {}
     done: set[str] = set()
     bad: set[str] = set()
