@@ -287,22 +287,27 @@ def cohort_params(name: str, params: dict, data_seed: int) -> dict:
 def step_task_model(spec: TaskModelSpec, ctx: StepContext, out: Path) -> None:
     """Train a diagnostic model on the clean train split; thresholds on clean validation data."""
     cohort = load_cohort(ctx, spec.cohort)
+    _train_task_model(spec, ctx, out, cohort, cohort.images, 1)
+
+
+def _train_task_model(spec: TaskModelSpec | DirectModelSpec, ctx: StepContext, out: Path, cohort: Cohort,
+                      x, in_channels: int) -> None:
+    """Train ``spec.task`` / ``spec.arch`` on the train split of ``x`` (studies of ``cohort``, read per
+    batch; a user's model that does not read lazily gets tensors), its thresholds on the validation
+    split, and save ``model.safetensors`` and ``info.json`` (the spec, channels, outputs, history)."""
     task = spec.task
     targets = _task_targets(cohort, task)
     n_out = _task_n_outputs(cohort, task)
     _seed_all(spec.seed)
-    model = _make_task(task, spec.arch, spec.params, ctx, 1, n_out, spec.threshold_policy, spec.target_sensitivity,
-                       cohort.labels)
+    model = _make_task(task, spec.arch, spec.params, ctx, in_channels, n_out, spec.threshold_policy,
+                       spec.target_sensitivity, cohort.labels)
     tr, va = cohort.indices("train"), cohort.indices("val")
-    x, y = cohort.images, targets
-    if not getattr(model, "reads_lazily", False):  # a user's model gets tensors
-        x, y = as_tensor(x), as_tensor(y)
-    history = model.fit(view(x, tr), view(y, tr), view(x, va), view(y, va), seed=spec.seed)
+    if not getattr(model, "reads_lazily", False):
+        x, targets = as_tensor(x), as_tensor(targets)
+    history = model.fit(view(x, tr), view(targets, tr), view(x, va), view(targets, va), seed=spec.seed)
     model.save(out / "model.safetensors")
-    _json(
-        out / "info.json",
-        {**spec.as_dict(), "in_channels": 1, "n_outputs": n_out, "history": history, "thresholds": model.thresholds},
-    )
+    _json(out / "info.json", {**spec.as_dict(), "in_channels": in_channels, "n_outputs": n_out, "history": history,
+                              "thresholds": model.thresholds})
 
 
 def step_predict_clean(spec: PredictCleanSpec, ctx: StepContext, out: Path) -> None:
@@ -775,23 +780,8 @@ def step_direct_model(spec: DirectModelSpec, ctx: StepContext, out: Path) -> Non
 
     cohort = load_cohort(ctx, spec.cohort)
     deg = load_degraded(ctx, spec.degrade)
-    task = spec.task
     x = DirectInputs(deg, spec.input) if is_lazy(deg.image) else direct_inputs(deg.image, deg.kspace, spec.input)
-    n_out = _task_n_outputs(cohort, task)
-    _seed_all(spec.seed)
-    model = _make_task(task, spec.arch, spec.params, ctx, int(x.shape[1]), n_out, spec.threshold_policy,
-                       spec.target_sensitivity, cohort.labels)
-    tr, va = cohort.indices("train"), cohort.indices("val")
-    targets = _task_targets(cohort, task)
-    if not getattr(model, "reads_lazily", False):  # a user's model gets tensors
-        x, targets = as_tensor(x), as_tensor(targets)
-    history = model.fit(view(x, tr), view(targets, tr), view(x, va), view(targets, va), seed=spec.seed)
-    model.save(out / "model.safetensors")
-    _json(
-        out / "info.json",
-        {**spec.as_dict(), "in_channels": int(x.shape[1]), "n_outputs": n_out, "history": history,
-         "thresholds": model.thresholds},
-    )
+    _train_task_model(spec, ctx, out, cohort, x, int(x.shape[1]))
 
 
 def step_direct_score(spec: DirectScoreSpec, ctx: StepContext, out: Path) -> None:
