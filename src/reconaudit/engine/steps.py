@@ -231,11 +231,11 @@ def _seg_scores(prob: np.ndarray, threshold: float, truth: torch.Tensor) -> tupl
     return pred, np.asarray(dice(pred, t), dtype=np.float64), np.asarray(hd95(pred, t), dtype=np.float64)
 
 
-def _image_quality(x: torch.Tensor, ref: torch.Tensor, roi: torch.Tensor | None,
-                   chunk: int | None = PIXEL_CHUNK) -> dict[str, np.ndarray]:
-    """PSNR, SSIM and NMSE of each study of ``x`` against ``ref`` (within ``roi``), ``chunk`` studies at a time."""
-    n = len(x)
-    if chunk is None or n <= chunk:
+def _image_quality(x: torch.Tensor, ref: torch.Tensor, roi: torch.Tensor | None) -> dict[str, np.ndarray]:
+    """PSNR, SSIM and NMSE of each study of ``x`` against ``ref`` (within ``roi``), :data:`PIXEL_CHUNK`
+    studies at a time (each is computed study by study, so the chunk changes no number)."""
+    n, chunk = len(x), PIXEL_CHUNK
+    if n <= chunk:
         return _image_quality_block(x, ref, roi)
     parts = [_image_quality_block(x[i : i + chunk], ref[i : i + chunk], None if roi is None else roi[i : i + chunk])
              for i in range(0, n, chunk)]
