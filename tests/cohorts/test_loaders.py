@@ -336,9 +336,10 @@ def test_manifest_html_groups_masks_and_splits(manifest_path):
     assert list(c3.table["sex"]) == list(c.table["sex"])
 
 
-def test_manifest_written_shard_by_shard_is_the_cohort_loaded_in_memory(tmp_path):
-    """write_manifest with shards of 3 studies and with one shard stores what load_manifest returns:
-    the same arrays (images of two shapes, masks), table, data card and drops."""
+def test_manifest_written_shard_by_shard_is_the_cohort_loaded_in_memory(tmp_path, monkeypatch):
+    """write_manifest with shards of 3 studies, shards of 4 decoded 2 at a time, and one shard stores
+    what load_manifest returns: the same arrays (images of two shapes, masks), table, data card and drops."""
+    import reconaudit.cohorts.manifest as manifest
     from reconaudit.cohorts.manifest import ManifestCohort, write_manifest
 
     path = fx.write_manifest(tmp_path / "m")
@@ -360,7 +361,8 @@ def test_manifest_written_shard_by_shard_is_the_cohort_loaded_in_memory(tmp_path
     mem = load_manifest(params)
     assert len(mem) == 9 and mem.meta["dropped"]["by_reason"] == {"no label": 1, "missing mask": 1,
                                                                    "unreadable image": 1}
-    for shard in (3, 1024):
+    for shard, chunk in ((3, 64), (4, 2), (1024, 64)):
+        monkeypatch.setattr(manifest, "DECODE_CHUNK", chunk)
         d = tmp_path / f"s{shard}"
         write_manifest(params, d, shard_studies=shard)
         c = Cohort.load(d)
