@@ -182,7 +182,8 @@ def run_size(n: int, args: argparse.Namespace, base: Path, *, manifest: bool = F
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     rows = []
     split = None
-    for step in [*plan.ordered(), None]:
+    todo = [s for s in plan.ordered() if not args.only or s.kind in args.only]
+    for step in [*todo, *([] if args.only else [None])]:
         what = "records" if step is None else step.id
         out = subprocess.run([sys.executable, __file__, "--step", str(run_dir), what], env=env, check=True,
                              capture_output=True, text=True)
@@ -217,6 +218,8 @@ def main() -> None:
                     help="instead of the chest cohort: audits of N PNG files through the manifest loader")
     ap.add_argument("--manifest-size", type=int, default=256, help="image side of the manifest audit")
     ap.add_argument("--manifest-seed", type=int, default=0)
+    ap.add_argument("--only", nargs="+", default=None, metavar="KIND",
+                    help="run only the steps of these kinds (e.g. cohort degrade), in plan order, no records")
     ap.add_argument("--workdir", type=Path, default=None, help="where the stores go (default: a temporary directory)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
     args = ap.parse_args()

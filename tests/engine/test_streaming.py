@@ -169,8 +169,9 @@ def test_the_score_steps_read_at_most_one_shard_and_measure_pixels_in_chunks(mak
     store = store_for(conf, run_dir)
     scored = [s for s in plan.ordered() if s.kind in ("score", "direct_score")]
     assert {s.kind for s in scored} == {"score", "direct_score"}
-    monkeypatch.setattr(generative, "PIXEL_CHUNK", 3)
-    monkeypatch.setattr(steps, "PIXEL_CHUNK", 3)
+    assert generative.pixel_chunk((10, 1, 64, 64)) == 64 and generative.pixel_chunk((10, 1, 256, 256)) == 4
+    monkeypatch.setattr(generative, "pixel_chunk", lambda shape: 3)
+    monkeypatch.setattr(steps, "pixel_chunk", lambda shape: 3)
     test_n = None
     for step in scored:
         READS.reset()

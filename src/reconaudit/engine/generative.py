@@ -21,11 +21,20 @@ log = logging.getLogger(__name__)
 SCALE_WINDOW = 6.0
 #: Nominal levels of the ``gen_coverage:<level>`` columns.
 COVERAGE_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
-#: Studies per call of the score step's per-pixel measures (image quality, region quality,
+#: Pixels per call of the score step's per-pixel measures (image quality, region quality,
 #: hallucination maps, coverage): their float64 intermediates (SSIM's local moments, smoothed error
-#: maps) take ~0.5 MB per 64x64 study, so a shard is measured this many studies at a time.  Every
-#: measure is computed study by study, so the chunk changes no number.
-PIXEL_CHUNK = 64
+#: maps) take ~120 bytes per pixel, so a shard is measured :func:`pixel_chunk` studies at a time
+#: (64 at 64x64, 4 at 256x256).  Every measure is computed study by study, so the chunk changes no number.
+PIXEL_BUDGET = 64 * 64 * 64
+
+
+def pixel_chunk(shape: tuple[int, ...]) -> int:
+    """Studies per call of the per-pixel measures for studies of ``shape`` (N, C, H, W): :data:`PIXEL_BUDGET`
+    pixels, at least one study."""
+    per_study = 1
+    for d in tuple(shape)[1:]:
+        per_study *= int(d)
+    return max(1, PIXEL_BUDGET // max(per_study, 1))
 
 
 def observed_pixels(degraded: Degraded) -> np.ndarray | None:
@@ -81,7 +90,7 @@ def generative_columns(
     mean = recon["mean"]
     lesion = lesion_all[ti] if lesion_all is not None else None
     observed = observed_pixels(deg_test)
-    chunk = PIXEL_CHUNK
+    chunk = pixel_chunk(tuple(mean.shape))
     pixel_cols: list[dict[str, np.ndarray]] = []
     for a in range(0, max(len(mean), 1), chunk):  # per-pixel maps of `chunk` studies at a time (study by study)
         sl = slice(a, a + chunk)
