@@ -46,10 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this checkout's package, whatever is installed
 
 
-def audit_config(n: int, size: int, batches: int, shard: int, resamples: int) -> dict:
-    """The benchmark's chest X-ray audit at ``n`` studies."""
+def audit_config(n: int, size: int, batches: int, shard: int, resamples: int,
+                 reconstructors: list[str] | None = None) -> dict:
+    """The benchmark's chest X-ray audit at ``n`` studies (``reconstructors``: a subset of identity,
+    classical, unet; default all three)."""
     train = {"epochs": 1, "max_batches": batches, "batch_size": 32}
-    return {
+    cfg = {
         "name": f"scale-{n}",
         "seeds": [0],
         "device": "cpu",
@@ -66,11 +68,15 @@ def audit_config(n: int, size: int, batches: int, shard: int, resamples: int) ->
         "analysis": {"n_resamples": resamples},
         "execution": {"shard_studies": shard, "threads": 1},
     }
+    if reconstructors:
+        cfg["reconstructors"] = [r for r in cfg["reconstructors"] if r["name"] in reconstructors]
+    return cfg
 
 
-def manifest_config(path: Path, n: int, size: int, batches: int, shard: int, resamples: int) -> dict:
+def manifest_config(path: Path, n: int, size: int, batches: int, shard: int, resamples: int,
+                    reconstructors: list[str] | None = None) -> dict:
     """The benchmark's audit of the manifest at ``path`` (``n`` PNG files) at ``size`` x ``size``."""
-    cfg = audit_config(n, size, batches, shard, resamples)
+    cfg = audit_config(n, size, batches, shard, resamples, reconstructors)
     cfg["name"] = f"scale-manifest-{n}"
     cfg["cohorts"][0]["name"] = "manifest"
     cfg["cohorts"][0]["params"] = {"path": str(path), "target_columns": ["finding"],
@@ -173,9 +179,10 @@ def run_size(n: int, args: argparse.Namespace, base: Path, *, manifest: bool = F
         if not path.exists():
             write_manifest_files(files, n, args.manifest_seed)
         print(json.dumps({"n": n, "wrote_files_s": round(time.perf_counter() - t0, 1)}), flush=True)
-        cfg_dict = manifest_config(path, n, args.manifest_size, args.batches, args.shard, args.resamples)
+        cfg_dict = manifest_config(path, n, args.manifest_size, args.batches, args.shard, args.resamples,
+                                   args.reconstructors)
     else:
-        cfg_dict = audit_config(n, args.size, args.batches, args.shard, args.resamples)
+        cfg_dict = audit_config(n, args.size, args.batches, args.shard, args.resamples, args.reconstructors)
     (run_dir / "config.json").write_text(json.dumps(cfg_dict))
     cfg = load_config(cfg_dict)
     plan = build_plan(cfg, input_digests(cfg, run_dir))
@@ -218,6 +225,8 @@ def main() -> None:
                     help="instead of the chest cohort: audits of N PNG files through the manifest loader")
     ap.add_argument("--manifest-size", type=int, default=256, help="image side of the manifest audit")
     ap.add_argument("--manifest-seed", type=int, default=0)
+    ap.add_argument("--reconstructors", nargs="+", default=None, choices=["identity", "classical", "unet"],
+                    help="a subset of the reconstructors (default: all three)")
     ap.add_argument("--only", nargs="+", default=None, metavar="KIND",
                     help="run only the steps of these kinds (e.g. cohort degrade), in plan order, no records")
     ap.add_argument("--workdir", type=Path, default=None, help="where the stores go (default: a temporary directory)")
