@@ -17,6 +17,17 @@ analysis computes its bootstrap intervals (``--resamples``, default 1,000) in on
 ``degrade``, the train split for ``task_model``/``fit_recon``/``direct_model`` (studies seen: at most
 batches x batch size), the test split for ``predict_clean``/``reconstruct``/``score``/``direct_score``.
 Writes ``benchmarks/results/scale.json`` and prints a Markdown table.
+
+Manifest mode::
+
+    python benchmarks/scale.py --manifest 20000 [--manifest-size 256] [--batches 20] [--shard 1024]
+
+writes N grayscale 8-bit PNG files of 390x320 pixels (a smooth synthetic radiograph-like field, a
+bright disc in the positive studies, mild noise; ``--manifest-seed``) and a manifest CSV in the
+layout of docs/loaders.md (``path,patient_id,finding,sex,site``; two studies per patient, splits
+assigned by patient), then runs the same plan on the ``manifest`` loader at ``--manifest-size``
+(default 256): identity, classical and a U-Net (``max_batches`` = ``--batches``), one low-dose level,
+the direct arm, each step in its own process.  Writing the files is timed but is not a step.
 """
 
 from __future__ import annotations
@@ -35,10 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this checkout's package, whatever is installed
 
 
-def audit_config(n: int, size: int, batches: int, shard: int, resamples: int) -> dict:
-    """The benchmark's chest X-ray audit at ``n`` studies."""
+def audit_config(n: int, size: int, batches: int, shard: int, resamples: int,
+                 reconstructors: list[str] | None = None) -> dict:
+    """The benchmark's chest X-ray audit at ``n`` studies (``reconstructors``: a subset of identity,
+    classical, unet; default all three)."""
     train = {"epochs": 1, "max_batches": batches, "batch_size": 32}
-    return {
+    cfg = {
         "name": f"scale-{n}",
         "seeds": [0],
         "device": "cpu",
@@ -55,6 +68,54 @@ def audit_config(n: int, size: int, batches: int, shard: int, resamples: int) ->
         "analysis": {"n_resamples": resamples},
         "execution": {"shard_studies": shard, "threads": 1},
     }
+    if reconstructors:
+        cfg["reconstructors"] = [r for r in cfg["reconstructors"] if r["name"] in reconstructors]
+    return cfg
+
+
+def manifest_config(path: Path, n: int, size: int, batches: int, shard: int, resamples: int,
+                    reconstructors: list[str] | None = None) -> dict:
+    """The benchmark's audit of the manifest at ``path`` (``n`` PNG files) at ``size`` x ``size``."""
+    cfg = audit_config(n, size, batches, shard, resamples, reconstructors)
+    cfg["name"] = f"scale-manifest-{n}"
+    cfg["cohorts"][0]["name"] = "manifest"
+    cfg["cohorts"][0]["params"] = {"path": str(path), "target_columns": ["finding"],
+                                   "group_columns": ["sex", "site"], "size": size}
+    return cfg
+
+
+def write_manifest_files(root: Path, n: int, seed: int = 0) -> Path:
+    """N grayscale uint8 PNG files of 390x320 (W x H) under ``root/images`` and ``root/manifest.csv``.
+
+    Each image is a smooth vertical-and-radial intensity field (a stand-in for a radiograph) with
+    Gaussian noise (std 4 grey levels); a positive study (``finding`` = 1, about 30%) has a bright disc
+    at a random place.  Two studies per patient; ``sex`` and ``site`` alternate by patient.
+    """
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    h, w = 320, 390
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r = np.hypot((yy - h / 2) / h, (xx - w / 2) / w)
+    base = 60 + 120 * np.clip(1 - 1.6 * r, 0, 1) + 30 * yy / h
+    rows = []
+    for i in range(n):
+        pid = i // 2
+        finding = int(rng.random() < 0.3)
+        img = base * rng.uniform(0.85, 1.15) + rng.normal(0, 4, size=(h, w))
+        if finding:
+            cy, cx, rad = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w, rng.uniform(12, 30)
+            img += 40 * (np.hypot(yy - cy, xx - cx) < rad)
+        rel = f"images/p{pid:06d}_s{i % 2}.png"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), mode="L").save(root / rel)
+        rows.append({"path": rel, "patient_id": f"P{pid:06d}", "finding": finding,
+                     "sex": "F" if pid % 2 else "M", "site": "AB"[(pid // 2) % 2]})
+    path = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
 
 
 def _child(run_dir: Path, what: str) -> None:
@@ -101,22 +162,35 @@ def _studies(kind: str, n: int, split: dict, batches: int, batch_size: dict) -> 
     return split["test"]
 
 
-def run_size(n: int, args: argparse.Namespace, base: Path) -> list[dict]:
-    """Every step of the audit at ``n`` studies, each in a fresh process; one row per step."""
+def run_size(n: int, args: argparse.Namespace, base: Path, *, manifest: bool = False) -> list[dict]:
+    """Every step of the audit at ``n`` studies, each in a fresh process; one row per step.
+
+    ``manifest``: the manifest-loader audit of ``n`` PNG files (written first) instead of the chest cohort."""
     from reconaudit.engine.config import load_config
     from reconaudit.engine.plan import build_plan
     from reconaudit.engine.run import input_digests
 
-    run_dir = base / f"n{n}"
+    run_dir = base / (f"manifest{n}" if manifest else f"n{n}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_dict = audit_config(n, args.size, args.batches, args.shard, args.resamples)
+    if manifest:
+        t0 = time.perf_counter()
+        files = base / f"manifest{n}-files"  # outside the run directory, whose files are not inputs
+        path = files / "manifest.csv"
+        if not path.exists():
+            write_manifest_files(files, n, args.manifest_seed)
+        print(json.dumps({"n": n, "wrote_files_s": round(time.perf_counter() - t0, 1)}), flush=True)
+        cfg_dict = manifest_config(path, n, args.manifest_size, args.batches, args.shard, args.resamples,
+                                   args.reconstructors)
+    else:
+        cfg_dict = audit_config(n, args.size, args.batches, args.shard, args.resamples, args.reconstructors)
     (run_dir / "config.json").write_text(json.dumps(cfg_dict))
     cfg = load_config(cfg_dict)
     plan = build_plan(cfg, input_digests(cfg, run_dir))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     rows = []
     split = None
-    for step in [*plan.ordered(), None]:
+    todo = [s for s in plan.ordered() if not args.only or s.kind in args.only]
+    for step in [*todo, *([] if args.only else [None])]:
         what = "records" if step is None else step.id
         out = subprocess.run([sys.executable, __file__, "--step", str(run_dir), what], env=env, check=True,
                              capture_output=True, text=True)
@@ -132,7 +206,7 @@ def run_size(n: int, args: argparse.Namespace, base: Path) -> list[dict]:
         if kind == "score":
             label = f"score ({step.spec.reconstructor})"
         studies = res.get("rows") or _studies(kind, n, split, args.batches, {"fit_recon": 16})
-        rows.append({"n": n, "step": label, "wall_s": round(res["wall_s"], 2),
+        rows.append({"n": n, "cohort": "manifest" if manifest else "chest-xray", "step": label, "wall_s": round(res["wall_s"], 2),
                      "peak_rss_gb": round(res["peak_rss_gb"], 3), "studies": studies,
                      "studies_per_s": round(studies / max(res["wall_s"], 1e-9), 1)})
         print(json.dumps(rows[-1]), flush=True)
@@ -147,6 +221,14 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--shard", type=int, default=1024)
     ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--manifest", type=int, nargs="+", default=None, metavar="N",
+                    help="instead of the chest cohort: audits of N PNG files through the manifest loader")
+    ap.add_argument("--manifest-size", type=int, default=256, help="image side of the manifest audit")
+    ap.add_argument("--manifest-seed", type=int, default=0)
+    ap.add_argument("--reconstructors", nargs="+", default=None, choices=["identity", "classical", "unet"],
+                    help="a subset of the reconstructors (default: all three)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="KIND",
+                    help="run only the steps of these kinds (e.g. cohort degrade), in plan order, no records")
     ap.add_argument("--workdir", type=Path, default=None, help="where the stores go (default: a temporary directory)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
     args = ap.parse_args()
@@ -155,14 +237,16 @@ def main() -> None:
         return
     base = args.workdir or Path(tempfile.mkdtemp(prefix="reconaudit-scale-"))
     rows = []
-    for n in args.sizes:
-        rows.extend(run_size(n, args, base))
+    runs = [(n, True) for n in args.manifest] if args.manifest else [(n, False) for n in args.sizes]
+    for n, manifest in runs:
+        rows.extend(run_size(n, args, base, manifest=manifest))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out), "workdir": str(base)},
                                         "rows": rows}, indent=2, default=str))
-    print("\n| N | step | wall (s) | peak RSS (GB) | studies/s |\n| --- | --- | --- | --- | --- |")
+    print("\n| cohort | N | step | wall (s) | peak RSS (GB) | studies/s |\n| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['n']:,} | {r['step']} | {r['wall_s']} | {r['peak_rss_gb']} | {r['studies_per_s']} |")
+        print(f"| {r['cohort']} | {r['n']:,} | {r['step']} | {r['wall_s']} | {r['peak_rss_gb']} | "
+              f"{r['studies_per_s']} |")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,10 @@ class ReadCounter:
 #: The process-wide read counter of every :class:`StudyArray`.
 READS = ReadCounter()
 
+#: Studies per zarr call of a scattered read (positions that are not one contiguous run): see
+#: :meth:`StudyArray._scattered`.
+SCATTERED_READ = 64
+
 
 def shard_ranges(n: int, shard_studies: int) -> Iterator[tuple[int, int]]:
     """``(start, stop)`` of consecutive shards of ``shard_studies`` covering ``range(n)``."""
@@ -203,13 +207,27 @@ class StudyArray(LazyStudies):
             count = pos.size
         else:
             uniq, inverse = np.unique(pos, return_inverse=True)
-            data = self.array.get_orthogonal_selection((uniq,))
+            data = self._scattered(uniq)
             if uniq.size != pos.size or np.any(uniq != pos):
                 data = data[inverse]
             count = pos.size
         READS.add(self.name, int(count))
         t = torch.from_numpy(np.ascontiguousarray(data))
         return t[0] if scalar else t
+
+    def _scattered(self, uniq: np.ndarray) -> np.ndarray:
+        """The studies at the sorted, distinct positions ``uniq``, read :data:`SCATTERED_READ` at a time.
+
+        zarr's orthogonal selection holds transient memory per chunk it decodes (~0.3 MB each for
+        a few hundred scattered 64x64 studies, more than the data), so a long scattered read (a
+        test split's shard) goes in pieces into one output array; the bytes are the same.
+        """
+        if uniq.size <= SCATTERED_READ:
+            return self.array.get_orthogonal_selection((uniq,))
+        out = np.empty((uniq.size, *self.array.shape[1:]), dtype=self.array.dtype)
+        for i in range(0, uniq.size, SCATTERED_READ):
+            out[i : i + SCATTERED_READ] = self.array.get_orthogonal_selection((uniq[i : i + SCATTERED_READ],))
+        return out
 
     def __getitem__(self, idx) -> torch.Tensor:
         if isinstance(idx, tuple):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 
@@ -333,6 +334,64 @@ def test_manifest_html_groups_masks_and_splits(manifest_path):
     _patient_split_ok(c2)
     c3 = Cohort.load(_save(c, manifest_path.parent / "saved"))
     assert list(c3.table["sex"]) == list(c.table["sex"])
+
+
+def test_manifest_written_shard_by_shard_is_the_cohort_loaded_in_memory(tmp_path, monkeypatch):
+    """write_manifest with shards of 3 studies, shards of 4 decoded 2 at a time, and one shard stores
+    what load_manifest returns: the same arrays (images of two shapes, masks), table, data card and drops."""
+    import reconaudit.cohorts.manifest as manifest
+    from reconaudit.cohorts.manifest import ManifestCohort, write_manifest
+
+    path = fx.write_manifest(tmp_path / "m")
+    root = path.parent
+    fx.gray(root / "images" / "wide.png", 90, shape=(20, 32))  # another shape: resized in its own batch
+    m = np.zeros((20, 32), dtype=np.uint8)
+    m[:, :7] = 255
+    fx.Image.fromarray(m, mode="L").save(root / "masks" / "wide.png")
+    (root / "images" / "broken.png").write_bytes(b"\x89PNG broken")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df.loc[2, "path"] = "images/wide.png"
+    df.loc[2, "mask"] = "masks/wide.png"
+    df.loc[5, "path"] = "images/broken.png"
+    df.loc[8, "finding"] = ""
+    df.loc[9, "mask"] = ""
+    df.to_csv(path, index=False)
+    params = ManifestParams(path=path, target_columns=["finding"], group_columns=["sex", "site"], mask_column="mask",
+                            size=16)
+    mem = load_manifest(params)
+    assert len(mem) == 9 and mem.meta["dropped"]["by_reason"] == {"no label": 1, "missing mask": 1,
+                                                                   "unreadable image": 1}
+    for shard, chunk in ((3, 64), (4, 2), (1024, 64)):
+        monkeypatch.setattr(manifest, "DECODE_CHUNK", chunk)
+        d = tmp_path / f"s{shard}"
+        write_manifest(params, d, shard_studies=shard)
+        c = Cohort.load(d)
+        assert torch.equal(c.images[:], mem.images) and torch.equal(c.masks[:], mem.masks)
+        pd.testing.assert_frame_equal(c.table, mem.table, check_exact=True)
+        assert c.data_card == mem.data_card and c.meta == json.loads(json.dumps(mem.meta, default=str))
+    assert len(list((tmp_path / "s3" / "arrays.zarr" / "images" / "c").rglob("*"))) > 1  # several shard files
+    e = next(x for x in mem.meta["dropped"]["entries"] if x["reason"] == "unreadable image")
+    assert e["file"].endswith("images/broken.png") and e["row"] == 5
+    ManifestCohort.write(params, tmp_path / "builder", shard_studies=3)  # the cohort step's path
+    assert torch.equal(Cohort.load(tmp_path / "builder").images[:], mem.images)
+
+
+def test_manifest_file_changed_between_check_and_load_is_an_error_naming_it(tmp_path, monkeypatch):
+    import reconaudit.cohorts._io as io
+    from reconaudit.cohorts.manifest import write_manifest
+
+    path = fx.write_manifest(tmp_path / "m", masks=False)
+    real, seen = io.read_image, []
+
+    def flaky(f):
+        seen.append(str(f))
+        if len(seen) > 12 and str(f).endswith("p03_s1.png"):  # decodes when checked, not when loaded
+            raise ValueError("truncated")
+        return real(f)
+
+    monkeypatch.setattr(io, "read_image", flaky)
+    with pytest.raises(CohortError, match=r"image '.*p03_s1\.png' \(row 7\) decoded when the manifest was checked"):
+        write_manifest(ManifestParams(path=path, size=8), tmp_path / "out", shard_studies=4)
 
 
 def _save(c: Cohort, d: Path) -> Path:

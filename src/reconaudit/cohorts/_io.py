@@ -533,8 +533,12 @@ def data_card(
     masks: torch.Tensor | None = None,
     notes: Sequence[str] = (),
     sections: Sequence[str] = (),
+    mask_fraction: np.ndarray | None = None,
 ) -> str:
     """Markdown data card: counts per split, prevalence of each label per group, mask coverage, drops.
+
+    The mask coverage is each study's foreground fraction of ``masks``, or ``mask_fraction`` (one
+    number per table row) from a loader that wrote its masks shard by shard.
 
     ``sections`` (Markdown, e.g. the group-value summary of :mod:`reconaudit.cohorts.groups`) come
     before the dropped rows.  Prevalence of label ``l`` in group ``g`` is ``sum(y_l == 1) / sum(y_l observed)`` over the
@@ -551,6 +555,8 @@ def data_card(
     frac = None
     if masks is not None and len(table):
         frac = masks.reshape(masks.shape[0], -1).float().mean(dim=1).numpy()
+    elif mask_fraction is not None and len(table):
+        frac = np.asarray(mask_fraction)
     if lab:
         out += ["", "## Label prevalence (all studies)", "", "| label | positives | observed | prevalence |",
                 "| --- | --- | --- | --- |"]

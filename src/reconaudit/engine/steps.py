@@ -32,6 +32,7 @@ from reconaudit.arrays import (
 )
 from reconaudit.cohorts.base import Cohort
 from reconaudit.engine.companions import companion_columns, step_aligned_model
+from reconaudit.engine.generative import pixel_chunk
 from reconaudit.engine.plan import Step
 from reconaudit.engine.specs import (
     CohortSpec,
@@ -246,6 +247,18 @@ def _seg_scores(prob: np.ndarray, threshold: float, truth: torch.Tensor) -> tupl
 
 
 def _image_quality(x: torch.Tensor, ref: torch.Tensor, roi: torch.Tensor | None) -> dict[str, np.ndarray]:
+    """PSNR, SSIM and NMSE of each study of ``x`` against ``ref`` (within ``roi``),
+    :func:`~reconaudit.engine.generative.pixel_chunk` studies at a time (each is computed study by
+    study, so the chunk changes no number)."""
+    n, chunk = len(x), pixel_chunk(tuple(x.shape))
+    if n <= chunk:
+        return _image_quality_block(x, ref, roi)
+    parts = [_image_quality_block(x[i : i + chunk], ref[i : i + chunk], None if roi is None else roi[i : i + chunk])
+             for i in range(0, n, chunk)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _image_quality_block(x: torch.Tensor, ref: torch.Tensor, roi: torch.Tensor | None) -> dict[str, np.ndarray]:
     from reconaudit.metrics import nmse, psnr, ssim
 
     a = x.clamp(0, 1).numpy()
