@@ -242,6 +242,8 @@ def test_reconstruct_split_into_shard_tasks_on_two_workers_gives_identical_recor
     assert again.summary.ok and rec_unet.id in again.summary.computed
     n_test = len(pd.read_parquet(lone.records_path).query("reconstructor == 'unet'"))
     log = (run_dir / "run.log").read_text()
-    assert f"reconstruct unet: {n_test} studies in {-(-n_test // 4)} shard tasks on 2 workers" in log
+    # how many Ray workers took the shards depends on what else holds the 2 CPUs at that moment (the
+    # step's own task holds one), so only the split is asserted; equal records are the real check
+    assert f"reconstruct unet: {n_test} studies in {-(-n_test // 4)} shard tasks on " in log
     pd.testing.assert_frame_equal(pd.read_parquet(lone.records_path), pd.read_parquet(again.records_path),
                                   check_exact=True)
