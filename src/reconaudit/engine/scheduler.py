@@ -107,25 +107,19 @@ def run_once(step: Step, ctx_spec) -> Outcome:
 
 
 def dependents(steps: Iterable[Step]) -> dict[str, int]:
-    """For every step, how many of ``steps`` depend on it, directly or through others."""
+    """For every step, how many of ``steps`` depend on it, directly or through others.
+
+    ``steps`` come in dependency order (as :func:`run_ready` takes them), so one backward pass sees
+    every step's dependents before the step itself; out of order, a count is only a lower bound,
+    which changes the start order, never what runs.
+    """
     steps = list(steps)
-    children: dict[str, list[str]] = {s.id: [] for s in steps}
-    for s in steps:
+    below: dict[str, set[str]] = {s.id: set() for s in steps}
+    for s in reversed(steps):
         for d in s.deps:
-            if d in children:
-                children[d].append(s.id)
-    below: dict[str, set[str]] = {}
-
-    def collect(sid: str, path: frozenset) -> set[str]:
-        if sid not in below:
-            out: set[str] = set()
-            for c in children[sid]:
-                if c not in path:  # a hand-made cycle: run_ready reports it
-                    out |= {c} | collect(c, path | {c})
-            below[sid] = out
-        return below[sid]
-
-    return {sid: len(collect(sid, frozenset({sid}))) for sid in children}
+            if d in below:
+                below[d] |= below[s.id] | {s.id}
+    return {sid: len(v) for sid, v in below.items()}
 
 
 def run_ready(
