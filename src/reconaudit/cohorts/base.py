@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from abc import ABC, abstractmethod
+from abc import ABC
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -209,15 +210,19 @@ class Cohort:
     def save(self, directory: str | Path, *, shard_studies: int = DEFAULT_SHARD_STUDIES) -> None:
         """Write the cohort as :meth:`load` reads it: per-study arrays in ``arrays.zarr`` (shards of
         ``shard_studies`` studies), the table (Parquet), metadata (JSON) and data card (Markdown)."""
-        writer = CohortWriter(directory, len(self), shard_studies)
-        for start in range(0, len(self), writer.shard):
-            sl = slice(start, start + writer.shard)
-            writer.append(images=self.images[sl], masks=_opt(self.masks, sl), roi_masks=_opt(self.roi_masks, sl),
-                          lesion_masks=_opt(self.lesion_masks, sl), kspace=_opt(self.kspace, sl),
-                          concentration=_opt(self.concentration, sl))
-        writer.finish(name=self.name, modality=self.modality, table=self.table, labels=self.labels,
-                      group_attributes=self.group_attributes, data_card=self.data_card, meta=self.meta,
-                      regression=self.regression)
+        write_stream(self.as_stream(), directory, shard_studies=shard_studies)
+
+    def as_stream(self) -> CohortStream:
+        """This cohort as a :class:`CohortStream` (slices of its arrays; the same fields)."""
+        def batches(chunk: int) -> Iterator[dict[str, torch.Tensor | None]]:
+            for start in range(0, len(self), chunk):
+                sl = slice(start, start + chunk)
+                yield {name: _opt(getattr(self, name), sl) for name in COHORT_ARRAY_DTYPES}
+
+        info = {"name": self.name, "modality": self.modality, "table": self.table, "labels": self.labels,
+                "group_attributes": self.group_attributes, "data_card": self.data_card, "meta": self.meta,
+                "regression": self.regression}
+        return CohortStream(len(self), batches, lambda: info)
 
     @classmethod
     def load(cls, directory: str | Path) -> Cohort:
@@ -359,11 +364,78 @@ def assign_splits_by_patient(
     return np.array([lookup[p] for p in pids], dtype=object)
 
 
+@dataclass
+class CohortStream:
+    """A cohort produced batch by batch, so it can be written without ever being held whole.
+
+    Attributes
+    ----------
+    n:
+        The number of studies :attr:`batches` yields in all.
+    batches:
+        ``batches(chunk)`` yields dicts of the next studies' arrays (keys of
+        :data:`COHORT_ARRAY_DTYPES`: ``images`` always, ``masks``, ``roi_masks``, ``lesion_masks``,
+        ``kspace``, ``concentration`` when the cohort has them), at most ``chunk`` studies each, in
+        table order.  Called once.
+    finish:
+        Called once, after every batch: the :class:`Cohort` fields other than the arrays
+        (``name``, ``modality``, ``table``, ``labels``, ``group_attributes`` and optionally
+        ``data_card``, ``meta``, ``regression``), so a table or data card may use what the batches
+        decoded (e.g. mask fractions).
+
+    :func:`collect_stream` assembles it into an in-memory :class:`Cohort` and
+    :func:`write_stream` into a :class:`CohortWriter`: both see the same batches, so a loaded and a
+    written cohort hold the same bits.
+    """
+
+    n: int
+    batches: Callable[[int], Iterator[dict[str, torch.Tensor | None]]]
+    finish: Callable[[], dict]
+
+
+def collect_stream(stream: CohortStream, chunk: int = 256) -> Cohort:
+    """The in-memory :class:`Cohort` of ``stream`` (each array allocated once and filled batch by batch)."""
+    arrays: dict[str, torch.Tensor | None] = {}
+    seen = 0
+    for batch in stream.batches(max(1, int(chunk))):
+        b = int(batch["images"].shape[0])
+        for name, t in batch.items():
+            if t is None:
+                arrays.setdefault(name, None)
+                continue
+            if name not in arrays or arrays[name] is None:
+                arrays[name] = torch.empty((stream.n, *t.shape[1:]), dtype=t.dtype)
+            arrays[name][seen : seen + b] = t
+        seen += b
+    if seen != stream.n:
+        raise CohortError(f"the cohort stream yielded {seen} studies, {stream.n} expected")
+    info = stream.finish()
+    if "images" not in arrays:
+        arrays["images"] = torch.zeros((0, 1, 1, 1), dtype=torch.float32)
+    return Cohort(**info, **arrays)
+
+
+def write_stream(stream: CohortStream, directory: str | Path, *, shard_studies: int = DEFAULT_SHARD_STUDIES,
+                 chunk: int = 256) -> None:
+    """Write ``stream`` to ``directory`` with a :class:`CohortWriter` (at most one shard and one batch held)."""
+    writer = CohortWriter(directory, stream.n, shard_studies)
+    for batch in stream.batches(max(1, min(int(shard_studies), int(chunk)))):
+        writer.append(**batch)
+    writer.finish(**stream.finish())
+
+
+def _defines(cls: type, method: str) -> bool:
+    """Whether ``cls`` overrides the :class:`CohortBuilder` classmethod ``method``."""
+    return getattr(cls, method).__func__ is not getattr(CohortBuilder, method).__func__
+
+
 class CohortBuilder(ABC):
     """A cohort the engine can build (synthetic) or load (a real layout), declared at class level.
 
-    The engine validates the config's ``params`` with ``Params`` and calls :meth:`build` (the
-    ``cohort`` step); ``tasks`` bounds the tasks a synthetic cohort's config may ask for and is the
+    The engine validates the config's ``params`` with ``Params`` and calls :meth:`write` (the
+    ``cohort`` step).  A subclass defines :meth:`stream` (the studies batch by batch: :meth:`build`
+    and :meth:`write` follow, and the cohort is never held whole) or, for a cohort that is only
+    ever small, :meth:`build`; defining neither is a ``TypeError`` at class creation.  ``tasks`` bounds the tasks a synthetic cohort's config may ask for and is the
     default task list of any cohort; ``modality``, ``groups`` and ``description`` are shown by
     ``reconaudit cohorts``.  Register a subclass with one line in :data:`reconaudit.cohorts.COHORTS`.
 
@@ -394,16 +466,33 @@ class CohortBuilder(ABC):
     description: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]]
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if not (_defines(cls, "stream") or _defines(cls, "build")):
+            raise TypeError(f"{cls.__name__} must define stream() (studies batch by batch) or build()")
+
     @classmethod
-    @abstractmethod
+    def stream(cls, params: BaseModel) -> CohortStream:
+        """The cohort from validated ``params`` (an instance of ``Params``), batch by batch.
+
+        Define this (or, for a cohort that is only ever small, :meth:`build`): :meth:`build` and
+        :meth:`write` then both follow from it, and the ``cohort`` step never holds the cohort whole.
+        """
+        raise NotImplementedError(f"{cls.__name__} defines build(), not stream()")
+
+    @classmethod
     def build(cls, params: BaseModel) -> Cohort:
-        """Build or load the cohort from validated ``params`` (an instance of ``Params``)."""
+        """Build or load the cohort from validated ``params`` in memory (default: :func:`collect_stream`)."""
+        return collect_stream(cls.stream(params))
 
     @classmethod
     def write(cls, params: BaseModel, directory: str | Path, *, shard_studies: int = DEFAULT_SHARD_STUDIES) -> None:
         """Write the cohort to ``directory`` (what the ``cohort`` step stores; :meth:`Cohort.load` reads it).
 
-        The default builds it in memory and saves it; a builder that can produce studies in
-        batches overrides this with a :class:`CohortWriter` loop, so the cohort is never held whole.
+        With :meth:`stream`, batch by batch through a :class:`CohortWriter` (:func:`write_stream`);
+        a builder defining only :meth:`build` is built in memory and saved.
         """
-        cls.build(params).save(directory, shard_studies=shard_studies)
+        if not _defines(cls, "stream"):
+            cls.build(params).save(directory, shard_studies=shard_studies)
+        else:
+            write_stream(cls.stream(params), directory, shard_studies=shard_studies)

@@ -15,7 +15,7 @@ from pydantic import ConfigDict, Field
 from ..arrays import DEFAULT_SHARD_STUDIES
 from ..progress import track
 from . import _io
-from .base import Cohort, CohortBuilder, CohortError, CohortWriter
+from .base import Cohort, CohortBuilder, CohortError, CohortStream, collect_stream, write_stream
 from .groups import GroupOptions, GroupReport, band_ages, group_summary, normalise_groups
 
 logger = logging.getLogger(__name__)
@@ -66,45 +66,48 @@ def load_manifest(params: ManifestParams | None = None, **overrides) -> Cohort:
         Missing manifest or column; bad target or split value (file, row, column); duplicate study
         id; a patient in two splits; missing image file (with ``on_missing_image="error"``).
     """
-    p = _io.merge_params(ManifestParams, params, overrides)
+    return collect_stream(manifest_stream(_io.merge_params(ManifestParams, params, overrides)))
+
+
+def manifest_stream(params: ManifestParams) -> CohortStream:
+    """:func:`load_manifest`'s cohort as a :class:`~reconaudit.cohorts.base.CohortStream`.
+
+    The rows are checked and every image (and mask) is decoded once to find the unreadable ones,
+    keeping nothing; the kept rows are then decoded again at most :data:`DECODE_CHUNK` at a time
+    and resized, so written through a :class:`~reconaudit.cohorts.base.CohortWriter` at most one
+    shard of resized images and one chunk of decoded files are in memory.  Each image is resized on
+    its own (batched with others of its shape), so the chunk changes no number.  A file that decoded
+    in the first pass and fails in the second (changed meanwhile) is a :class:`CohortError` naming it.
+    """
+    p = params
     rows = _ManifestRows(p)
-    parts = list(rows.decoded(len(rows.table) or 1))
-    images = torch.cat([im for im, _ in parts]) if parts else torch.zeros((0, 1, p.size, p.size))
-    masks = torch.cat([m for _, m in parts]) if p.mask_column is not None else None
-    frac = _mask_fraction(masks) if masks is not None else None
-    table, card, meta = rows.finish(frac)
-    return Cohort(name=p.name, modality=p.modality, images=images, table=table, labels=list(p.target_columns),
-                  group_attributes=rows.groups, masks=masks, data_card=card, meta=meta,
-                  regression=list(p.regression_columns))
+    fracs: list[np.ndarray] = []
+
+    def batches(chunk: int):
+        for images, masks in rows.decoded(min(chunk, DECODE_CHUNK)):
+            if masks is not None:
+                fracs.append(_mask_fraction(masks))
+            yield {"images": images, "masks": masks}
+
+    def finish() -> dict:
+        frac = (np.concatenate(fracs) if fracs else np.zeros(0, dtype=np.float32)) if p.mask_column is not None \
+            else None
+        table, card, meta = rows.finish(frac)
+        return {"name": p.name, "modality": p.modality, "table": table, "labels": list(p.target_columns),
+                "group_attributes": rows.groups, "data_card": card, "meta": meta,
+                "regression": list(p.regression_columns)}
+
+    return CohortStream(len(rows.table), batches, finish)
 
 
 def write_manifest(params: ManifestParams, directory: str | Path, *,
                    shard_studies: int = DEFAULT_SHARD_STUDIES) -> None:
-    """Write :func:`load_manifest`'s cohort to ``directory`` shard by shard (the same arrays and table).
-
-    The rows are checked and every image (and mask) is decoded once to find the unreadable ones,
-    keeping nothing; the kept rows are then decoded again :data:`DECODE_CHUNK` at a time, resized and
-    appended to a :class:`~reconaudit.cohorts.base.CohortWriter` (which writes a shard once it has
-    ``shard_studies`` studies), so at most one shard of resized images and one chunk of decoded
-    files are in memory.  Each image is resized on its own (batched with others of its shape), so
-    the chunk changes no number.  A file that decoded in the first pass and fails in the second (changed
-    meanwhile) is a :class:`CohortError` naming it.
-    """
-    p = _io.merge_params(ManifestParams, params, {})
-    rows = _ManifestRows(p)
-    writer = CohortWriter(directory, len(rows.table), shard_studies)
-    fracs = []
-    for images, masks in rows.decoded(min(writer.shard, DECODE_CHUNK)):  # the writer buffers a shard
-        writer.append(images=images, masks=masks)
-        if masks is not None:
-            fracs.append(_mask_fraction(masks))
-    frac = (np.concatenate(fracs) if fracs else np.zeros(0, dtype=np.float32)) if p.mask_column is not None else None
-    table, card, meta = rows.finish(frac)
-    writer.finish(name=p.name, modality=p.modality, table=table, labels=list(p.target_columns),
-                  group_attributes=rows.groups, data_card=card, meta=meta, regression=list(p.regression_columns))
+    """Write :func:`load_manifest`'s cohort to ``directory`` shard by shard (:func:`manifest_stream`)."""
+    write_stream(manifest_stream(_io.merge_params(ManifestParams, params, {})), directory,
+                 shard_studies=shard_studies)
 
 
-#: Files decoded and resized per batch by :func:`write_manifest` (a 390x320 image is 0.5 MB as float32).
+#: Files decoded and resized per batch by :func:`manifest_stream` (a 390x320 image is 0.5 MB as float32).
 DECODE_CHUNK = 64
 
 
@@ -310,13 +313,6 @@ class ManifestCohort(CohortBuilder):
     Params = ManifestParams
 
     @classmethod
-    def build(cls, params: ManifestParams) -> Cohort:
-        """:func:`load_manifest` with validated ``params``."""
-        return load_manifest(params)
-
-    @classmethod
-    def write(cls, params: ManifestParams, directory: str | Path, *,
-              shard_studies: int = DEFAULT_SHARD_STUDIES) -> None:
-        """:func:`write_manifest`: the cohort decoded and written shard by shard."""
-        write_manifest(params, directory, shard_studies=shard_studies)
-
+    def stream(cls, params: ManifestParams) -> CohortStream:
+        """:func:`manifest_stream`: decoded and written shard by shard."""
+        return manifest_stream(params)

@@ -305,14 +305,19 @@ class RenderDraw:
     blur: float
 
 
-def stack_draws(draws: list[RenderDraw]) -> dict[str, torch.Tensor]:
-    """Batch the draws into float32 tensors keyed by field name (leading axis: the study).
+def stack_draws(draws: list[RenderDraw]) -> dict[str, np.ndarray]:
+    """The draws as float32 columns keyed by field name (leading axis: the study), 640 bytes a study.
 
-    ``consolidation_noise`` gets a channel axis, (B, 1, 10, 10).
+    The cohort keeps its draws in this form (a list of :class:`RenderDraw` costs ~5 KB a study);
+    :func:`draw_batch` turns a slice of the columns into :func:`render`'s input.
     """
-    out = {}
-    for f in fields(RenderDraw):
-        arr = np.stack([np.asarray(getattr(d, f.name), dtype=np.float64) for d in draws]).astype(np.float32)
-        out[f.name] = torch.from_numpy(arr)
+    return {f.name: np.stack([np.asarray(getattr(d, f.name), dtype=np.float64) for d in draws]).astype(np.float32)
+            for f in fields(RenderDraw)}
+
+
+def draw_batch(columns: dict[str, np.ndarray], sl: slice) -> dict[str, torch.Tensor]:
+    """The studies ``sl`` of the draw columns (:func:`stack_draws`) as :func:`render`'s batch of tensors;
+    ``consolidation_noise`` gets a channel axis, (B, 1, 10, 10)."""
+    out = {name: torch.from_numpy(np.ascontiguousarray(col[sl])) for name, col in columns.items()}
     out["consolidation_noise"] = out["consolidation_noise"].unsqueeze(1)  # (B,1,10,10)
     return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -11,7 +11,7 @@ import pandas as pd
 from scipy.special import ndtri
 
 from reconaudit.cohorts.base import assign_splits_by_patient
-from reconaudit.cohorts.chest_xray.anatomy import RenderDraw
+from reconaudit.cohorts.chest_xray.anatomy import RenderDraw, stack_draws
 from reconaudit.cohorts.chest_xray.params import (
     _AGE_RANGE,
     _HEART_TILT,
@@ -236,8 +236,10 @@ def _resolve(params: ChestXrayParams | None, overrides: dict[str, Any]) -> Chest
     return params
 
 
-def _draw_cohort(params: ChestXrayParams) -> tuple[list[StudyDraw], pd.DataFrame]:
-    """Draw every patient and study (rendering parameters and labels; no pixels)."""
+def _draw_cohort(params: ChestXrayParams) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """Draw every patient and study (no pixels): the rendering parameters as float32 columns
+    (:func:`~reconaudit.cohorts.chest_xray.anatomy.stack_draws`, stacked every :data:`_STACK`
+    studies so the per-study objects never accumulate) and the study table."""
     s = params.co_occurrence_strength
     chol = np.linalg.cholesky((1.0 - s) * np.eye(len(LABELS)) + s * LATENT_CORRELATION)
 
@@ -249,34 +251,44 @@ def _draw_cohort(params: ChestXrayParams) -> tuple[list[StudyDraw], pd.DataFrame
     visits[-1] -= sum(visits) - params.n_studies
     width = max(5, len(str(len(visits))))
 
-    studies: list[StudyDraw] = []
-    rows: list[dict] = []
+    pending: list[RenderDraw] = []
+    parts: list[dict[str, np.ndarray]] = []
+    cols: dict[str, list] = {c: [] for c in _TABLE_COLUMNS}
     for i, nv in enumerate(visits):
         pid = f"CXR-P{i:0{width}d}"
         pat = _draw_patient(params, pid, nv, chol)
         for j in range(nv):
             sid = f"{pid}-S{j}"
             st = _draw_study(params, pat, j, sid, chol)
-            studies.append(st)
-            row = {
-                "study_id": sid,
-                "patient_id": pid,
-                "sex": pat["sex"],
-                "age_band": pat["age_band"],
-                "site": pat["site"],
-                "age": st.age,
-                "visit": j,
-                "cardiothoracic_ratio": st.ctr,
-                "effusion_height": st.render.effusion_h[0] if st.truth[1] else np.nan,
-                "nodule_radius": float(st.render.nodule_r[0]) if st.truth[2] else np.nan,
-                "pneumothorax_fraction": st.render.ptx_w[0] if st.truth[4] else np.nan,
-            }
-            row.update({k: float(v) for k, v in zip(LABELS, st.observed)})
-            row.update({f"true_{k}": float(v) for k, v in zip(LABELS, st.truth)})
-            rows.append(row)
+            pending.append(st.render)
+            if len(pending) == _STACK:
+                parts.append(stack_draws(pending))
+                pending = []
+            for name, value in (("study_id", sid), ("patient_id", pid), ("sex", pat["sex"]),
+                                ("age_band", pat["age_band"]), ("site", pat["site"]), ("age", st.age),
+                                ("visit", j), ("cardiothoracic_ratio", st.ctr),
+                                ("effusion_height", st.render.effusion_h[0] if st.truth[1] else np.nan),
+                                ("nodule_radius", float(st.render.nodule_r[0]) if st.truth[2] else np.nan),
+                                ("pneumothorax_fraction", st.render.ptx_w[0] if st.truth[4] else np.nan)):
+                cols[name].append(value)
+            for k, obs, true in zip(LABELS, st.observed, st.truth):
+                cols[k].append(float(obs))
+                cols[f"true_{k}"].append(float(true))
+    if pending or not parts:
+        parts.append(stack_draws(pending) if pending else {f.name: np.zeros((0,), np.float32)
+                                                              for f in fields(RenderDraw)})
+    draws = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(cols)
     split = assign_splits_by_patient(table["patient_id"].to_numpy(), params.split_fractions, params.seed)
     table.insert(2, "split", split.astype(str))
     table["age"] = table["age"].astype(int)
-    return studies, table
+    return draws, table
+
+
+#: Studies whose draws are stacked into columns at a time by :func:`_draw_cohort`.
+_STACK = 1024
+#: The study table's columns, in order.
+_TABLE_COLUMNS = ("study_id", "patient_id", "sex", "age_band", "site", "age", "visit", "cardiothoracic_ratio",
+                  "effusion_height", "nodule_radius", "pneumothorax_fraction", *LABELS,
+                  *(f"true_{k}" for k in LABELS))

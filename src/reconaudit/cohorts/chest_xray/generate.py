@@ -6,11 +6,10 @@ import logging
 from typing import Any
 
 import pandas as pd
-import torch
 
 from reconaudit.arrays import DEFAULT_SHARD_STUDIES
-from reconaudit.cohorts.base import Cohort, CohortBuilder, CohortWriter
-from reconaudit.cohorts.chest_xray.anatomy import render, stack_draws
+from reconaudit.cohorts.base import Cohort, CohortBuilder, CohortStream, collect_stream, write_stream
+from reconaudit.cohorts.chest_xray.anatomy import draw_batch, render
 from reconaudit.cohorts.chest_xray.card import _data_card
 from reconaudit.cohorts.chest_xray.draws import _draw_cohort, _resolve
 from reconaudit.cohorts.chest_xray.params import (
@@ -63,66 +62,41 @@ def generate_chest_xray(params: ChestXrayParams | None = None, **overrides: Any)
     group's miss rate) when the finding is present.  Rendering is batched over studies in chunks of
     ``min(256, 2**22 / size**2)``.
     """
-    params = _resolve(params, overrides)
-    studies, table = _draw_cohort(params)
-
-    size = params.size
-    images = torch.empty((len(studies), 1, size, size), dtype=torch.float32)
-    roi = torch.empty((len(studies), 1, size, size), dtype=torch.bool)
-    lesion = torch.empty((len(studies), 1, size, size), dtype=torch.bool)
-    for start, img, body, finding in _render_chunks(studies, size):
-        images[start : start + len(img)] = img
-        roi[start : start + len(img)] = body
-        lesion[start : start + len(img)] = finding
-    _log_size(studies, table, size)
-
-    return Cohort(
-        name="chest-xray",
-        modality="xray",
-        images=images,
-        table=table,
-        labels=list(LABELS),
-        group_attributes=["sex", "age_band", "site"],
-        roi_masks=roi,
-        lesion_masks=lesion,
-        data_card=_data_card(params, table),
-        meta=params.model_dump(mode="json"),
-        regression=list(params.regression_columns),
-    )
+    return collect_stream(chest_xray_stream(_resolve(params, overrides)))
 
 
-def _render_chunks(studies: list, size: int):
-    """``(start, images, body, findings)`` of consecutive rendering chunks of ``min(256, 2**22 / size**2)``."""
-    chunk = int(max(1, min(256, 2**22 // (size * size))))
-    with task("chest-xray: rendering studies", total=len(studies)) as bar:
-        for start in range(0, len(studies), chunk):
-            batch = studies[start : start + chunk]
-            img, body, finding = render(stack_draws([st.render for st in batch]), size)
-            yield start, img, body, finding
-            bar.advance(len(batch))
+def chest_xray_stream(params: ChestXrayParams) -> CohortStream:
+    """:func:`generate_chest_xray`'s cohort as a :class:`~reconaudit.cohorts.base.CohortStream`.
 
+    The draws (one table row and 640 bytes of rendering parameters per study) are made first;
+    images, body and finding masks are then rendered in chunks of ``min(256, 2**22 / size**2)``
+    studies (whatever chunk is asked for: the rendering chunk is part of the cohort's definition),
+    so written through a :class:`~reconaudit.cohorts.base.CohortWriter` at most one shard and one
+    chunk are in memory.
+    """
+    draws, table = _draw_cohort(params)
+    size, n = params.size, len(table)
 
-def _log_size(studies: list, table: pd.DataFrame, size: int) -> None:
-    logger.info("chest-xray: %d studies of %d patients at %dx%d", len(studies), table["patient_id"].nunique(),
-                size, size)
+    def batches(_chunk: int):
+        chunk = int(max(1, min(256, 2**22 // (size * size))))
+        with task("chest-xray: rendering studies", total=n) as bar:
+            for start in range(0, n, chunk):
+                img, body, finding = render(draw_batch(draws, slice(start, start + chunk)), size)
+                yield {"images": img, "roi_masks": body, "lesion_masks": finding}
+                bar.advance(len(img))
+
+    def finish() -> dict:
+        logger.info("chest-xray: %d studies of %d patients at %dx%d", n, table["patient_id"].nunique(), size, size)
+        return {"name": "chest-xray", "modality": "xray", "table": table, "labels": list(LABELS),
+                "group_attributes": ["sex", "age_band", "site"], "data_card": _data_card(params, table),
+                "meta": params.model_dump(mode="json"), "regression": list(params.regression_columns)}
+
+    return CohortStream(n, batches, finish)
 
 
 def write_chest_xray(params: ChestXrayParams, directory, *, shard_studies: int = DEFAULT_SHARD_STUDIES) -> None:
-    """Write :func:`generate_chest_xray`'s cohort to ``directory`` shard by shard (the same bits).
-
-    The draws (one table row per study) are made first; images, body and finding masks are then
-    rendered in the same chunks as :func:`generate_chest_xray` and appended to a
-    :class:`~reconaudit.cohorts.base.CohortWriter`, so at most one shard and one chunk are in memory.
-    """
-    studies, table = _draw_cohort(params)
-    size = params.size
-    writer = CohortWriter(directory, len(studies), shard_studies)
-    for _, img, body, finding in _render_chunks(studies, size):
-        writer.append(images=img, roi_masks=body, lesion_masks=finding)
-    _log_size(studies, table, size)
-    writer.finish(name="chest-xray", modality="xray", table=table, labels=list(LABELS),
-                  group_attributes=["sex", "age_band", "site"], data_card=_data_card(params, table),
-                  meta=params.model_dump(mode="json"), regression=list(params.regression_columns))
+    """Write :func:`generate_chest_xray`'s cohort to ``directory`` shard by shard (:func:`chest_xray_stream`)."""
+    write_stream(chest_xray_stream(params), directory, shard_studies=shard_studies)
 
 
 def supported_tasks(params: dict) -> tuple[str, ...]:
@@ -142,11 +116,6 @@ class ChestXrayCohort(CohortBuilder):
     Params = ChestXrayParams
 
     @classmethod
-    def build(cls, params: ChestXrayParams) -> Cohort:
-        """:func:`generate_chest_xray` with validated ``params``."""
-        return generate_chest_xray(params)
-
-    @classmethod
-    def write(cls, params: ChestXrayParams, directory, *, shard_studies: int = DEFAULT_SHARD_STUDIES) -> None:
-        """:func:`write_chest_xray`: rendered and written shard by shard."""
-        write_chest_xray(params, directory, shard_studies=shard_studies)
+    def stream(cls, params: ChestXrayParams) -> CohortStream:
+        """:func:`chest_xray_stream`: rendered and written shard by shard."""
+        return chest_xray_stream(params)
