@@ -325,3 +325,17 @@ def test_aggregate_seeds_and_metric_change():
     assert ch.difference == pytest.approx(-0.05) and ch.relative_percent == pytest.approx(-6.25)
     with pytest.warns(MetricUndefinedWarning, match="clean value is 0"):
         assert np.isnan(metric_change(np.array([0.1, 0.2]), np.array([0.0, 0.1])).relative_percent[0])
+
+
+def test_column_p_values_count_undefined_resamples_against_the_change():
+    """The depth analyses' per-column p-values follow the bootstrap's one convention: an undefined
+    resample counts on both sides (known answer: two positive, two undefined -> p = 1, not 0)."""
+    from reconaudit.metrics.intervals import bootstrap_p_value, column_intervals, column_p_values
+
+    dist = np.array([[1.0, 0.5], [1.0, -0.2], [np.nan, 0.3], [np.nan, 0.1]])
+    p = column_p_values(dist)
+    assert p[0] == 1.0  # 2 * min(0 + 2, 2 + 2) / 4
+    assert p[1] == pytest.approx(0.5)  # 2 * min(1, 3) / 4
+    assert p.tolist() == [bootstrap_p_value(dist[:, 0]), bootstrap_p_value(dist[:, 1])]
+    lo, hi = column_intervals(dist, 0.5)
+    assert lo[0] == hi[0] == 1.0 and lo[1] == pytest.approx(np.percentile([0.5, -0.2, 0.3, 0.1], 25))

@@ -262,15 +262,19 @@ class ArtifactStore:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------ writing
+    def _private(self, prefix: str) -> Path:
+        """A new private directory under ``.tmp`` (named by :func:`_tmp_name`, so a dead owner's is swept)."""
+        tmp = self._tmp / _tmp_name(prefix)
+        tmp.mkdir(parents=True)
+        return tmp
+
     @contextlib.contextmanager
     def writer(self, kind: str, key: str) -> Iterator[Path]:
         """Yield a private directory; commit it as ``kind/key`` when the block ends without error."""
-        tmp = self._tmp / _tmp_name(f"{kind}-{key}")
-        tmp.mkdir(parents=True)
+        tmp = self._private(f"{kind}-{key}")
         try:
             yield tmp
-            (tmp / MARKER).write_text(json.dumps({"kind": kind, "key": key, "time": time.time(),
-                                                  "files": manifest_of(tmp), "env": step_environment()}))
+            (tmp / MARKER).write_text(_marker(kind, key, tmp))
             final = self._final(kind, key)
             final.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -356,8 +360,7 @@ class FsspecStore(ArtifactStore):
             return self._checked(kind, key, local)
         if not self.exists(kind, key):
             raise FileNotFoundError(f"artifact {kind}/{key} is not in the store {self.url}")
-        tmp = self._tmp / _tmp_name(f"get-{kind}-{key}")
-        tmp.mkdir(parents=True)
+        tmp = self._private(f"get-{kind}-{key}")
         remote = self._remote(kind, key)
         for f in self.fs.find(remote):
             rel = f[len(remote) + 1 :]
@@ -373,8 +376,7 @@ class FsspecStore(ArtifactStore):
 
     @contextlib.contextmanager
     def writer(self, kind: str, key: str) -> Iterator[Path]:
-        tmp = self._tmp / _tmp_name(f"{kind}-{key}")
-        tmp.mkdir(parents=True)
+        tmp = self._private(f"{kind}-{key}")
         try:
             yield tmp
             if not self.exists(kind, key):
@@ -384,11 +386,16 @@ class FsspecStore(ArtifactStore):
                         rel = f.relative_to(tmp).as_posix()
                         self.fs.makedirs(f"{remote}/{Path(rel).parent.as_posix()}", exist_ok=True)
                         self.fs.put_file(str(f), f"{remote}/{rel}")
-                marker = {"kind": kind, "key": key, "time": time.time(), "files": manifest_of(tmp),
-                          "env": step_environment()}
-                self.fs.pipe_file(f"{remote}/{MARKER}", json.dumps(marker).encode())
+                self.fs.pipe_file(f"{remote}/{MARKER}", _marker(kind, key, tmp).encode())
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _marker(kind: str, key: str, folder: Path) -> str:
+    """The commit marker of ``folder`` as ``kind/key``: JSON with the time, the checksummed file
+    manifest (:func:`manifest_of`) and :func:`step_environment`."""
+    return json.dumps({"kind": kind, "key": key, "time": time.time(), "files": manifest_of(folder),
+                       "env": step_environment()})
 
 
 def step_environment() -> dict:

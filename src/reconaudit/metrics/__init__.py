@@ -171,7 +171,6 @@ __all__ = [
 ]
 
 # the fairness audit in depth (docs/metrics.md, "Fairness audit in depth")
-from ._resample import bootstrap_statistic  # noqa: E402
 from .calibration import (  # noqa: E402
     calibration_bins,
     calibration_by_group,
@@ -184,6 +183,7 @@ from .onset import OnsetResult, onset_level  # noqa: E402
 from .operating_point import OPERATING_POINT_QUANTITIES, operating_point_audit, restoring_threshold  # noqa: E402
 from .power import power_at, required_patients, se_from_interval  # noqa: E402
 from .ranking import FriedmanResult, bootstrap_ranks, friedman_test, overlap_text  # noqa: E402
+from .resampling import bootstrap_statistic  # noqa: E402
 from .segmentation_equity import SEGMENTATION_EQUITY_METRICS, equity_scaled, segmentation_equity  # noqa: E402
 from .shortcut import probe_auroc, probe_folds, probe_scores, shortcut_probe  # noqa: E402
 

@@ -21,7 +21,7 @@ fixed threshold; calibration measures that shift directly.
   change with reconstruction :math:`\Delta = \text{gap}_{recon} - \text{gap}_{clean}`.
 
 Intervals are patient-level paired bootstrap intervals (the weights of
-:func:`reconaudit.metrics.stats.iter_bootstrap_weights`).
+:func:`reconaudit.metrics.resampling.iter_bootstrap_weights`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from ._resample import bootstrap_p, bootstrap_statistic, intervals, patients_per_group
 from ._utils import as_1d, as_binary, check_same_length, group_codes
+from .intervals import column_intervals, column_p_values
+from .resampling import bootstrap_statistic, patients_per_group
 
 __all__ = [
     "calibration_bins",
@@ -251,7 +252,7 @@ def calibration_by_group(
     point, dist = bootstrap_statistic(stat, pcodes, n_resamples=n_resamples, seed=seed)
     rows = pd.DataFrame(names, columns=["group", "metric", "arm"])
     rows["estimate"] = point
-    rows["ci_low"], rows["ci_high"] = intervals(dist, confidence)
+    rows["ci_low"], rows["ci_high"] = column_intervals(dist, confidence)
     rows["p_value"] = np.nan
     if "clean" in arms:
         half = len(names) // 2
@@ -259,8 +260,8 @@ def calibration_by_group(
         ch["arm"] = "change"
         dch = dist[:, half:] - dist[:, :half]
         ch["estimate"] = point[half:] - point[:half]
-        ch["ci_low"], ch["ci_high"] = intervals(dch, confidence)
-        ch["p_value"] = bootstrap_p(dch)
+        ch["ci_low"], ch["ci_high"] = column_intervals(dch, confidence)
+        ch["p_value"] = column_p_values(dch)
         rows = pd.concat([rows, ch], ignore_index=True)
     size = dict(zip([str(v) for v in labels], npat.tolist()))
     size["(all)"] = size["(gap)"] = int(len(np.unique(pcodes)))

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._resample import patients_per_group
 from ._utils import as_1d, check_same_length, group_codes
+from .resampling import patients_per_group
 
 __all__ = ["INTERSECTION_SEPARATOR", "intersection_name", "intersect_groups", "group_guard"]
 

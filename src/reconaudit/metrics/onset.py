@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .stats import adjust_pvalues
+from .corrections import adjust_pvalues
 
 __all__ = ["OnsetResult", "onset_level"]
 

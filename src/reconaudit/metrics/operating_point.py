@@ -25,8 +25,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from ._resample import bootstrap_p, bootstrap_statistic, intervals, patients_per_group
 from ._utils import as_1d, as_binary, check_same_length, group_codes
+from .intervals import column_intervals, column_p_values
+from .resampling import bootstrap_statistic, patients_per_group
 
 __all__ = ["restoring_threshold", "operating_point_audit", "OPERATING_POINT_QUANTITIES"]
 
@@ -110,8 +111,8 @@ def operating_point_audit(
         return out.reshape(len(w), -1)
 
     point, dist = bootstrap_statistic(stat, pcodes, n_resamples=n_resamples, seed=seed)
-    lo, hi = intervals(dist, confidence)
-    pv = bootstrap_p(dist)
+    lo, hi = column_intervals(dist, confidence)
+    pv = column_p_values(dist)
     names = [*map(str, labels.tolist()), "(all)"]
     q = OPERATING_POINT_QUANTITIES
     rows = []

@@ -22,7 +22,8 @@ import pandas as pd
 
 from ._utils import to_numpy
 from .image import nmse, psnr, ssim
-from .stats import bootstrap_weights, percentile_interval
+from .intervals import percentile_interval
+from .resampling import bootstrap_weights
 
 __all__ = ["REGIONS", "REGION_METRICS", "region_masks", "region_quality", "group_mean_summary"]
 

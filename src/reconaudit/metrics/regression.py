@@ -15,8 +15,8 @@ attribute, :math:`\mathrm{MAE}_g` over the group's studies; the **MAE gap** is
 :math:`\max_g \mathrm{MAE}_g - \min_g \mathrm{MAE}_g` and the **worst-group MAE** :math:`\max_g
 \mathrm{MAE}_g`.  :func:`regression_summary` gives every metric on clean and processed inputs and
 their change (processed - clean), with patient-level bootstrap percentile intervals from
-:func:`reconaudit.metrics._resample.bootstrap_statistic` (the project's one resampling of patients,
-:func:`reconaudit.metrics.stats.iter_bootstrap_weights`; the same weights for both arms: paired).
+:func:`reconaudit.metrics.resampling.bootstrap_statistic` (the project's one resampling of patients,
+:func:`reconaudit.metrics.resampling.iter_bootstrap_weights`; the same weights for both arms: paired).
 Studies with a NaN target or prediction are left out.
 """
 
@@ -28,8 +28,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ._resample import bootstrap_p, bootstrap_statistic, intervals
 from ._utils import group_codes
+from .intervals import column_intervals, column_p_values
+from .resampling import bootstrap_statistic
 
 __all__ = ["group_mae", "mae", "r2", "regression_summary", "rmse", "weighted_regression_metrics"]
 
@@ -139,10 +140,10 @@ def regression_summary(
         return out
 
     point, dist = bootstrap_statistic(stat, np.asarray(patient_ids).astype(str), n_resamples=n_resamples, seed=seed)
-    lo, hi = intervals(dist, confidence)
+    lo, hi = column_intervals(dist, confidence)
     if "clean" in arms:
         keys += [(m, a, "change") for m, a, _ in keys[: len(keys) // 2]]
-    pvals = bootstrap_p(dist)
+    pvals = column_p_values(dist)
     groups_text = {}
     for arm, p in arms.items():
         for a, g in attrs.items():

@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._resample import bootstrap_p, bootstrap_statistic, intervals, patients_per_group
 from ._utils import as_1d, check_same_length, group_codes
+from .intervals import column_intervals, column_p_values
+from .resampling import bootstrap_statistic, patients_per_group
 
 __all__ = ["equity_scaled", "segmentation_equity", "SEGMENTATION_EQUITY_METRICS"]
 
@@ -116,14 +117,14 @@ def segmentation_equity(
     m = SEGMENTATION_EQUITY_METRICS
     rows = pd.DataFrame([(mm, arm) for arm in arms for mm in m], columns=["metric", "arm"])
     rows["estimate"] = point
-    rows["ci_low"], rows["ci_high"] = intervals(dist, confidence)
+    rows["ci_low"], rows["ci_high"] = column_intervals(dist, confidence)
     rows["p_value"] = np.nan
     if "clean" in arms:
         k = len(m)
         dch = dist[:, k:] - dist[:, :k]
-        lo, hi = intervals(dch, confidence)
+        lo, hi = column_intervals(dch, confidence)
         ch = pd.DataFrame({"metric": list(m), "arm": "change", "estimate": point[k:] - point[:k], "ci_low": lo,
-                           "ci_high": hi, "p_value": bootstrap_p(dch)})
+                           "ci_high": hi, "p_value": column_p_values(dch)})
         rows = pd.concat([rows, ch], ignore_index=True)
 
     def worst_name(arm: str) -> str:

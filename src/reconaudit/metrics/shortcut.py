@@ -24,9 +24,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from ._resample import bootstrap_p, bootstrap_statistic, intervals
 from ._utils import check_same_length, group_codes, to_numpy
-from .stats import weighted_auroc
+from .intervals import column_intervals, column_p_values
+from .resampling import bootstrap_statistic, weighted_auroc
 
 __all__ = ["probe_folds", "probe_scores", "probe_auroc", "shortcut_probe"]
 
@@ -129,8 +129,8 @@ def shortcut_probe(
         return np.stack([c, r, r - c], axis=1)
 
     point, dist = bootstrap_statistic(stat, patient_ids, n_resamples=n_resamples, seed=seed)
-    lo, hi = intervals(dist, confidence)
-    p = bootstrap_p(dist)
+    lo, hi = column_intervals(dist, confidence)
+    p = column_p_values(dist)
     out = pd.DataFrame({"arm": ["clean", "recon", "change"], "estimate": point, "ci_low": lo, "ci_high": hi,
                         "p_value": [np.nan, np.nan, p[2]]})
     out["more_predictable"] = [False, False, bool(lo[2] > 0)]

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .. import metrics as M  # noqa: E402
-from ..metrics.stats import COUNT_METRICS  # noqa: E402
+from ..schema import COUNT_METRICS  # noqa: E402
 from ..seeding import derive_seed  # noqa: E402
 from .analysis import METRIC_NAMES, Analysis, level_text  # noqa: E402
 from .figures import _RC, Figure, _main_seed, _save, _Styles, _t  # noqa: E402
