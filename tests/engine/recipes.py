@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from reconaudit.cohorts.base import Cohort, CohortBuilder, assign_splits_by_patient
+from reconaudit.cohorts.base import CohortBuilder, CohortStream, assign_splits_by_patient
 from reconaudit.mitigation.strategies import MitigationStrategy
 from reconaudit.physics.base import Degradation, Degraded
 from reconaudit.recon.base import Reconstructor, TrainingHooks
@@ -42,18 +42,25 @@ class BrightSpotCohort(CohortBuilder):
     Params = BrightSpotParams
 
     @classmethod
-    def build(cls, params: BrightSpotParams) -> Cohort:
+    def stream(cls, params: BrightSpotParams) -> CohortStream:
         n, s = params.n_studies, params.size
-        g = torch.Generator().manual_seed(params.seed)
-        spot = torch.rand(n, generator=g) < 0.5
-        images = 0.3 + 0.1 * torch.rand(n, 1, s, s, generator=g)
-        images[spot, :, s // 2 - 4 : s // 2 + 4, s // 2 - 4 : s // 2 + 4] += 0.4
+        spot = torch.rand(n, generator=torch_generator(params.seed)) < 0.5
         ids = [f"spot-{i:03d}" for i in range(n)]
         table = pd.DataFrame({"study_id": ids, "patient_id": ids, "sex": np.where(np.arange(n) % 3 == 0, "F", "M"),
                               "spot": spot.numpy().astype(np.float64)})
         table["split"] = assign_splits_by_patient(table["patient_id"], seed=params.seed)
-        return Cohort(name=cls.name, modality="xray", images=images, table=table, labels=["spot"],
-                      group_attributes=["sex"], data_card="# bright-spot\n\nA test cohort.\n")
+
+        def batches(chunk: int):                # studies [start, start + chunk), one seed per study
+            for start in range(0, n, chunk):
+                idx = range(start, min(start + chunk, n))
+                images = torch.stack([0.3 + 0.1 * torch.rand(1, s, s, generator=torch_generator(params.seed + 1 + i))
+                                      for i in idx])
+                images[spot[start : start + len(idx)], :, s // 2 - 4 : s // 2 + 4, s // 2 - 4 : s // 2 + 4] += 0.4
+                yield {"images": images}
+
+        return CohortStream(n, batches, lambda: {
+            "name": cls.name, "modality": "xray", "table": table, "labels": ["spot"], "group_attributes": ["sex"],
+            "data_card": "# bright-spot\n\nA test cohort.\n"})
 
 
 # ---------------------------------------------------------------------------------- degradation

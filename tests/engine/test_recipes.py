@@ -84,6 +84,21 @@ def test_cohort_recipe_builds_the_studies_the_records_carry(audit):
         assert (got.loc[expect.index, "group:sex"] == expect["sex"]).all()
 
 
+def test_cohort_recipe_streams_the_same_studies_written_and_in_memory(audit, tmp_path):
+    """The recipe defines only ``stream``: ``build`` (in memory) and ``write`` (shard by shard) follow
+    from it and hold the same bits, whatever the shard size; the spot is where the label says."""
+    from reconaudit.cohorts import write_cohort
+    from reconaudit.cohorts.base import Cohort
+
+    mem = _cohort()
+    write_cohort("bright-spot", tmp_path / "c", shard_studies=8, n_studies=60, size=16, seed=0)
+    disk = Cohort.load(tmp_path / "c")
+    torch.testing.assert_close(torch.as_tensor(disk.images[list(range(60))]), mem.images, rtol=0, atol=0)
+    pd.testing.assert_frame_equal(disk.table, mem.table)
+    centre = mem.images[:, 0, 6:10, 6:10].mean(dim=(1, 2))
+    np.testing.assert_array_equal((centre > 0.55).numpy(), mem.table["spot"].to_numpy() == 1)
+
+
 def test_degradation_recipe_gives_the_input_psnr_of_its_formula(audit):
     _, rec = audit
     te = _cohort().split("test")
