@@ -10,7 +10,7 @@ import contextlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..progress import track
 from .base import SPLITS, CohortError, assign_splits_by_patient
 
 logger = logging.getLogger(__name__)
@@ -289,6 +290,61 @@ def stack_resized(arrays: Sequence[np.ndarray], size: int, *, mask: bool = False
         batch = torch.from_numpy(np.stack([np.asarray(arrays[i], dtype=np.float32) for i in idx]))[:, None]
         out[torch.as_tensor(idx)] = resize_batch(batch, size, mask=mask)
     return out
+
+
+#: Files decoded and resized per batch by the streaming loaders' second pass (:func:`resized_chunks`);
+#: a 390x320 image is 0.5 MB as float32.
+DECODE_CHUNK = 64
+
+
+def decodes(path: str | Path, drops: DropReport, *, row: int | None = None) -> bool:
+    """Whether ``path`` decodes with :func:`read_image` (the first pass of a streaming loader).
+
+    The decoded image is let go at once, so checking every file holds none of them.  A file that
+    does not decode is recorded in ``drops`` (reason :func:`drop_reason`, the file, ``row`` and the
+    decoder's message) and ``False`` is returned.
+    """
+    try:
+        read_image(path)
+    except ValueError as exc:
+        drops.add(drop_reason(exc), file=str(path), row=row, detail=str(exc))
+        return False
+    return True
+
+
+def resized_chunks(
+    files: Sequence[str | Path],
+    size: int,
+    chunk: int,
+    *,
+    what: str,
+    where: Callable[[int], str] | None = None,
+    description: str,
+) -> Iterator[torch.Tensor]:
+    """The second pass of a streaming loader: ``files`` (each checked by :func:`decodes`) as
+    (B, 1, ``size``, ``size``) float32 batches of at most ``chunk`` studies, in order.
+
+    Each batch is decoded (:func:`read_image`) and resized (:func:`stack_resized`) on its own, so at
+    most ``chunk`` decoded files are in memory; each image is resized alone (batched only with
+    others of its shape), so the chunk changes no number.  No files give one empty batch.  A file
+    that no longer decodes (removed or changed since it was checked) is a :class:`CohortError`
+    naming it, with ``where(i)`` (e.g. its CSV row) when given.
+    """
+    n, chunk = len(files), max(1, int(chunk))
+    if n == 0:
+        yield stack_resized([], size)
+        return
+    for start in track(range(0, n, chunk), description=description):
+        arrays = []
+        for i in range(start, min(start + chunk, n)):
+            try:
+                arrays.append(read_image(files[i]))
+            except ValueError as exc:
+                loc = f" ({where(i)})" if where is not None else ""
+                raise CohortError(f"{what}: image {str(files[i])!r}{loc} decoded when the images were checked but "
+                                  f"not when it was loaded ({exc}); was it changed or removed meanwhile?") from exc
+        yield stack_resized(arrays, size)
+        del arrays
 
 
 # ---------------------------------------------------------------------------------------------- drops

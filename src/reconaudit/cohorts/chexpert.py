@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from ..progress import track
 from . import _io
-from .base import Cohort, CohortBuilder, CohortError
+from .base import Cohort, CohortBuilder, CohortError, CohortStream, collect_stream
 from .groups import GroupOptions, GroupReport, band_ages, group_summary, normalise_groups
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
     metrics); blanks follow ``blank_policy`` (``"zeros"``: 0, ``"ignore"``: NaN).  Label names are
     the column names in snake_case (:func:`snake_case`).  Rows whose every label ends up missing,
     and rows whose image cannot be decoded, are dropped and reported in ``meta["dropped"]``.
+    :func:`chexpert_stream` gives the same cohort batch by batch (what the ``cohort`` step writes,
+    shard by shard).
 
     Patient and study come from the path (``.../patientNNNNN/studyN/viewN_frontal.jpg``); the
     study id is ``patientNNNNN/studyN/viewN_frontal`` (one row per image).  Splits: when the CSV(s)
@@ -141,7 +143,39 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
         Missing CSV or column, bad label value (file, row, column), unparsable path, missing image
         (with ``on_missing_image="error"``), patient in two official partitions.
     """
-    p = _io.merge_params(ChexpertParams, params, overrides)
+    return collect_stream(chexpert_stream(_io.merge_params(ChexpertParams, params, overrides)))
+
+
+def chexpert_stream(params: ChexpertParams) -> CohortStream:
+    """:func:`load_chexpert`'s cohort as a :class:`~reconaudit.cohorts.base.CohortStream`.
+
+    The CSV(s) are checked and every selected image is decoded once to find the missing and
+    unreadable ones (:func:`reconaudit.cohorts._io.decodes`), keeping nothing; the table, data
+    card and metadata follow from the rows kept.  The kept images are then decoded again at most
+    :data:`reconaudit.cohorts._io.DECODE_CHUNK` at a time and resized
+    (:func:`reconaudit.cohorts._io.resized_chunks`), so written through a
+    :class:`~reconaudit.cohorts.base.CohortWriter` at most one shard of resized images and one chunk
+    of decoded files are in memory (CheXpert's 224,316 radiographs decoded whole would be ~60 GB).
+
+    Parameters
+    ----------
+    params:
+        Validated :class:`ChexpertParams`.
+
+    Returns
+    -------
+    CohortStream
+        ``n`` kept studies; ``batches(chunk)`` yields ``{"images": (B, 1, size, size)}`` with
+        ``B <= min(chunk, DECODE_CHUNK)``, in table order.
+
+    Raises
+    ------
+    CohortError
+        As :func:`load_chexpert` (raised when the stream is made, before any image is kept); from
+        ``batches``, a file that decoded when checked but not when loaded (changed or removed
+        meanwhile), naming the file and its CSV row.
+    """
+    p = params
     root = Path(p.root)
     if not root.is_dir():
         raise CohortError(f"{WHAT}: root {str(root)!r} is not a directory; set 'root' to the dataset folder")
@@ -249,25 +283,23 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
     label_keep &= ~none
     table = table[label_keep].reset_index(drop=True)
 
-    # images
-    arrays, ok = [], np.zeros(len(table), dtype=bool)
-    for i, rel in enumerate(track(table["path"].tolist(), description=f"{WHAT}: reading images")):
+    # images: each decoded once to find the unreadable ones (kept: none), decoded again by batches()
+    files, ok = [], np.zeros(len(table), dtype=bool)
+    for i, rel in enumerate(track(table["path"].tolist(), description=f"{WHAT}: checking images")):
         f = _resolve(root, rel)
-        loc = _io.where(table["_file"].iloc[i], int(table["_row"].iloc[i]))
         if f is None:
             msg = f"image {rel!r} not found under {str(root)!r} or {str(root.parent)!r}"
             if p.on_missing_image == "error":
+                loc = _io.where(table["_file"].iloc[i], int(table["_row"].iloc[i]))
                 raise CohortError(f"{WHAT}: {loc}, column 'Path': {msg}; check 'root' "
                                   f"(or set on_missing_image='drop')")
             drops.add("missing image", file=rel, row=int(table["_row"].iloc[i]), detail=msg)
             continue
-        try:
-            arrays.append(_io.read_image(f))
-            ok[i] = True
-        except ValueError as exc:
-            drops.add(_io.drop_reason(exc), file=str(f), row=int(table["_row"].iloc[i]), detail=str(exc))
+        ok[i] = _io.decodes(f, drops, row=int(table["_row"].iloc[i]))
+        if ok[i]:
+            files.append(f)
     table = table[ok].reset_index(drop=True)
-    images = _io.stack_resized(arrays, p.size)
+    rows_of = list(zip(table["_file"].tolist(), table["_row"].astype(int).tolist()))  # names a file that changes
     if "age" in table:
         locs = [f"{_io.where(f, int(r))}, column 'Age'" for f, r in zip(table["_file"], table["_row"])]
         table["age"], table["age_band"] = band_ages(table["age"].to_numpy(dtype=np.float64), p.age_bands, grep,
@@ -312,8 +344,16 @@ def load_chexpert(params: ChexpertParams | None = None, **overrides) -> Cohort:
         "groups": gmeta,
         "dropped": drops.as_meta(),
     }
-    return Cohort(name=p.name, modality="xray", images=images, table=table, labels=names,
-                  group_attributes=groups, data_card=card, meta=meta)
+    info = {"name": p.name, "modality": "xray", "table": table, "labels": names, "group_attributes": groups,
+            "data_card": card, "meta": meta}
+
+    def batches(chunk: int):
+        for images in _io.resized_chunks(files, p.size, min(chunk, _io.DECODE_CHUNK), what=WHAT,
+                                         where=lambda i: _io.where(*rows_of[i]),
+                                         description=f"{WHAT}: reading images"):
+            yield {"images": images}
+
+    return CohortStream(len(table), batches, lambda: info)
 
 
 class ChexpertCohort(CohortBuilder):
@@ -328,7 +368,7 @@ class ChexpertCohort(CohortBuilder):
     Params = ChexpertParams
 
     @classmethod
-    def build(cls, params: ChexpertParams) -> Cohort:
-        """:func:`load_chexpert` with validated ``params``."""
-        return load_chexpert(params)
+    def stream(cls, params: ChexpertParams) -> CohortStream:
+        """:func:`chexpert_stream`: decoded and written shard by shard."""
+        return chexpert_stream(params)
 

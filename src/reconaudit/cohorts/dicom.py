@@ -3,7 +3,8 @@
 Files are found recursively and recognised by content (the ``DICM`` marker after the 128-byte
 preamble), whatever their name: PACS exports name files by number or UID.  Headers are read with
 ``pydicom.dcmread(defer_size="1 KB")`` (large values such as the pixels are not read);
-pixels are decoded only for the files kept.
+pixels are decoded only for the files kept: once to find the unreadable ones, then again chunk by
+chunk as the cohort is written (:func:`dicom_stream`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import ConfigDict, Field
 
 from ..progress import track
 from . import _io
-from .base import Cohort, CohortBuilder, CohortError
+from .base import Cohort, CohortBuilder, CohortError, CohortStream, collect_stream
 from .groups import GroupOptions, GroupReport, band_ages, group_summary, normalise_groups
 
 logger = logging.getLogger(__name__)
@@ -125,9 +126,48 @@ def load_dicom(params: DicomParams | None = None, **overrides) -> Cohort:
 
     Drops (named in the data card): ``not DICOM``, ``unreadable header``, ``no pixel data`` (e.g.
     DICOMDIR, RT plans, structured reports), ``duplicate SOPInstanceUID``, ``no label``,
-    ``compressed DICOM without decoder``, ``unreadable image``.
+    ``compressed DICOM without decoder``, ``unreadable image``.  :func:`dicom_stream` gives the
+    same cohort batch by batch (what the ``cohort`` step writes, shard by shard).
+
+    Raises
+    ------
+    CohortError
+        ``root`` is not a folder or holds no loadable DICOM image; ``labels_csv`` missing or
+        unreadable, without a named column, with a bad label value or a key twice (file, row, column).
     """
-    p = _io.merge_params(DicomParams, params, overrides)
+    return collect_stream(dicom_stream(_io.merge_params(DicomParams, params, overrides)))
+
+
+def dicom_stream(params: DicomParams) -> CohortStream:
+    """:func:`load_dicom`'s cohort as a :class:`~reconaudit.cohorts.base.CohortStream`.
+
+    The headers are read (:func:`scan_headers`) and the pixels of every file kept are decoded once
+    to find the unreadable ones (:func:`reconaudit.cohorts._io.decodes`), keeping nothing; the
+    table, data card and metadata follow from the files kept.  Their pixels are then decoded again
+    at most :data:`reconaudit.cohorts._io.DECODE_CHUNK` files at a time and resized
+    (:func:`reconaudit.cohorts._io.resized_chunks`), so written through a
+    :class:`~reconaudit.cohorts.base.CohortWriter` at most one shard of resized images and one chunk
+    of decoded files are in memory, however many files the folder holds.
+
+    Parameters
+    ----------
+    params:
+        Validated :class:`DicomParams`.
+
+    Returns
+    -------
+    CohortStream
+        ``n`` kept images; ``batches(chunk)`` yields ``{"images": (B, 1, size, size)}`` with
+        ``B <= min(chunk, DECODE_CHUNK)``, in table order.
+
+    Raises
+    ------
+    CohortError
+        As :func:`load_dicom` (raised when the stream is made, before any image is kept); from
+        ``batches``, a file that decoded when checked but not when loaded (changed or removed
+        meanwhile), naming the file.
+    """
+    p = params
     root = Path(p.root)
     if not root.is_dir():
         raise CohortError(f"{WHAT}: root {str(root)!r} is not a directory; set 'root' to the folder of DICOM files")
@@ -191,19 +231,14 @@ def load_dicom(params: DicomParams | None = None, **overrides) -> Cohort:
         table = table[keep].reset_index(drop=True)
         age_source = age_source[keep]
 
-    arrays, ok = [], np.zeros(len(table), dtype=bool)
-    for i, f in enumerate(track(table["path"].tolist(), description=f"{WHAT}: decoding images")):
-        try:
-            arrays.append(_io.read_image(f))
-            ok[i] = True
-        except ValueError as exc:
-            drops.add(_io.drop_reason(exc), file=f, detail=str(exc))
+    # pixels: each file decoded once to find the unreadable ones (kept: none), decoded again by batches()
+    ok = np.array([_io.decodes(f, drops) for f in track(table["path"].tolist(), description=f"{WHAT}: checking images")],
+                  dtype=bool)
     table = table[ok].reset_index(drop=True)
     age_source = age_source[ok]
     if len(table) == 0:
         drops.log(logger)
         raise CohortError(f"{WHAT}: no image under {str(root)!r} could be loaded; dropped: {drops.counts}")
-    images = _io.stack_resized(arrays, p.size)
     table["age"], table["age_band"] = band_ages(table["age"].to_numpy(dtype=np.float64), p.age_bands, grep,
                                                 where=[f"{f}: PatientAge / PatientBirthDate" for f in table["path"]])
     modality = p.modality
@@ -227,8 +262,16 @@ def load_dicom(params: DicomParams | None = None, **overrides) -> Cohort:
                          group_attributes=groups, drops=drops, notes=notes, sections=[gcard])
     meta = {"loader": "dicom", "params": p.model_dump(mode="json"), "files": n_files, "groups": gmeta,
             "dropped": drops.as_meta()}
-    return Cohort(name=p.name, modality=modality, images=images, table=table, labels=labels,
-                  group_attributes=groups, data_card=card, meta=meta)
+    info = {"name": p.name, "modality": modality, "table": table, "labels": labels, "group_attributes": groups,
+            "data_card": card, "meta": meta}
+    files = table["path"].tolist()
+
+    def batches(chunk: int):
+        for images in _io.resized_chunks(files, p.size, min(chunk, _io.DECODE_CHUNK), what=WHAT,
+                                         description=f"{WHAT}: decoding images"):
+            yield {"images": images}
+
+    return CohortStream(len(table), batches, lambda: info)
 
 
 class DicomCohort(CohortBuilder):
@@ -243,6 +286,6 @@ class DicomCohort(CohortBuilder):
     Params = DicomParams
 
     @classmethod
-    def build(cls, params: DicomParams) -> Cohort:
-        """:func:`load_dicom` with validated ``params``."""
-        return load_dicom(params)
+    def stream(cls, params: DicomParams) -> CohortStream:
+        """:func:`dicom_stream`: decoded and written shard by shard."""
+        return dicom_stream(params)
