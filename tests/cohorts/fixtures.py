@@ -1,7 +1,8 @@
-"""Tiny files in the real dataset layouts (CheXpert, UCSF-PDGM, fastMRI, a manifest) for loader tests."""
+"""Tiny files in the real dataset layouts (CheXpert, UCSF-PDGM, fastMRI, DICOM, a manifest) for loader tests."""
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,39 @@ def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2"
         setattr(ds, k, v)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
+
+
+def write_dicom_folder(tmp_path: Path, n: int = 7) -> Path:
+    """A PACS-style export ``export/PA<k>/IM<i>`` of ``n`` DICOM images of three shapes (random 12-bit
+    pixels, every third MONOCHROME1), two per patient, plus a text file (``not DICOM``) and a DICOM whose
+    pixel data is cut short (``unreadable image``); returns the folder."""
+    root = tmp_path / "export"
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        shape = ((20, 20), (24, 16), (16, 30))[i % 3]
+        write_dicom(root / f"PA{i // 2:04d}" / f"IM{i:05d}", rng.integers(0, 4096, size=shape).astype(np.uint16),
+                    photometric="MONOCHROME1" if i % 3 == 2 else "MONOCHROME2", PatientID=f"P{i // 2}",
+                    StudyInstanceUID=f"1.2.{i}", PatientSex="FM"[i % 2], PatientAge=f"{30 + 7 * i:03d}Y")
+    short = root / "PA9999" / "IM99999"
+    write_dicom(short, np.ones((20, 20), dtype=np.uint16), PatientID="P9999", StudyInstanceUID="1.2.9999")
+    short.write_bytes(short.read_bytes()[:-300])
+    (root / "README.txt").write_text("exported by a PACS")
+    return root
+
+
+class DecodeCounter:
+    """Stands in for ``reconaudit.cohorts._io.read_image``: counts its calls and the most decoded
+    images alive at once (``max_live``, followed by weak references: an image let go stops counting)."""
+
+    def __init__(self, real) -> None:
+        self.real, self.calls, self.max_live, self._alive = real, 0, 0, []
+
+    def __call__(self, path):
+        self.calls += 1
+        a = self.real(path)
+        self._alive = [r for r in self._alive if r() is not None] + [weakref.ref(a)]
+        self.max_live = max(self.max_live, len(self._alive))
+        return a
 
 
 # ------------------------------------------------------------------------------------------- CheXpert

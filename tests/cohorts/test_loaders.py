@@ -157,6 +157,69 @@ def test_chexpert_malformed(tmp_path):
         ChexpertParams(root=root, colour="red")
 
 
+def test_chexpert_written_shard_by_shard_is_the_cohort_loaded_in_memory(tmp_path, monkeypatch):
+    """write_cohort("chexpert") with shards of 3 studies, shards of 4 decoded 2 at a time, and one shard
+    stores what make_cohort and load_chexpert return: the same images (two input shapes), table, card, meta."""
+    import reconaudit.cohorts._io as io
+    from reconaudit.cohorts import make_cohort, write_cohort
+
+    root = fx.write_chexpert(tmp_path)
+    fx.gray(root / "train/patient00004/study1/view1_frontal.jpg", 90, shape=(20, 32))  # resized in its own batch
+    kw = {"root": str(root), "size": 16, "demographics_csv": "CHEXPERT DEMO.csv", "seed": 3}
+    mem = make_cohort("chexpert", **kw)
+    same = load_chexpert(**kw)
+    assert torch.equal(same.images, mem.images) and same.table.equals(mem.table) and same.data_card == mem.data_card
+    assert len(mem) == 8 and mem.meta["dropped"]["by_reason"] == {"unreadable image": 1}
+    for shard, chunk in ((3, 64), (4, 2), (1024, 64)):
+        monkeypatch.setattr(io, "DECODE_CHUNK", chunk)
+        d = tmp_path / f"s{shard}"
+        write_cohort("chexpert", d, shard_studies=shard, **kw)
+        c = Cohort.load(d)
+        assert torch.equal(c.images[:], mem.images)
+        pd.testing.assert_frame_equal(c.table, mem.table, check_exact=True)
+        assert c.data_card == mem.data_card and c.meta == json.loads(json.dumps(mem.meta, default=str))
+        assert c.labels == mem.labels and c.group_attributes == mem.group_attributes
+    assert len(list((tmp_path / "s3" / "arrays.zarr" / "images" / "c").rglob("*"))) > 1  # several shard files
+
+
+def test_chexpert_holds_at_most_one_chunk_of_decoded_images(tmp_path, monkeypatch):
+    """Each image is decoded once to check it (and let go), then once more in chunks of DECODE_CHUNK:
+    never more than one chunk of decoded images alive (loading them all first would hold 8)."""
+    import reconaudit.cohorts._io as io
+    from reconaudit.cohorts import write_cohort
+    from reconaudit.cohorts.chexpert import chexpert_stream
+
+    root = fx.write_chexpert(tmp_path)
+    monkeypatch.setattr(io, "DECODE_CHUNK", 2)
+    count = fx.DecodeCounter(io.read_image)
+    monkeypatch.setattr(io, "read_image", count)
+    stream = chexpert_stream(ChexpertParams(root=root, size=8))
+    assert (count.calls, count.max_live, stream.n) == (9, 1, 8)  # 9 frontal rows checked, 1 unreadable
+    assert [len(b["images"]) for b in stream.batches(5)] == [2, 2, 2, 2]
+    assert count.calls == 9 + 8 and count.max_live == 2  # the kept rows decoded once more, 2 at a time
+    count.calls = count.max_live = 0
+    write_cohort("chexpert", tmp_path / "out", shard_studies=3, root=str(root), size=8)  # the cohort step
+    assert count.calls == 9 + 8 and count.max_live <= 2
+
+
+def test_chexpert_image_changed_between_check_and_load_is_an_error_naming_it(tmp_path):
+    from reconaudit.cohorts.base import collect_stream, write_stream
+    from reconaudit.cohorts.chexpert import chexpert_stream
+
+    root = fx.write_chexpert(tmp_path)
+    stream = chexpert_stream(ChexpertParams(root=root, size=8))  # every image checked
+    f = root / "train/patient00004/study1/view1_frontal.jpg"
+    f.write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(CohortError, match=r"chexpert: image '.*patient00004/study1/view1_frontal\.jpg' "
+                                          r"\(.*train\.csv: row 5 \(line 7\)\) decoded when the images were checked "
+                                          r"but not when it was loaded"):
+        write_stream(stream, tmp_path / "out", shard_studies=4)
+    stream = chexpert_stream(ChexpertParams(root=root, size=8, on_missing_image="drop"))
+    (root / "train/patient00007/study1/view1_frontal.jpg").unlink()
+    with pytest.raises(CohortError, match=r"image '.*patient00007/study1/view1_frontal\.jpg' .*removed meanwhile"):
+        collect_stream(stream)
+
+
 # =============================================================================================== UCSF-PDGM
 @pytest.fixture(scope="module")
 def ucsf_root(tmp_path_factory) -> Path:

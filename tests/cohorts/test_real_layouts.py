@@ -296,6 +296,66 @@ def test_dicom_folder_cohort_from_headers(tmp_path):
     assert lab.meta["dropped"]["by_reason"]["no label"] == 2 + int(jpeg2000_decodable)
 
 
+def test_dicom_written_shard_by_shard_is_the_cohort_loaded_in_memory(tmp_path, monkeypatch):
+    """write_cohort("dicom") with shards of 3 images, shards of 4 decoded 2 at a time, and one shard stores
+    what make_cohort and load_dicom return: the same images (three shapes, MONOCHROME1), table, card, meta."""
+    import json
+
+    import torch
+
+    import reconaudit.cohorts._io as io
+    from reconaudit.cohorts import Cohort, make_cohort, write_cohort
+    from reconaudit.cohorts.dicom import load_dicom
+
+    root = fx.write_dicom_folder(tmp_path)
+    mem = make_cohort("dicom", root=str(root), size=8)
+    same = load_dicom(root=root, size=8)
+    assert torch.equal(same.images, mem.images) and same.table.equals(mem.table) and same.data_card == mem.data_card
+    assert len(mem) == 7 and mem.meta["dropped"]["by_reason"] == {"not DICOM": 1, "unreadable image": 1}
+    for shard, chunk in ((3, 64), (4, 2), (1024, 64)):
+        monkeypatch.setattr(io, "DECODE_CHUNK", chunk)
+        d = tmp_path / f"s{shard}"
+        write_cohort("dicom", d, shard_studies=shard, root=str(root), size=8)
+        c = Cohort.load(d)
+        assert torch.equal(c.images[:], mem.images)
+        pd.testing.assert_frame_equal(c.table, mem.table, check_exact=True)
+        assert c.data_card == mem.data_card and c.meta == json.loads(json.dumps(mem.meta, default=str))
+        assert c.modality == mem.modality == "xray"
+
+
+def test_dicom_holds_at_most_one_chunk_of_decoded_images(tmp_path, monkeypatch):
+    """Each file's pixels are decoded once to check them (and let go), then once more in chunks of
+    DECODE_CHUNK: never more than one chunk of decoded images alive (decoding them all first would hold 7)."""
+    import reconaudit.cohorts._io as io
+    from reconaudit.cohorts import write_cohort
+    from reconaudit.cohorts.dicom import DicomParams, dicom_stream
+
+    root = fx.write_dicom_folder(tmp_path)
+    monkeypatch.setattr(io, "DECODE_CHUNK", 2)
+    count = fx.DecodeCounter(io.read_image)
+    monkeypatch.setattr(io, "read_image", count)
+    stream = dicom_stream(DicomParams(root=root, size=8))
+    assert (count.calls, count.max_live, stream.n) == (8, 1, 7)  # 8 DICOM images checked, 1 unreadable
+    assert [len(b["images"]) for b in stream.batches(64)] == [2, 2, 2, 1]
+    assert count.calls == 8 + 7 and count.max_live == 2
+    count.calls = count.max_live = 0
+    write_cohort("dicom", tmp_path / "out", shard_studies=3, root=str(root), size=8)  # the cohort step
+    assert count.calls == 8 + 7 and count.max_live <= 2
+
+
+def test_dicom_file_changed_between_check_and_load_is_an_error_naming_it(tmp_path):
+    from reconaudit.cohorts.base import write_stream
+    from reconaudit.cohorts.dicom import DicomParams, dicom_stream
+
+    root = fx.write_dicom_folder(tmp_path)
+    stream = dicom_stream(DicomParams(root=root, size=8))  # every file's pixels checked
+    f = root / "PA0002" / "IM00004"
+    f.write_bytes(f.read_bytes()[:-200])  # pixel data cut short after the check
+    with pytest.raises(CohortError, match=r"dicom: image '.*PA0002/IM00004' decoded when the images were checked "
+                                          r"but not when it was loaded \(.*less than expected"):
+        write_stream(stream, tmp_path / "out", shard_studies=3)
+
+
 def test_header_only_loads_tables_and_drops_without_voxels(tmp_path):
     from reconaudit.cohorts._io import header_only
     from reconaudit.cohorts.ucsf_pdgm import load_ucsf_pdgm
