@@ -258,15 +258,17 @@ def test_ucsf_pdgm_written_shard_by_shard_is_the_cohort_loaded_in_memory(tmp_pat
 
 def test_ucsf_pdgm_stream_reads_one_subject_at_a_time(ucsf_root, monkeypatch):
     """The stream's batches hold at most ``chunk`` slices; after the first pass each kept subject is read
-    once, when its slices are due, and at most one decoded volume is alive at each batch."""
+    once, when its slices are due, and at most one decoded volume is alive at a time."""
     import gc
     import weakref
 
     import reconaudit.cohorts.ucsf_pdgm as ucsf
 
-    real, reads, live = ucsf._read_subject, [], []
+    real, reads, live, live_at_read = ucsf._read_subject, [], [], []
 
     def counted(nib, folder, stem, f_img, f_seg):
+        gc.collect()
+        live_at_read.append(sum(r() is not None for r in live))  # the previous subject was let go
         out = real(nib, folder, stem, f_img, f_seg)
         reads.append(stem)
         live.append(weakref.ref(out[0]))
@@ -284,6 +286,7 @@ def test_ucsf_pdgm_stream_reads_one_subject_at_a_time(ucsf_root, monkeypatch):
         assert sum(r() is not None for r in live) <= 1
     assert sizes == [2, 2, 1] and reads == ["UCSF-PDGM-0004", "UCSF-PDGM-0017"]
     assert reads_at == [1, 2, 2]  # subject 0017 is read only once subject 0004's slices are out
+    assert live_at_read == [0, 0, 0, 0]  # both passes: never two decoded volumes at once
     assert list(stream.finish()["table"]["slice"]) == [2, 3, 4, 4, 5]
 
 

@@ -627,7 +627,8 @@ def rebatch(units: Iterable[dict[str, torch.Tensor | None]], chunk: int) -> Iter
     slices of one volume); ``None`` entries stay ``None``.  Rows keep their order and values (a
     batch is the concatenation of consecutive rows), and at most one unit and one batch are held:
     the shape of :attr:`~reconaudit.cohorts.base.CohortStream.batches` for a loader that reads a
-    volume at a time.
+    volume at a time.  Rows left over from a unit are copied, so a unit is released before the next
+    one is made.
     """
     chunk = max(1, int(chunk))
     parts: list[dict[str, torch.Tensor | None]] = []
@@ -641,6 +642,9 @@ def rebatch(units: Iterable[dict[str, torch.Tensor | None]], chunk: int) -> Iter
             if held == chunk:
                 yield _concat(parts)
                 parts, held = [], 0
+        if parts and start:  # the unit's last rows wait for the next unit: copy them, so the unit is let go
+            parts[-1] = {k: None if v is None else v.clone() for k, v in parts[-1].items()}
+        del unit
     if held:
         yield _concat(parts)
 

@@ -571,7 +571,10 @@ def brain_glioma_stream(params: BrainGliomaParams) -> CohortStream:
                 if p.regression_columns:
                     seen["inf_px"].append(((conc > INFILTRATION_ISOLINE) & roi).flatten(1).sum(1).double().numpy())
                     seen["vml"].append(vml)
-                yield {"images": img, "masks": msk, "roi_masks": roi, "concentration": conc if p.isolines else None}
+                unit = {"images": img, "masks": msk, "roi_masks": roi, "concentration": conc if p.isolines else None}
+                del img, msk, roi, conc  # released before the next batch is grown
+                yield unit
+                del unit
                 bar.advance(len(part))
 
     def batches(chunk: int):

@@ -426,7 +426,10 @@ class _Volumes:
                 ti = torch.as_tensor(np.flatnonzero(keep))
                 image, kspace = image[ti], kspace[ti]
             scales.append(np.full(int(keep.sum()), scale, dtype=np.float64))
-            yield {"images": image, "kspace": kspace}
+            unit = {"images": image, "kspace": kspace}
+            del image, kspace  # one volume at a time: released before the next is read
+            yield unit
+            del unit
 
     def finish(self, scales: np.ndarray) -> dict:
         """The :class:`Cohort` fields other than the arrays; ``scales`` per study, from the batches."""

@@ -392,9 +392,12 @@ class _Subjects:
         size = self.p.size
         for folder, stem, f_img, f_seg, shape, z in track(self.kept, description=f"{WHAT}: reading volumes"):
             vol, tgt, brain = self._volumes(folder, stem, f_img, f_seg, shape)
-            yield {"images": _io.resize_batch(axial_slices(vol, z), size),
-                   "masks": _io.resize_batch(axial_slices(tgt, z), size, mask=True),
-                   "roi_masks": _io.resize_batch(axial_slices(brain, z), size, mask=True).bool()}
+            unit = {"images": _io.resize_batch(axial_slices(vol, z), size),
+                    "masks": _io.resize_batch(axial_slices(tgt, z), size, mask=True),
+                    "roi_masks": _io.resize_batch(axial_slices(brain, z), size, mask=True).bool()}
+            del vol, tgt, brain  # one volume at a time: released before the next is read
+            yield unit
+            del unit
 
     def finish(self, mask_fraction: np.ndarray) -> dict:
         """The :class:`Cohort` fields other than the arrays; ``mask_fraction`` per study, from the batches."""
