@@ -264,3 +264,23 @@ def write_manifest(tmp_path: Path, *, n_patients: int = 6, masks: bool = True) -
     path = root / "manifest.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
+
+
+# ------------------------------------------------------------------------------------------- streams
+def assert_same_cohort(stored, mem) -> None:
+    """A cohort read back with ``Cohort.load`` holds the bits of the in-memory one: every array (same
+    dtype), the table (exactly), the data card, the metadata and the column roles."""
+    import json
+
+    import torch
+
+    for name in ("images", "masks", "roi_masks", "lesion_masks", "kspace", "concentration"):
+        a, b = getattr(stored, name), getattr(mem, name)
+        assert (a is None) == (b is None), name
+        if b is not None:
+            assert a[:].dtype == b.dtype and torch.equal(a[:], b), name
+    pd.testing.assert_frame_equal(stored.table, mem.table, check_exact=True)
+    assert stored.data_card == mem.data_card
+    assert stored.meta == json.loads(json.dumps(mem.meta, default=str))
+    assert (stored.labels, stored.group_attributes, stored.regression) == (mem.labels, mem.group_attributes,
+                                                                           mem.regression)

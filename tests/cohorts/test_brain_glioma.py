@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import socket
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -17,6 +20,10 @@ from reconaudit.cohorts.brain_glioma import (
     generate_brain_glioma,
     sample_subjects,
 )
+
+_spec = importlib.util.spec_from_file_location("reconaudit_test_cohort_fixtures", Path(__file__).with_name("fixtures.py"))
+fx = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fx)
 
 TINY = dict(
     n_subjects=4, slices_per_subject=2, size=32, seed=7, tumor_radius_mm=(11.0, 16.0), window_voxels=30
@@ -152,12 +159,13 @@ def test_template_is_bundled_and_loads_without_network(monkeypatch):
 
 
 def test_atrophy_enlarges_ventricles_and_sex_scales_head():
-    s = sample_subjects(n_subjects=2, seed=0)
+    s, draws = bg._draw_subjects(BrainGliomaParams(n_subjects=2, seed=0))
     s = s.iloc[[0, 0, 0]].reset_index(drop=True)
+    draws = {k: v[[0, 0, 0]] for k, v in draws.items()}
     s["atrophy"] = [0.0, 1.0, 0.0]
     s["head_scale"] = [1.0, 1.0, 1.1]
     p = BrainGliomaParams()
-    warp = bg._Warp(s, p)
+    warp = bg._Warp(s, draws, p)
     ax = torch.linspace(-90, 90, 91)
     yy, xx = torch.meshgrid(ax, ax, indexing="ij")
     pts = torch.stack([xx, yy - 17, torch.full_like(xx, 16.0)], -1).reshape(1, -1, 3).expand(3, -1, -1)
@@ -169,3 +177,48 @@ def test_atrophy_enlarges_ventricles_and_sex_scales_head():
     assert float(gm[1].sum()) < float(gm[0].sum())  # grey matter shrinks
     brain = (mask > 0.5).sum(1).double()
     assert float(brain[2] / brain[0]) == pytest.approx(1.1**2, rel=0.05)  # area scales with scale^2
+
+
+# two subjects per generation batch at TINY's size and slices: three subjects make two batches
+TWO_A_BATCH = 2 * (TINY["slices_per_subject"] * TINY["size"] ** 2 + 8 * TINY["window_voxels"] ** 2)
+
+
+def test_written_shard_by_shard_is_the_cohort_generated_in_memory(tmp_path, monkeypatch):
+    """write_cohort with shards of 3 studies (cutting across generation batches) stores what make_cohort
+    returns: images, masks, brain masks, concentration, table (phenotypes), data card and meta."""
+    from reconaudit.cohorts import Cohort, make_cohort, write_cohort
+
+    monkeypatch.setattr(bg, "GENERATION_BUDGET", TWO_A_BATCH)
+    params = {**TINY, "n_subjects": 3, "regression_columns": ["tumor_area_cm2", "infiltration_mm"],
+              "isolines": [0.2]}
+    mem = make_cohort("brain-glioma", **params)
+    write_cohort("brain-glioma", tmp_path / "c", shard_studies=3, **params)
+    fx.assert_same_cohort(Cohort.load(tmp_path / "c"), mem)
+    bg.write_brain_glioma(BrainGliomaParams(**params), tmp_path / "d", shard_studies=4)
+    fx.assert_same_cohort(Cohort.load(tmp_path / "d"), mem)
+
+
+def test_stream_holds_one_generation_batch(monkeypatch):
+    """Batches of at most ``chunk`` studies, generated a fixed generation batch at a time and only when due
+    (never more than one batch ahead of the reader); the draws are arrays holding sample_subjects' numbers."""
+    monkeypatch.setattr(bg, "GENERATION_BUDGET", TWO_A_BATCH)
+    p = BrainGliomaParams(**{**TINY, "n_subjects": 3})
+    assert bg.generation_chunk(p) == 2
+    real, made = bg._generate_chunk, []
+
+    def counted(sub, draws, params, vol):
+        made.append(len(sub))
+        return real(sub, draws, params, vol)
+
+    monkeypatch.setattr(bg, "_generate_chunk", counted)
+    stream = bg.brain_glioma_stream(p)
+    assert stream.n == 6 and made == []
+    s_per, seen, sizes = p.slices_per_subject, 0, []
+    for batch in stream.batches(3):
+        sizes.append(len(batch["images"]))
+        seen += sizes[-1]
+        assert sum(made) * s_per - seen < 2 * s_per  # what is generated and not yet yielded: < one batch
+    assert sizes == [3, 3] and made == [2, 1] and batch["concentration"] is None
+    sub, draws = bg._draw_subjects(p)
+    assert draws["seed_u"].shape == (3, 64, 3)
+    np.testing.assert_array_equal(np.array(sample_subjects(p)["seed_u"].tolist()), draws["seed_u"])

@@ -92,3 +92,25 @@ def test_mixed_folder_reads_file_by_file(mc_root, tmp_path):
     # resizing keeps the RSS / k-space consistency for multi-coil files too
     c8 = load_fastmri(root=root, size=8, slices=2)
     torch.testing.assert_close(rss(ifft2c(c8.kspace)), c8.images, atol=1e-5, rtol=0)
+
+
+def test_mixed_folder_written_shard_by_shard_is_the_cohort_loaded_in_memory(mc_root, tmp_path):
+    """write_cohort (shards of 2 slices) and write_fastmri (3) store what make_cohort returns for a folder of 1-, 4- and
+    3-coil files (k-space zero-padded to 4 coils), with labelled slices only: same bits, table, card, drops."""
+    import pandas as pd
+
+    from reconaudit.cohorts import Cohort, make_cohort, write_cohort
+    from reconaudit.cohorts.fastmri import FastmriParams, write_fastmri
+
+    root, _ = mc_root
+    single_root = fx.write_fastmri(tmp_path / "single", n_files=1)
+    (root / "file1000001.h5").write_bytes((single_root / "file1000001.h5").read_bytes())
+    pd.DataFrame({"file": ["file1000001", "file2000001", "file2000001", "file2000002"], "slice": [2, 1, 3, 2],
+                  "tear": [1, 0, 1, 0]}).to_csv(root / "labels.csv", index=False)
+    params = dict(root=root, size=8, slices=3, labels_csv="labels.csv")
+    mem = make_cohort("fastmri", **params)
+    assert len(mem) == 4 and mem.kspace.shape == (4, 4, 8, 8) and mem.meta["dropped"]["by_reason"] == {"no label": 5}
+    write_cohort("fastmri", tmp_path / "s2", shard_studies=2, **params)
+    fx.assert_same_cohort(Cohort.load(tmp_path / "s2"), mem)
+    write_fastmri(FastmriParams(**params), tmp_path / "s3", shard_studies=3)
+    fx.assert_same_cohort(Cohort.load(tmp_path / "s3"), mem)

@@ -301,6 +301,58 @@ def test_ucsf_pdgm_malformed(tmp_path):
         load_ucsf_pdgm(UcsfPdgmParams(root=root, metadata_csv="missing.csv"))
 
 
+def test_ucsf_pdgm_written_shard_by_shard_is_the_cohort_loaded_in_memory(tmp_path):
+    """write_cohort with shards of 2 and 3 slices (cutting across subjects) and one shard stores what
+    make_cohort returns: images, masks, brain masks, table, data card (mask fractions) and drops."""
+    import reconaudit.cohorts.ucsf_pdgm as ucsf
+    from reconaudit.cohorts import make_cohort, write_cohort
+
+    root = fx.write_ucsf(tmp_path / "u")
+    params = dict(root=root, size=16, slices="all_tumor")
+    mem = make_cohort("ucsf-pdgm", **params)
+    assert len(mem) == 5 and mem.meta["dropped"]["by_reason"] == {"no image folder": 1}
+    for shard in (2, 3, 1024):
+        write_cohort("ucsf-pdgm", tmp_path / f"s{shard}", shard_studies=shard, **params)
+        fx.assert_same_cohort(Cohort.load(tmp_path / f"s{shard}"), mem)
+    bad = fx.write_ucsf(tmp_path / "bad", corrupt=17)  # a dropped subject: the same drops, stored
+    ucsf.write_ucsf_pdgm(UcsfPdgmParams(root=bad, size=8), tmp_path / "sb", shard_studies=2)
+    fx.assert_same_cohort(Cohort.load(tmp_path / "sb"), make_cohort("ucsf-pdgm", root=bad, size=8))
+
+
+def test_ucsf_pdgm_stream_reads_one_subject_at_a_time(ucsf_root, monkeypatch):
+    """The stream's batches hold at most ``chunk`` slices; after the first pass each kept subject is read
+    once, when its slices are due, and at most one decoded volume is alive at a time."""
+    import gc
+    import weakref
+
+    import reconaudit.cohorts.ucsf_pdgm as ucsf
+
+    real, reads, live, live_at_read = ucsf._read_subject, [], [], []
+
+    def counted(nib, folder, stem, f_img, f_seg):
+        gc.collect()
+        live_at_read.append(sum(r() is not None for r in live))  # the previous subject was let go
+        out = real(nib, folder, stem, f_img, f_seg)
+        reads.append(stem)
+        live.append(weakref.ref(out[0]))
+        return out
+
+    monkeypatch.setattr(ucsf, "_read_subject", counted)
+    stream = ucsf.ucsf_pdgm_stream(UcsfPdgmParams(root=ucsf_root, size=8, slices="all_tumor"))
+    assert reads == ["UCSF-PDGM-0004", "UCSF-PDGM-0017"] and stream.n == 5  # first pass: slices chosen
+    reads.clear()
+    sizes, reads_at = [], []
+    for batch in stream.batches(2):
+        gc.collect()
+        sizes.append(len(batch["images"]))
+        reads_at.append(len(reads))
+        assert sum(r() is not None for r in live) <= 1
+    assert sizes == [2, 2, 1] and reads == ["UCSF-PDGM-0004", "UCSF-PDGM-0017"]
+    assert reads_at == [1, 2, 2]  # subject 0017 is read only once subject 0004's slices are out
+    assert live_at_read == [0, 0, 0, 0]  # both passes: never two decoded volumes at once
+    assert list(stream.finish()["table"]["slice"]) == [2, 3, 4, 4, 5]
+
+
 # =============================================================================================== fastMRI
 @pytest.fixture(scope="module")
 def fastmri_root(tmp_path_factory) -> Path:
@@ -369,6 +421,59 @@ def test_fastmri_malformed(tmp_path):
         load_fastmri(root=root, labels_csv="l.csv")
     with pytest.raises(CohortError, match="no .h5 files"):
         load_fastmri(root=tmp_path)
+
+
+def test_fastmri_stream_reads_headers_first_then_one_file_at_a_time(fastmri_root, monkeypatch):
+    """The first pass reads each file's k-space once to check it, keeping nothing (a file whose k-space
+    cannot be used is dropped there, as before streaming); the batches hold at most ``chunk`` slices and
+    each file is read again once, when its slices are due."""
+    import reconaudit.cohorts.fastmri as fm
+
+    real, reads = fm.resample_kspace, []
+
+    def counted(k, size, crop=None):
+        reads.append(tuple(k.shape))
+        return real(k, size, crop)
+
+    monkeypatch.setattr(fm, "resample_kspace", counted)
+    stream = fm.fastmri_stream(FastmriParams(root=fastmri_root, size=8, slices=3))
+    assert stream.n == 6 and reads == [(3, 24, 20)] * 2  # every file checked once, one at a time
+    sizes, reads_at = [], []
+    for batch in stream.batches(2):
+        sizes.append(len(batch["images"]))
+        reads_at.append(len(reads))
+        assert batch["kspace"].shape == (sizes[-1], 1, 8, 8)
+    assert sizes == [2, 2, 2] and reads_at == [3, 4, 4] and reads == [(3, 24, 20)] * 4
+    assert stream.finish()["table"]["kspace_scale"].notna().all()
+
+
+def test_fastmri_unreadable_kspace_is_dropped_and_reported(tmp_path):
+    """A file whose k-space is zero is dropped when the files are checked (reported with its reason),
+    and the other file's slices load: the same cohort as without the bad file."""
+    import h5py
+
+    root = fx.write_fastmri(tmp_path, n_files=2)
+    with h5py.File(root / "file1000002.h5", "r+") as h:
+        h["kspace"][...] = 0
+    c = load_fastmri(root=root, size=8, slices=2)
+    assert set(c.table["file"]) == {"file1000001"} and len(c) == 2
+    drops = c.meta["dropped"]
+    assert "unreadable k-space" in str(drops) and "file1000002.h5" in str(drops)
+
+
+def test_fastmri_file_changed_after_the_check_is_an_error_naming_it(tmp_path, monkeypatch):
+    """K-space that read when the files were checked and fails when the cohort is loaded is an error
+    naming the file (nothing is dropped silently after the study count was fixed)."""
+    import h5py
+
+    from reconaudit.cohorts import fastmri as fm
+
+    root = fx.write_fastmri(tmp_path, n_files=2)
+    stream = fm.fastmri_stream(fm.FastmriParams(root=root, size=8, slices=2))
+    with h5py.File(root / "file1000002.h5", "r+") as h:
+        h["kspace"][...] = 0
+    with pytest.raises(CohortError, match=r"file1000002\.h5: unreadable k-space \(ValueError: k-space is zero"):
+        list(stream.batches(64))
 
 
 # =============================================================================================== manifest

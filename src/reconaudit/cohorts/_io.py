@@ -10,7 +10,7 @@ import contextlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -667,3 +667,45 @@ def merge_params(cls, params, overrides: dict):
     if not overrides:
         return params
     return cls(**{**params.model_dump(), **overrides})
+
+
+# ---------------------------------------------------------------------------------------------- streams
+def mask_fraction(masks: torch.Tensor) -> np.ndarray:
+    """The foreground fraction of each study's mask (N, 1, H, W): the data card's mean mask fraction,
+    computed batch by batch by a loader that streams its masks (``data_card(mask_fraction=...)``)."""
+    return masks.reshape(masks.shape[0], -1).float().mean(dim=1).numpy()
+
+
+def rebatch(units: Iterable[dict[str, torch.Tensor | None]], chunk: int) -> Iterator[dict[str, torch.Tensor | None]]:
+    """Batches of exactly ``chunk`` studies (the last may be smaller) from ``units`` of any size.
+
+    A unit is a dict of arrays with the same keys every time and one row per study (e.g. the
+    slices of one volume); ``None`` entries stay ``None``.  Rows keep their order and values (a
+    batch is the concatenation of consecutive rows), and at most one unit and one batch are held:
+    the shape of :attr:`~reconaudit.cohorts.base.CohortStream.batches` for a loader that reads a
+    volume at a time.  Rows left over from a unit are copied, so a unit is released before the next
+    one is made.
+    """
+    chunk = max(1, int(chunk))
+    parts: list[dict[str, torch.Tensor | None]] = []
+    held = 0
+    for unit in units:
+        n, start = int(unit["images"].shape[0]), 0
+        while start < n:
+            take = min(chunk - held, n - start)
+            parts.append({k: None if v is None else v[start : start + take] for k, v in unit.items()})
+            held, start = held + take, start + take
+            if held == chunk:
+                yield _concat(parts)
+                parts, held = [], 0
+        if parts and start:  # the unit's last rows wait for the next unit: copy them, so the unit is let go
+            parts[-1] = {k: None if v is None else v.clone() for k, v in parts[-1].items()}
+        del unit
+    if held:
+        yield _concat(parts)
+
+
+def _concat(parts: list[dict[str, torch.Tensor | None]]) -> dict[str, torch.Tensor | None]:
+    if len(parts) == 1:
+        return parts[0]
+    return {k: None if v is None else torch.cat([p[k] for p in parts]) for k, v in parts[0].items()}

@@ -47,7 +47,16 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from reconaudit.cohorts.base import Cohort, CohortBuilder, assign_splits_by_patient
+from reconaudit.arrays import DEFAULT_SHARD_STUDIES
+from reconaudit.cohorts import _io
+from reconaudit.cohorts.base import (
+    Cohort,
+    CohortBuilder,
+    CohortStream,
+    assign_splits_by_patient,
+    collect_stream,
+    write_stream,
+)
 from reconaudit.cohorts.tumor_growth import grow_tumor
 from reconaudit.progress import task
 from reconaudit.seeding import derive_seed, torch_generator
@@ -57,9 +66,12 @@ __all__ = [
     "LABELS",
     "TUMOR_TYPES",
     "BrainGliomaParams",
+    "brain_glioma_stream",
     "generate_brain_glioma",
+    "generation_chunk",
     "load_mni152_tissue",
     "sample_subjects",
+    "write_brain_glioma",
 ]
 
 logger = logging.getLogger(__name__)
@@ -350,18 +362,38 @@ def _loguniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
 def sample_subjects(params: BrainGliomaParams | None = None, **overrides) -> pd.DataFrame:
     """Draw every per-subject quantity (groups, grade, type, growth and anatomy parameters, labels).
 
-    Cheap (no images); :func:`generate_brain_glioma` uses it, and it lets one check prevalence
-    knobs on many subjects. Subject ``i`` is drawn from its own generator seeded by
+    Cheap (no images); :func:`generate_brain_glioma` uses the same draws, and this lets one check
+    prevalence knobs on many subjects. Subject ``i`` is drawn from its own generator seeded by
     ``derive_seed("brain-glioma/subject", seed, patient_id)``, so it does not depend on ``n_subjects``.
+    The anatomy and seed draws (``seed_u``, ``modes_*``, ``het_*``) are list columns here; the
+    generator keeps them as float32 arrays (about 1 KB a subject).
 
     High-grade probability: :math:`\\mathrm{logit}\\,p = \\mathrm{logit}\\,p_0 + \\sum_k \\log OR_k`
     over the keys of ``high_grade_odds_ratio`` the subject matches.
     """
-    p = _resolve(params, overrides)
+    table, draws = _draw_subjects(_resolve(params, overrides))
+    cols = list(table.columns)
+    at = cols.index("blur_mm") + 1  # where the draws stood among the columns
+    out = table[cols[:at]].copy()
+    for name, a in draws.items():
+        out[name] = pd.Series(list(a.tolist()), dtype=object)
+    for c in cols[at:]:
+        out[c] = table[c]
+    return out
+
+
+#: The per-subject array draws of :func:`_draw_subjects`, in the order they are drawn.
+DRAWS = ("seed_u", "modes_k", "modes_wavelength", "modes_phase", "modes_amp", "het_k", "het_wavelength", "het_phase")
+
+
+def _draw_subjects(p: BrainGliomaParams) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The draws of :func:`sample_subjects`: one table row of scalars per subject and the arrays of
+    :data:`DRAWS` stacked over subjects (float64, ``(n_subjects, ...)``)."""
     sex_shares = p.sex_shares if p.bias else {s: 1 / len(SEXES) for s in SEXES}
     age_shares = p.age_band_shares if p.bias else {a: 1 / len(AGE_BANDS) for a in AGE_BANDS}
     odds = p.high_grade_odds_ratio if p.bias else {}
     rows = []
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in DRAWS}
     for i in range(p.n_subjects):
         pid = f"bg{i:05d}"
         rng = np.random.default_rng(derive_seed("brain-glioma/subject", p.seed, pid))
@@ -407,20 +439,21 @@ def sample_subjects(params: BrainGliomaParams | None = None, **overrides) -> pd.
             label_noise=noise_p,
             noise_sigma=_group_value(row, p.noise_sigma_by_group, p.noise_sigma) if p.bias else p.noise_sigma,
             blur_mm=_group_value(row, p.blur_mm_by_group, p.blur_mm) if p.bias else p.blur_mm,
-            seed_u=rng.random((64, 3)).tolist(),
-            modes_k=rng.standard_normal((_N_MODES, 3)).tolist(),
-            modes_wavelength=rng.uniform(60, 200, _N_MODES).tolist(),
-            modes_phase=rng.uniform(0, 2 * math.pi, (_N_MODES, 3)).tolist(),
-            modes_amp=(p.deformation_mm * rng.standard_normal((_N_MODES, 3)) / math.sqrt(_N_MODES)).tolist(),
-            het_k=rng.standard_normal((_N_HET, 3)).tolist(),
-            het_wavelength=rng.uniform(12, 40, _N_HET).tolist(),
-            het_phase=rng.uniform(0, 2 * math.pi, _N_HET).tolist(),
         )
+        # the array draws, in this order, after the scalars (the generator's stream of numbers)
+        draws["seed_u"].append(rng.random((64, 3)))
+        draws["modes_k"].append(rng.standard_normal((_N_MODES, 3)))
+        draws["modes_wavelength"].append(rng.uniform(60, 200, _N_MODES))
+        draws["modes_phase"].append(rng.uniform(0, 2 * math.pi, (_N_MODES, 3)))
+        draws["modes_amp"].append(p.deformation_mm * rng.standard_normal((_N_MODES, 3)) / math.sqrt(_N_MODES))
+        draws["het_k"].append(rng.standard_normal((_N_HET, 3)))
+        draws["het_wavelength"].append(rng.uniform(12, 40, _N_HET))
+        draws["het_phase"].append(rng.uniform(0, 2 * math.pi, _N_HET))
         for t in TUMOR_TYPES:
             row[f"true_type_{t}"] = float(ttype == t)
             row[f"type_{t}"] = float(obs_type == t)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), {name: np.stack(v) for name, v in draws.items()}
 
 
 def _resolve(params: BrainGliomaParams | None, overrides: dict) -> BrainGliomaParams:
@@ -433,18 +466,19 @@ def _resolve(params: BrainGliomaParams | None, overrides: dict) -> BrainGliomaPa
 
 # ---------------------------------------------------------------------------------------------- geometry
 class _Warp:
-    """Subject -> template map for a batch of subjects (see module docstring, step 1)."""
+    """Subject -> template map for a batch of subjects (see module docstring, step 1): their table rows
+    and their array draws (:data:`DRAWS`, rows aligned with ``sub``)."""
 
-    def __init__(self, sub: pd.DataFrame, p: BrainGliomaParams):
+    def __init__(self, sub: pd.DataFrame, draws: dict[str, np.ndarray], p: BrainGliomaParams):
         b = len(sub)
         self.scale = torch.tensor(sub["head_scale"].to_numpy(), dtype=torch.float32).view(b, 1, 1)
         th = torch.tensor(np.deg2rad(sub["rotation_deg"].to_numpy()), dtype=torch.float32)
         self.cos, self.sin = torch.cos(th).view(b, 1), torch.sin(th).view(b, 1)
-        k = torch.tensor(np.stack(sub["modes_k"].map(np.asarray).to_list()), dtype=torch.float32)  # (B, M, 3)
-        wl = torch.tensor(np.stack(sub["modes_wavelength"].map(np.asarray).to_list()), dtype=torch.float32)
+        k = torch.tensor(draws["modes_k"], dtype=torch.float32)  # (B, M, 3)
+        wl = torch.tensor(draws["modes_wavelength"], dtype=torch.float32)
         self.omega = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-6) * (2 * math.pi / wl)[..., None]
-        self.phase = torch.tensor(np.stack(sub["modes_phase"].map(np.asarray).to_list()), dtype=torch.float32)
-        self.amp = torch.tensor(np.stack(sub["modes_amp"].map(np.asarray).to_list()), dtype=torch.float32)
+        self.phase = torch.tensor(draws["modes_phase"], dtype=torch.float32)
+        self.amp = torch.tensor(draws["modes_amp"], dtype=torch.float32)
         self.vent = torch.tensor(sub["atrophy"].to_numpy() * p.ventricle_expansion, dtype=torch.float32).view(
             b, 1, 1
         )
@@ -488,35 +522,87 @@ def generate_brain_glioma(params: BrainGliomaParams | None = None, **overrides) 
         ``name="brain-glioma"``, ``modality="mri"``, images (N, 1, size, size) in [0, 1] with
         N = n_subjects * slices_per_subject, masks (visible abnormality), roi_masks (brain),
         labels ``LABELS``, group attributes ``["sex", "age_band"]``, splits by patient.
+        :func:`write_brain_glioma` writes the same cohort to a directory shard by shard
+        (:func:`brain_glioma_stream`).
     """
-    p = _resolve(params, overrides)
-    sub = sample_subjects(p)
-    vol = load_mni152_tissue()
-    n_sub, s_per = len(sub), p.slices_per_subject
-    size = p.size
-    chunk = max(1, int(1_500_000 // (s_per * size * size + p.window_voxels**2 * 8)))
-    n_t = len(p.time_points) or 1  # studies per slice: one per time point of a longitudinal series
-    images, masks, rois, c_levels, days, concs, vols = [], [], [], [], [], [], []
-    with task("brain-glioma: growing tumours", total=n_sub) as bar:
-        for start in range(0, n_sub, chunk):
-            part = sub.iloc[start : start + chunk].reset_index(drop=True)
-            img, msk, roi, lev, dd, conc, vml = _generate_chunk(part, p, vol)
-            days.append(dd)
-            images.append(img)
-            masks.append(msk)
-            rois.append(roi)
-            c_levels.append(lev)
-            concs.append(conc)
-            vols.append(vml)
-            bar.advance(len(part))
-    images_t = torch.cat(images)
-    masks_t = torch.cat(masks)
-    rois_t = torch.cat(rois)
-    levels = np.concatenate(c_levels)
-    conc_t = torch.cat(concs)
+    return collect_stream(brain_glioma_stream(_resolve(params, overrides)))
 
-    # --- table: one row per slice (study), per time point of a series
-    sub["growth_days"] = np.concatenate(days)
+
+#: Work budget of one generation batch: ``subjects * (slices * size**2 + 8 * window_voxels**2)``.
+GENERATION_BUDGET = 1_500_000
+
+
+def generation_chunk(p: BrainGliomaParams) -> int:
+    """Subjects grown and rendered together: ``max(1, GENERATION_BUDGET // (slices_per_subject * size**2
+    + 8 * window_voxels**2))``.  Fixed by the parameters (the batched torch kernels round a subject's
+    numbers slightly differently in batches of other sizes), whatever chunk a reader asks for."""
+    return max(1, int(GENERATION_BUDGET // (p.slices_per_subject * p.size * p.size + p.window_voxels**2 * 8)))
+
+
+def brain_glioma_stream(params: BrainGliomaParams) -> CohortStream:
+    """:func:`generate_brain_glioma`'s cohort as a :class:`~reconaudit.cohorts.base.CohortStream`.
+
+    Every subject is drawn first (one table row and about 1 KB of float32 anatomy and seed draws a
+    subject); tumours are then grown and slices rendered :func:`generation_chunk` subjects at a time
+    (fixed: part of the cohort's definition), and each study's mask and brain pixel counts (and
+    phenotypes) are kept for the table, so written through a
+    :class:`~reconaudit.cohorts.base.CohortWriter` at most one generation batch and one shard of
+    images, masks and concentration are in memory.
+    """
+    p = params
+    sub, draws = _draw_subjects(p)
+    draws = {name: a.astype(np.float32) for name, a in draws.items()}  # what the torch code reads: same bits
+    n_sub, s_per = len(sub), p.slices_per_subject
+    n_t = len(p.time_points) or 1  # studies per slice: one per time point of a longitudinal series
+    seen: dict[str, list[np.ndarray]] = {k: [] for k in ("days", "levels", "tumor_px", "brain_px", "inf_px", "vml")}
+
+    def generated():
+        vol = load_mni152_tissue()
+        chunk = generation_chunk(p)
+        with task("brain-glioma: growing tumours", total=n_sub) as bar:
+            for start in range(0, n_sub, chunk):
+                part = sub.iloc[start : start + chunk].reset_index(drop=True)
+                d = {name: a[start : start + chunk] for name, a in draws.items()}
+                img, msk, roi, lev, dd, conc, vml = _generate_chunk(part, d, p, vol)
+                seen["days"].append(dd)
+                seen["levels"].append(lev)
+                seen["tumor_px"].append(msk.flatten(1).sum(1).double().numpy())
+                seen["brain_px"].append(roi.flatten(1).sum(1).double().numpy())
+                if p.regression_columns:
+                    seen["inf_px"].append(((conc > INFILTRATION_ISOLINE) & roi).flatten(1).sum(1).double().numpy())
+                    seen["vml"].append(vml)
+                unit = {"images": img, "masks": msk, "roi_masks": roi, "concentration": conc if p.isolines else None}
+                del img, msk, roi, conc  # released before the next batch is grown
+                yield unit
+                del unit
+                bar.advance(len(part))
+
+    def batches(chunk: int):
+        yield from _io.rebatch(generated(), chunk)
+
+    def finish() -> dict:
+        got = {k: np.concatenate(v) if v else np.zeros(0) for k, v in seen.items()}
+        tab = _table(p, sub, got)
+        return {"name": "brain-glioma", "modality": "mri", "table": tab, "labels": list(LABELS),
+                "group_attributes": ["sex", "age_band"], "data_card": _data_card(p, tab),
+                "meta": p.model_dump(mode="json"), "regression": list(p.regression_columns)}
+
+    return CohortStream(n_sub * s_per * n_t, batches, finish)
+
+
+def write_brain_glioma(params: BrainGliomaParams, directory, *, shard_studies: int = DEFAULT_SHARD_STUDIES) -> None:
+    """Write :func:`generate_brain_glioma`'s cohort to ``directory`` shard by shard (:func:`brain_glioma_stream`)."""
+    write_stream(brain_glioma_stream(params), directory, shard_studies=shard_studies)
+
+
+def _table(p: BrainGliomaParams, sub: pd.DataFrame, got: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per study (per time point of a series) from the subjects' rows and what the generation
+    batches counted per study (``got``: growth days per subject; slice level, mask and brain pixels,
+    infiltration pixels and slab volume per study)."""
+    n_sub, s_per = len(sub), p.slices_per_subject
+    n_t = len(p.time_points) or 1
+    sub = sub.copy()
+    sub["growth_days"] = got["days"]
     study_sub = np.repeat(np.arange(n_sub), s_per * n_t)
     tab = sub.iloc[study_sub].reset_index(drop=True)
     slice_idx = np.tile(np.arange(s_per), n_sub * n_t)
@@ -529,60 +615,32 @@ def generate_brain_glioma(params: BrainGliomaParams | None = None, **overrides) 
     else:
         tab.insert(0, "study_id", [f"{pid}-s{j}" for pid, j in zip(tab["patient_id"], slice_idx)])
     tab["slice_index"] = slice_idx
-    tab["slice_z_mm"] = levels
+    tab["slice_z_mm"] = got["levels"]
     tab["split"] = assign_splits_by_patient(tab["patient_id"].to_numpy(), p.split_fractions, p.seed)
-    brain_px = rois_t.flatten(1).sum(1).double()
-    tumor_px = masks_t.flatten(1).sum(1).double()
-    tab["tumor_px"] = tumor_px.numpy().astype(np.int64)
-    tab["tumor_fraction"] = (tumor_px / brain_px.clamp_min(1)).numpy()
+    tumor_px, brain_px = got["tumor_px"], got["brain_px"]
+    tab["tumor_px"] = tumor_px.astype(np.int64)
+    tab["tumor_fraction"] = tumor_px / np.maximum(brain_px, 1.0)
     if p.regression_columns:
-        tab = _add_phenotypes(tab, p, masks_t, rois_t, conc_t, np.concatenate(vols))
-    drop = [
-        "seed_u",
-        "modes_k",
-        "modes_wavelength",
-        "modes_phase",
-        "modes_amp",
-        "het_k",
-        "het_wavelength",
-        "het_phase",
-    ]
-    tab = tab.drop(columns=drop)
+        tab = _add_phenotypes(tab, p, tumor_px, got["inf_px"], got["vml"])
     tab = tab.rename(columns={"type": "true_type"})
     cols = ["study_id", "patient_id", "split", "sex", "age_band", "age", "slice_index", "slice_z_mm", *LABELS]
     cols += [f"true_{lab}" for lab in LABELS]
-    tab = tab[cols + [c for c in tab.columns if c not in cols]]
-
-    card = _data_card(p, tab)
-    return Cohort(
-        name="brain-glioma",
-        modality="mri",
-        images=images_t,
-        table=tab,
-        labels=list(LABELS),
-        group_attributes=["sex", "age_band"],
-        masks=masks_t,
-        roi_masks=rois_t,
-        data_card=card,
-        meta=p.model_dump(mode="json"),
-        regression=list(p.regression_columns),
-        concentration=conc_t if p.isolines else None,
-    )
+    return tab[cols + [c for c in tab.columns if c not in cols]]
 
 
-def _add_phenotypes(tab: pd.DataFrame, p: BrainGliomaParams, masks: torch.Tensor, rois: torch.Tensor,
-                    conc: torch.Tensor, volume_ml: np.ndarray) -> pd.DataFrame:
+def _add_phenotypes(tab: pd.DataFrame, p: BrainGliomaParams, tumor_px: np.ndarray, infiltration_px: np.ndarray,
+                    volume_ml: np.ndarray) -> pd.DataFrame:
     """The ground-truth phenotypes of :data:`PHENOTYPES` asked for by ``regression_columns``, per study.
 
     With pixel area :math:`a = (\\mathrm{fov}/\\mathrm{size})^2` mm²: ``tumor_area_cm2`` = :math:`a |M| / 100` for
-    the visible mask :math:`M`; ``infiltration_mm`` = :math:`\\sqrt{a |I| / \\pi} - \\sqrt{a |M| / \\pi}` with
-    :math:`I = \\{c > 0.01\\}` in the brain (the equivalent-radius margin the eye cannot see);
-    ``tumor_volume_ml`` = :math:`8\\,\\mathrm{mm}^3 \\cdot |\\{c > \\text{mask\\_threshold}\\}| / 1000` over the
-    subject's PDE slab at the study's time.
+    the visible mask :math:`M` (``tumor_px`` = :math:`|M|`); ``infiltration_mm`` = :math:`\\sqrt{a |I| / \\pi} -
+    \\sqrt{a |M| / \\pi}` with :math:`I = \\{c > 0.01\\}` in the brain (``infiltration_px`` = :math:`|I|`: the
+    equivalent-radius margin the eye cannot see); ``tumor_volume_ml`` = :math:`8\\,\\mathrm{mm}^3 \\cdot
+    |\\{c > \\text{mask\\_threshold}\\}| / 1000` over the subject's PDE slab at the study's time.
     """
     area = (p.fov_mm / p.size) ** 2
-    vis = masks.flatten(1).sum(1).double().numpy() * area
-    inf = ((conc > INFILTRATION_ISOLINE) & rois).flatten(1).sum(1).double().numpy() * area
+    vis = tumor_px * area
+    inf = infiltration_px * area
     values = {
         "tumor_area_cm2": vis / 100.0,
         "infiltration_mm": np.sqrt(np.maximum(inf, vis) / math.pi) - np.sqrt(vis / math.pi),
@@ -593,13 +651,13 @@ def _add_phenotypes(tab: pd.DataFrame, p: BrainGliomaParams, masks: torch.Tensor
     return tab
 
 
-def _generate_chunk(sub: pd.DataFrame, p: BrainGliomaParams, vol: torch.Tensor):
+def _generate_chunk(sub: pd.DataFrame, draws: dict[str, np.ndarray], p: BrainGliomaParams, vol: torch.Tensor):
     b, s_per, size, w = len(sub), p.slices_per_subject, p.size, p.window_voxels
-    warp = _Warp(sub, p)
+    warp = _Warp(sub, draws, p)
     atrophy = torch.tensor(sub["atrophy"].to_numpy(), dtype=torch.float32)
 
     # --- seed: first of 64 candidate points per subject lying in white matter (WM > 0.9)
-    u = torch.tensor(np.stack(sub["seed_u"].map(np.asarray).to_list()), dtype=torch.float32)  # (B, 64, 3)
+    u = torch.tensor(draws["seed_u"], dtype=torch.float32)  # (B, 64, 3)
     lo = torch.tensor([_SEED_BOX_MM[0][0], _SEED_BOX_MM[1][0], p.seed_level_mm[0]])
     hi = torch.tensor([_SEED_BOX_MM[0][1], _SEED_BOX_MM[1][1], p.seed_level_mm[1]])
     cand = lo + u * (hi - lo)
@@ -622,7 +680,7 @@ def _generate_chunk(sub: pd.DataFrame, p: BrainGliomaParams, vol: torch.Tensor):
     tissue = gm + wm
     domain = (tissue >= 0.5) & (mask > 0.5)
     d_white = torch.tensor(sub["d_white"].to_numpy(), dtype=torch.float32).view(b, 1)
-    het = _heterogeneity(sub, warp(seed[:, None] + offs))
+    het = _heterogeneity(draws, warp(seed[:, None] + offs))
     dif = d_white * (wm + p.grey_white_ratio * gm) / tissue.clamp_min(1e-6) * domain
     dif = dif * torch.exp(p.diffusivity_heterogeneity * het)
     r2 = (offs * offs).sum(-1)
@@ -694,11 +752,11 @@ def _generate_chunk(sub: pd.DataFrame, p: BrainGliomaParams, vol: torch.Tensor):
     return img, seg, roi_all, lev, days.numpy(), conc, vml.numpy()
 
 
-def _heterogeneity(sub: pd.DataFrame, q: torch.Tensor) -> torch.Tensor:
+def _heterogeneity(draws: dict[str, np.ndarray], q: torch.Tensor) -> torch.Tensor:
     """Unit-variance smooth field :math:`\\sqrt{2/M} \\sum_m \\cos(\\omega_m \\cdot q + \\phi_m)` at template points."""
-    k = torch.tensor(np.stack(sub["het_k"].map(np.asarray).to_list()), dtype=torch.float32)  # (B, M, 3)
-    wl = torch.tensor(np.stack(sub["het_wavelength"].map(np.asarray).to_list()), dtype=torch.float32)
-    ph = torch.tensor(np.stack(sub["het_phase"].map(np.asarray).to_list()), dtype=torch.float32)
+    k = torch.tensor(draws["het_k"], dtype=torch.float32)  # (B, M, 3)
+    wl = torch.tensor(draws["het_wavelength"], dtype=torch.float32)
+    ph = torch.tensor(draws["het_phase"], dtype=torch.float32)
     omega = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-6) * (2 * math.pi / wl)[..., None]
     arg = torch.einsum("bpc,bmc->bpm", q, omega) + ph[:, None]
     return math.sqrt(2 / k.shape[1]) * torch.cos(arg).sum(-1)
@@ -854,7 +912,7 @@ class BrainGliomaCohort(CohortBuilder):
     Params = BrainGliomaParams
 
     @classmethod
-    def build(cls, params: BrainGliomaParams) -> Cohort:
-        """:func:`generate_brain_glioma` with validated ``params``."""
-        return generate_brain_glioma(params)
+    def stream(cls, params: BrainGliomaParams) -> CohortStream:
+        """:func:`brain_glioma_stream`: grown and written shard by shard."""
+        return brain_glioma_stream(params)
 

@@ -12,6 +12,7 @@ arXiv:1811.08839; fastMRI+ (Zhao et al., Sci. Data 2022) for slice-level finding
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import ConfigDict, Field
 
+from ..arrays import DEFAULT_SHARD_STUDIES
 from ..progress import track
 from . import _io
-from .base import Cohort, CohortBuilder, CohortError
+from .base import Cohort, CohortBuilder, CohortError, CohortStream, collect_stream, write_stream
 from .chexpert import snake_case
 from .groups import GroupOptions, GroupReport, band_ages, group_summary, normalise_groups
 
@@ -134,14 +136,12 @@ def resample_multicoil(
     return (r / s2).clamp(0.0, 1.0).to(torch.float32), (kc / s2).to(torch.complex64), float(s1 * s2)
 
 
-def _stack_coils(ks: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate k-space blocks (S_i, C_i, H, W) along slices, zero-padding to the most coils.
+def _pad_coils(k: torch.Tensor, coils: int) -> torch.Tensor:
+    """Zero-pad a k-space block (S, C, H, W) to ``coils`` coils (the most coils of any file of the cohort).
 
     A zero coil receives nothing: it changes no RSS image, SENSE solution or sensitivity estimate.
     """
-    c = max(int(k.shape[1]) for k in ks)
-    return torch.cat([k if k.shape[1] == c else torch.nn.functional.pad(k, (0, 0, 0, 0, 0, c - k.shape[1]))
-                      for k in ks])
+    return k if k.shape[1] == coils else torch.nn.functional.pad(k, (0, 0, 0, 0, 0, coils - k.shape[1]))
 
 
 def _middle(n: int, k: int) -> np.ndarray:
@@ -216,152 +216,241 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
     from ``labels_csv``; groups (``sex``, ``age_band``) only from ``metadata_csv`` (columns
     ``file``, ``sex`` and/or ``age``); without it the cohort has no groups.  Splits are assigned by
     patient with ``seed``.  Unreadable files and slices without any label are dropped and reported.
+    :func:`write_fastmri` writes the same cohort to a directory shard by shard (:func:`fastmri_stream`).
 
     Raises
     ------
     CohortError
         No ``.h5`` file under ``root``; a file without a ``kspace`` dataset, or with real-valued
-        k-space or another layout; malformed labels or metadata CSV (file, row, column).
+        k-space or another layout; malformed labels or metadata CSV (file, row, column); k-space
+        that cannot be read or is zero or not finite (it is read only once the headers of every
+        file have been checked: see :func:`fastmri_stream`).
     """
-    import h5py
+    return collect_stream(fastmri_stream(_io.merge_params(FastmriParams, params, overrides)))
 
-    p = _io.merge_params(FastmriParams, params, overrides)
-    roots = [Path(r) for r in (p.root if isinstance(p.root, list) else [p.root])]
-    root = roots[0]  # labels, file list and metadata CSVs are relative to the first root
-    drops = _io.DropReport(source=f"{WHAT} ({', '.join(map(str, roots))})")
-    files, folder_of = _list_files(roots, drops)
-    if p.max_files is not None:
-        files = files[: p.max_files]
 
-    imgs, ks, rows = [], [], []
-    for f in track(files, description=f"{WHAT}: reading k-space"):
-        try:
-            h = h5py.File(f, "r")
-        except Exception as exc:
-            drops.add("unreadable file", file=str(f), detail=f"{type(exc).__name__}: {exc}")
-            continue
-        with h:
-            if "kspace" not in h:
-                raise CohortError(f"{WHAT}: {f} has no 'kspace' dataset (datasets present: {sorted(h.keys())}); "
-                                  f"fastMRI single- or multi-coil files are expected")
-            d = h["kspace"]
-            if d.ndim not in (3, 4) or not np.issubdtype(d.dtype, np.complexfloating):
-                raise CohortError(f"{WHAT}: {f}: 'kspace' must be complex (slices, H, W) or multi-coil "
-                                  f"(slices, coils, H, W), got {d.dtype} {d.shape}")
-            why = undersampled_reason(h, p.allow_missing_reconstruction)
-            if why:
-                drops.add(why[0], file=str(f), detail=why[1])
-                continue
-            idx = _middle(d.shape[0], p.slices)
+def fastmri_stream(params: FastmriParams) -> CohortStream:
+    """:func:`load_fastmri`'s cohort as a :class:`~reconaudit.cohorts.base.CohortStream`.
+
+    A first pass reads every file's HDF5 attributes and dataset shapes (no k-space), drops the
+    files that cannot be opened or are undersampled or lack a reference, and reads the labels and
+    metadata CSVs, so the table (but for ``kspace_scale``), the drops and the number of studies are
+    known before any k-space is read.  The kept files are then read one at a time (the middle
+    ``slices`` of the k-space), resampled and yielded, so written through a
+    :class:`~reconaudit.cohorts.base.CohortWriter` at most one volume's k-space and one shard are
+    in memory.  Each volume is resampled on its own, as in one pass, so the numbers do not depend
+    on the batch.  K-space that cannot be read or is zero or not finite is found only in that
+    second pass, when the number of studies is fixed: it is a :class:`CohortError` naming the
+    file (move the file out of the folder), no longer a dropped file.
+    """
+    volumes = _Volumes(params)
+    scales: list[np.ndarray] = []
+
+    def batches(chunk: int):
+        yield from _io.rebatch(volumes.slices(scales), chunk)
+
+    def finish() -> dict:
+        return volumes.finish(np.concatenate(scales) if scales else np.zeros(0))
+
+    return CohortStream(len(volumes.table), batches, finish)
+
+
+def write_fastmri(params: FastmriParams, directory: str | Path, *,
+                  shard_studies: int = DEFAULT_SHARD_STUDIES) -> None:
+    """Write :func:`load_fastmri`'s cohort to ``directory`` shard by shard (:func:`fastmri_stream`)."""
+    write_stream(fastmri_stream(_io.merge_params(FastmriParams, params, {})), directory,
+                 shard_studies=shard_studies)
+
+
+class _Volumes:
+    """The fastMRI files that load: headers checked (drops reported), labels, metadata and splits
+    read, then :meth:`slices` gives the kept slices' images and k-space a file at a time and
+    :meth:`finish` the table, data card and metadata."""
+
+    def __init__(self, p: FastmriParams) -> None:
+        import h5py
+
+        self.p = p
+        roots = self.roots = [Path(r) for r in (p.root if isinstance(p.root, list) else [p.root])]
+        root = self.root = roots[0]  # labels, file list and metadata CSVs are relative to the first root
+        drops = self.drops = _io.DropReport(source=f"{WHAT} ({', '.join(map(str, roots))})")
+        files, folder_of = _list_files(roots, drops)
+        if p.max_files is not None:
+            files = files[: p.max_files]
+        self.n_files = len(files)
+        self.header_only = _io.headers_only()  # fixed when the stream is made: both passes agree
+
+        # loaded files: (file, slice indices, coils, crop, row positions in the table)
+        self.kept: list[tuple[Path, np.ndarray, int, int | None, np.ndarray]] = []
+        rows: list[dict] = []
+        for f in track(files, description=f"{WHAT}: checking files"):
             try:
-                if _io.headers_only():  # reconaudit check: datasets, shapes and attributes; no k-space read
-                    image, kspace, scale = _placeholder(len(idx), p.size, d.shape[1] if d.ndim == 4 else 1)
-                else:
-                    k = torch.from_numpy(np.asarray(d[int(idx[0]) : int(idx[-1]) + 1], dtype=np.complex64))
-                    if d.ndim == 4:  # multi-coil: RSS image, cropped as fastMRI crops reconstruction_rss
-                        image, kspace, scale = resample_multicoil(k, p.size, p.crop or reference_crop(h))
-                    else:
-                        image, kspace, scale = resample_kspace(k, p.size, p.crop or reference_crop(h))
+                h = h5py.File(f, "r")
             except Exception as exc:
-                drops.add("unreadable k-space", file=str(f), detail=f"{type(exc).__name__}: {exc}")
+                drops.add("unreadable file", file=str(f), detail=f"{type(exc).__name__}: {exc}")
                 continue
-            attrs = dict(h.attrs)
-        pid = attrs.get("patient_id")
-        pid = pid.decode() if isinstance(pid, bytes) else pid
-        pid = str(pid) if pid not in (None, "") else f.stem
-        acq = attrs.get("acquisition", "")
-        acq = acq.decode() if isinstance(acq, bytes) else str(acq)
-        imgs.append(image)
-        ks.append(kspace)
-        for s in idx:
-            rows.append({"study_id": f"{f.stem}/s{int(s):03d}", "patient_id": pid, "file": f.stem,
-                         "slice": int(s), "acquisition": acq, "kspace_scale": scale, "folder": folder_of[f],
-                         "coils": int(kspace.shape[1])})
-    if not rows:
+            with h:
+                if "kspace" not in h:
+                    raise CohortError(f"{WHAT}: {f} has no 'kspace' dataset (datasets present: {sorted(h.keys())}); "
+                                      f"fastMRI single- or multi-coil files are expected")
+                d = h["kspace"]
+                if d.ndim not in (3, 4) or not np.issubdtype(d.dtype, np.complexfloating):
+                    raise CohortError(f"{WHAT}: {f}: 'kspace' must be complex (slices, H, W) or multi-coil "
+                                      f"(slices, coils, H, W), got {d.dtype} {d.shape}")
+                why = undersampled_reason(h, p.allow_missing_reconstruction)
+                if why:
+                    drops.add(why[0], file=str(f), detail=why[1])
+                    continue
+                idx = _middle(d.shape[0], p.slices)
+                coils = int(d.shape[1]) if d.ndim == 4 else 1
+                try:
+                    crop = p.crop or reference_crop(h)
+                    if not self.header_only:  # read and resampled once, nothing kept: unusable k-space is dropped
+                        _resampled(d, idx, p.size, crop)
+                except Exception as exc:
+                    drops.add("unreadable k-space", file=str(f), detail=f"{type(exc).__name__}: {exc}")
+                    continue
+                attrs = dict(h.attrs)
+            pid = attrs.get("patient_id")
+            pid = pid.decode() if isinstance(pid, bytes) else pid
+            pid = str(pid) if pid not in (None, "") else f.stem
+            acq = attrs.get("acquisition", "")
+            acq = acq.decode() if isinstance(acq, bytes) else str(acq)
+            self.kept.append((f, idx, coils, crop, np.arange(len(rows), len(rows) + len(idx))))
+            for s in idx:
+                rows.append({"study_id": f"{f.stem}/s{int(s):03d}", "patient_id": pid, "file": f.stem,
+                             "slice": int(s), "acquisition": acq, "kspace_scale": np.nan, "folder": folder_of[f],
+                             "coils": coils})
+        if not rows:
+            drops.log(logger)
+            raise CohortError(f"{WHAT}: no file under {str(root)!r} could be loaded; dropped: {drops.counts}")
+        self.coils = max(c for _, _, c, _, _ in self.kept)  # k-space is zero-padded to the most coils
+        table = pd.DataFrame(rows)
+        keep = np.ones(len(table), dtype=bool)
+
+        labels: list[str] = []
+        self.n_reviewed_negative = 0
+        if p.labels_csv is not None:
+            lpath = root / p.labels_csv
+            spec, labels, annotated = _read_labels(lpath, p.label_columns)
+            if p.file_list_csv is not None:
+                reviewed = read_file_list(root / p.file_list_csv)
+                self.n_reviewed_negative = len(reviewed - annotated)
+                annotated = annotated | reviewed
+            for n in labels:
+                vals = np.full(len(table), np.nan)
+                for i, (fs, s) in enumerate(zip(table["file"], table["slice"])):
+                    if spec["long"]:
+                        if fs in annotated:
+                            pos = spec["pos"].get((fs, s), {}).get(n, 0.0) or \
+                                spec["pos"].get((fs, "*"), {}).get(n, 0.0)
+                            vals[i] = pos
+                    else:
+                        vals[i] = spec["rows"].get((fs, s), {}).get(n, np.nan)
+                table[n] = vals
+            keep = ~table[labels].isna().all(axis=1).to_numpy()
+            for i in np.flatnonzero(~keep):
+                drops.add("no label", file=str(root / f"{table['file'].iloc[i]}.h5"),
+                          detail=f"slice {int(table['slice'].iloc[i])} has no label in {lpath.name}")
+            table = table[keep].reset_index(drop=True)
+        self.keep = keep  # per row of the files' middle slices: kept (labelled)
+        self.labels = labels
+
+        groups = self.groups = []
+        grep = self.grep = GroupReport()
+        if p.metadata_csv is not None:
+            mpath = root / p.metadata_csv
+            md = _io.read_table(mpath, what=f"{WHAT} metadata")
+            _io.require_columns(md, ("file",), mpath, what=f"{WHAT} metadata")
+            if "sex" not in md.columns and "age" not in md.columns:
+                raise CohortError(f"{WHAT} metadata: {mpath} has neither a 'sex' nor an 'age' column; "
+                                  f"give at least one")
+            mf = md["file"].map(_stem)
+            dup = mf.duplicated().to_numpy()
+            if dup.any():
+                i = int(np.flatnonzero(dup)[0])
+                raise CohortError(f"{WHAT} metadata: {_io.where(mpath, i)}, column 'file': {md['file'].iloc[i]!r} "
+                                  f"appears twice")
+            if "sex" in md.columns:
+                sex = dict(zip(mf, normalise_groups(md["sex"], "sex", p.group_synonyms, grep)))
+                table["sex"] = normalise_groups(table["file"].map(sex), "sex", p.group_synonyms)
+                groups.append("sex")
+            if "age" in md.columns:
+                ages = _io.numeric_column(md, "age", mpath, what=f"{WHAT} metadata")
+                loaded = mf.isin(set(table["file"])).to_numpy()  # impossible ages reported for loaded files only
+                locs = [f"{_io.where(mpath, i)}, column 'age'" for i in range(len(md))]
+                age = dict(zip(mf[loaded], band_ages(ages[loaded], p.age_bands, grep,
+                                                     where=list(np.array(locs)[loaded]))[0]))
+                table["age"] = table["file"].map(age).astype(np.float64)
+                table["age_band"] = _io.age_bands(table["age"].to_numpy(), p.age_bands)
+                groups.append("age_band")
+        self.split_rule = f"assigned by patient (fractions {tuple(p.split_fractions)}, seed {p.seed})"
+        if p.folder_splits:
+            parts = table["folder"].map(folder_partition).to_numpy(dtype=object)
+            table["split"] = _io.splits_from_partitions(parts, table["patient_id"].to_numpy(), p.split_fractions,
+                                                        p.seed, source=", ".join(map(str, roots)), what=WHAT)
+            self.split_rule = ("from the folder names (train/val/test; val → test when no test folder, val drawn "
+                               "from train)")
+        else:
+            table["split"] = _io.split_by_patient(table["patient_id"].to_numpy(), p.split_fractions, p.seed)
+        self.table = table
+
+    def _read(self, f: Path, idx: np.ndarray, coils: int, crop: int | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(image, k-space, scale) of a kept file's middle slices; placeholders in header-only mode."""
+        import h5py
+
+        p = self.p
+        if self.header_only:  # reconaudit check: datasets, shapes and attributes; no k-space read
+            return _placeholder(len(idx), p.size, coils)
+        try:
+            with h5py.File(f, "r") as h:
+                return _resampled(h["kspace"], idx, p.size, crop)
+        except Exception as exc:
+            raise CohortError(f"{WHAT}: {f}: unreadable k-space ({type(exc).__name__}: {exc}); it was read when the "
+                              f"files were checked and fails now: was it changed meanwhile?") from exc
+
+    def slices(self, scales: list[np.ndarray]) -> Iterator[dict[str, torch.Tensor]]:
+        """Each kept file's labelled slices (images, k-space padded to the most coils), a file at a time;
+        appends each kept slice's ``kspace_scale`` to ``scales``."""
+        for f, idx, coils, crop, rows in track(self.kept, description=f"{WHAT}: reading k-space"):
+            keep = self.keep[rows]
+            if not keep.any():
+                continue
+            image, kspace, scale = self._read(f, idx, coils, crop)
+            kspace = _pad_coils(kspace, self.coils)
+            if not keep.all():
+                ti = torch.as_tensor(np.flatnonzero(keep))
+                image, kspace = image[ti], kspace[ti]
+            scales.append(np.full(int(keep.sum()), scale, dtype=np.float64))
+            unit = {"images": image, "kspace": kspace}
+            del image, kspace  # one volume at a time: released before the next is read
+            yield unit
+            del unit
+
+    def finish(self, scales: np.ndarray) -> dict:
+        """The :class:`Cohort` fields other than the arrays; ``scales`` per study, from the batches."""
+        p, table, groups, labels, drops = self.p, self.table.copy(), self.groups, self.labels, self.drops
+        table["kspace_scale"] = scales
         drops.log(logger)
-        raise CohortError(f"{WHAT}: no file under {str(root)!r} could be loaded; dropped: {drops.counts}")
-    images, kspace = torch.cat(imgs), _stack_coils(ks)
-    table = pd.DataFrame(rows)
-
-    labels: list[str] = []
-    if p.labels_csv is not None:
-        lpath = root / p.labels_csv
-        spec, labels, annotated = _read_labels(lpath, p.label_columns)
-        if p.file_list_csv is not None:
-            reviewed = read_file_list(root / p.file_list_csv)
-            n_reviewed_negative = len(reviewed - annotated)
-            annotated = annotated | reviewed
-        for n in labels:
-            vals = np.full(len(table), np.nan)
-            for i, (fs, s) in enumerate(zip(table["file"], table["slice"])):
-                if spec["long"]:
-                    if fs in annotated:
-                        pos = spec["pos"].get((fs, s), {}).get(n, 0.0) or spec["pos"].get((fs, "*"), {}).get(n, 0.0)
-                        vals[i] = pos
-                else:
-                    vals[i] = spec["rows"].get((fs, s), {}).get(n, np.nan)
-            table[n] = vals
-        keep = ~table[labels].isna().all(axis=1).to_numpy()
-        for i in np.flatnonzero(~keep):
-            drops.add("no label", file=str(root / f"{table['file'].iloc[i]}.h5"),
-                      detail=f"slice {int(table['slice'].iloc[i])} has no label in {lpath.name}")
-        ti = torch.as_tensor(np.flatnonzero(keep))
-        table, images, kspace = table[keep].reset_index(drop=True), images[ti], kspace[ti]
-
-    groups: list[str] = []
-    grep = GroupReport()
-    if p.metadata_csv is not None:
-        mpath = root / p.metadata_csv
-        md = _io.read_table(mpath, what=f"{WHAT} metadata")
-        _io.require_columns(md, ("file",), mpath, what=f"{WHAT} metadata")
-        if "sex" not in md.columns and "age" not in md.columns:
-            raise CohortError(f"{WHAT} metadata: {mpath} has neither a 'sex' nor an 'age' column; give at least one")
-        mf = md["file"].map(_stem)
-        dup = mf.duplicated().to_numpy()
-        if dup.any():
-            i = int(np.flatnonzero(dup)[0])
-            raise CohortError(f"{WHAT} metadata: {_io.where(mpath, i)}, column 'file': {md['file'].iloc[i]!r} "
-                              f"appears twice")
-        if "sex" in md.columns:
-            sex = dict(zip(mf, normalise_groups(md["sex"], "sex", p.group_synonyms, grep)))
-            table["sex"] = normalise_groups(table["file"].map(sex), "sex", p.group_synonyms)
-            groups.append("sex")
-        if "age" in md.columns:
-            ages = _io.numeric_column(md, "age", mpath, what=f"{WHAT} metadata")
-            loaded = mf.isin(set(table["file"])).to_numpy()  # impossible ages reported for loaded files only
-            locs = [f"{_io.where(mpath, i)}, column 'age'" for i in range(len(md))]
-            age = dict(zip(mf[loaded], band_ages(ages[loaded], p.age_bands, grep, where=list(np.array(locs)[loaded]))[0]))
-            table["age"] = table["file"].map(age).astype(np.float64)
-            table["age_band"] = _io.age_bands(table["age"].to_numpy(), p.age_bands)
-            groups.append("age_band")
-    split_rule = f"assigned by patient (fractions {tuple(p.split_fractions)}, seed {p.seed})"
-    if p.folder_splits:
-        parts = table["folder"].map(folder_partition).to_numpy(dtype=object)
-        table["split"] = _io.splits_from_partitions(parts, table["patient_id"].to_numpy(), p.split_fractions, p.seed,
-                                                    source=", ".join(map(str, roots)), what=WHAT)
-        split_rule = "from the folder names (train/val/test; val → test when no test folder, val drawn from train)"
-    else:
-        table["split"] = _io.split_by_patient(table["patient_id"].to_numpy(), p.split_fractions, p.seed)
-
-    drops.log(logger)
-    notes = [
-        f"Middle {p.slices} slices per volume; image = |x| / s, k-space = fft2c(x / s) with x the centre-cropped "
-        f"(crop={p.crop or 'the reference reconstruction size, else min(H, W)'}) and resized ifft2c of the measured k-space, s = max |x| per volume",
-        f"Splits {split_rule}",
-        f"Folders: {', '.join(map(str, roots))}",
-    ]
-    if p.file_list_csv is not None and p.labels_csv is not None:
-        notes.append(f"{n_reviewed_negative} reviewed file(s) listed in {p.file_list_csv} without any finding in "
-                     f"{p.labels_csv} are negatives on every slice")
-    if not labels:
-        notes.append("No labels: reconstruction quality only (give labels_csv for classification targets)")
-    gmeta, gcard = group_summary(table, groups, p, grep, WHAT)
-    card = _io.data_card(title=p.name, source=str(root), modality="mri", table=table, labels=labels,
-                         group_attributes=groups, drops=drops, notes=notes, sections=[gcard] if groups else [])
-    meta = {"loader": "fastmri", "params": p.model_dump(mode="json"), "files": len(files),
-            "fairness_auditable": bool(groups), "groups": gmeta, "dropped": drops.as_meta()}
-    return Cohort(name=p.name, modality="mri", images=images, table=table, labels=labels, group_attributes=groups,
-                  kspace=kspace, data_card=card, meta=meta)
+        notes = [
+            f"Middle {p.slices} slices per volume; image = |x| / s, k-space = fft2c(x / s) with x the centre-cropped "
+            f"(crop={p.crop or 'the reference reconstruction size, else min(H, W)'}) and resized ifft2c of the "
+            f"measured k-space, s = max |x| per volume",
+            f"Splits {self.split_rule}",
+            f"Folders: {', '.join(map(str, self.roots))}",
+        ]
+        if p.file_list_csv is not None and p.labels_csv is not None:
+            notes.append(f"{self.n_reviewed_negative} reviewed file(s) listed in {p.file_list_csv} without any "
+                         f"finding in {p.labels_csv} are negatives on every slice")
+        if not labels:
+            notes.append("No labels: reconstruction quality only (give labels_csv for classification targets)")
+        gmeta, gcard = group_summary(table, groups, p, self.grep, WHAT)
+        card = _io.data_card(title=p.name, source=str(self.root), modality="mri", table=table, labels=labels,
+                             group_attributes=groups, drops=drops, notes=notes, sections=[gcard] if groups else [])
+        meta = {"loader": "fastmri", "params": p.model_dump(mode="json"), "files": self.n_files,
+                "fairness_auditable": bool(groups), "groups": gmeta, "dropped": drops.as_meta()}
+        return {"name": p.name, "modality": "mri", "table": table, "labels": labels, "group_attributes": groups,
+                "data_card": card, "meta": meta}
 
 
 def supported_tasks(params: dict) -> tuple[str, ...]:
@@ -457,6 +546,13 @@ def folder_partition(folder: str) -> str:
     return ""
 
 
+def _resampled(d, idx: np.ndarray, size: int, crop: int | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(image, k-space, scale) of the slices ``idx[0]..idx[-1]`` of the h5 dataset ``d`` (single-coil
+    ``resample_kspace``; multi-coil: the RSS image, cropped as fastMRI crops ``reconstruction_rss``)."""
+    k = torch.from_numpy(np.asarray(d[int(idx[0]) : int(idx[-1]) + 1], dtype=np.complex64))
+    return resample_multicoil(k, size, crop) if d.ndim == 4 else resample_kspace(k, size, crop)
+
+
 def _placeholder(n: int, size: int, coils: int = 1) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Zero images and k-space of ``n`` slices, for header-only checks (:func:`reconaudit.cohorts._io.header_only`)."""
     return torch.zeros(n, 1, size, size), torch.zeros(n, coils, size, size, dtype=torch.complex64), 1.0
@@ -474,7 +570,7 @@ class FastmriCohort(CohortBuilder):
     Params = FastmriParams
 
     @classmethod
-    def build(cls, params: FastmriParams) -> Cohort:
-        """:func:`load_fastmri` with validated ``params``."""
-        return load_fastmri(params)
+    def stream(cls, params: FastmriParams) -> CohortStream:
+        """:func:`fastmri_stream`: read a file at a time and written shard by shard."""
+        return fastmri_stream(params)
 

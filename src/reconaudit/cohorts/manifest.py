@@ -86,7 +86,7 @@ def manifest_stream(params: ManifestParams) -> CohortStream:
     def batches(chunk: int):
         for images, masks in rows.decoded(min(chunk, DECODE_CHUNK)):
             if masks is not None:
-                fracs.append(_mask_fraction(masks))
+                fracs.append(_io.mask_fraction(masks))
             yield {"images": images, "masks": masks}
 
     def finish() -> dict:
@@ -108,12 +108,7 @@ def write_manifest(params: ManifestParams, directory: str | Path, *,
 
 
 #: Files decoded and resized per batch by :func:`manifest_stream` (a 390x320 image is 0.5 MB as float32).
-DECODE_CHUNK = 64
-
-
-def _mask_fraction(masks: torch.Tensor) -> np.ndarray:
-    """The foreground fraction of each study's mask (the data card's mean mask fraction)."""
-    return masks.reshape(masks.shape[0], -1).float().mean(dim=1).numpy()
+DECODE_CHUNK = _io.DECODE_CHUNK
 
 
 class _ManifestRows:

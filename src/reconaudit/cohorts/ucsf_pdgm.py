@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -23,9 +24,10 @@ import pandas as pd
 import torch
 from pydantic import ConfigDict, Field
 
+from ..arrays import DEFAULT_SHARD_STUDIES
 from ..progress import track
 from . import _io
-from .base import Cohort, CohortBuilder, CohortError
+from .base import Cohort, CohortBuilder, CohortError, CohortStream, collect_stream, write_stream
 from .groups import GroupOptions, GroupReport, clean_ages, group_summary, normalise_groups
 
 logger = logging.getLogger(__name__)
@@ -240,7 +242,8 @@ def load_ucsf_pdgm(params: UcsfPdgmParams | None = None, **overrides) -> Cohort:
     ``type_astrocytoma``, ``type_oligodendroglioma`` (plus ``type_other`` when a diagnosis names
     none of them) from the WHO 2021 diagnosis.  Groups: ``sex`` and ``age_band``.  Splits are
     assigned by patient with ``seed``.  Subjects without metadata, sequence, segmentation or tumour
-    slices, or with unreadable volumes, are dropped and reported.
+    slices, or with unreadable volumes, are dropped and reported.  :func:`write_ucsf_pdgm` writes
+    the same cohort to a directory shard by shard (:func:`ucsf_pdgm_stream`).
 
     Raises
     ------
@@ -248,118 +251,193 @@ def load_ucsf_pdgm(params: UcsfPdgmParams | None = None, **overrides) -> Cohort:
         Missing metadata file or column, bad value (file, row, column), duplicate subject IDs,
         no subject folders under ``root``.
     """
-    p = _io.merge_params(UcsfPdgmParams, params, overrides)
-    root = Path(p.root)
-    if not root.is_dir():
-        raise CohortError(f"{WHAT}: root {str(root)!r} is not a directory; set 'root' to the dataset folder")
-    meta_path = root / p.metadata_csv if not Path(p.metadata_csv).is_absolute() else Path(p.metadata_csv)
-    drops = _io.DropReport(source=f"{WHAT} ({root})")
-    by_num = subject_folders(root, drops)
-    grep = GroupReport()
-    md = _read_metadata(meta_path, p, grep)
-    md_nums = set(md["num"].tolist())
-    for num, d in by_num.items():
-        if num not in md_nums:
-            drops.add("no metadata row", file=str(d), detail=f"subject {num} is not in {meta_path.name}")
-    for num, row in zip(md["num"].tolist(), md["_row"].tolist()):
-        if num not in by_num:
-            drops.add("no image folder", file=str(meta_path), row=int(row),
-                      detail=f"subject {num} has no folder under root")
-    md = md[md["num"].isin(set(by_num))].reset_index(drop=True)
-    if p.max_subjects is not None:
-        md = md.iloc[: p.max_subjects]
+    return collect_stream(ucsf_pdgm_stream(_io.merge_params(UcsfPdgmParams, params, overrides)))
 
-    import nibabel as nib
 
-    imgs, msks, rois, rows = [], [], [], []
-    for r in track(list(md.itertuples(index=False)), description=f"{WHAT}: reading volumes"):
-        folder = by_num[r.num]
-        stem = folder.name.removesuffix("_nifti")
-        pid = f"UCSF-PDGM-{r.num:04d}"
-        f_img, f_seg = _find(folder, stem, p.sequence), _find(folder, stem, "tumor_segmentation")
-        if f_img is None:
-            drops.add("missing sequence", file=str(folder), detail=f"no {stem}_{p.sequence}.nii[.gz]; sequences "
-                      f"present: {', '.join(available_sequences(folder, stem)) or 'none'}")
-            continue
-        if f_seg is None:
-            drops.add("missing segmentation", file=str(folder), detail=f"no {stem}_tumor_segmentation.nii[.gz]")
-            continue
-        if _io.headers_only():  # reconaudit check: NIfTI headers only, one placeholder slice per subject
-            try:
-                shapes = [nib.load(str(f)).shape for f in (f_img, f_seg)]
-                if len(shapes[0]) != 3 or shapes[1] != shapes[0]:
-                    raise ValueError(f"volume shape {shapes[0]} and segmentation shape {shapes[1]} must be equal 3D")
-            except Exception as exc:
-                drops.add("unreadable volume", file=str(f_img), detail=f"{type(exc).__name__}: {exc}")
-                continue
-            z = np.array([shapes[0][2] // 2])
-            vol = np.zeros((2, 2, shapes[0][2]), dtype=np.float32)  # 2x2: numpy keeps strides of 1x1 views
-            brain = tgt = vol > 0
-        else:
-            try:
-                vol, seg, brain = _read_subject(nib, folder, stem, f_img, f_seg)
-            except Exception as exc:
-                drops.add("unreadable volume", file=str(f_img), detail=f"{type(exc).__name__}: {exc}")
-                continue
-            whole = seg > 0
-            z = choose_slices(whole.sum(axis=(0, 1)), brain.sum(axis=(0, 1)), p.slices, p.n_slices)
-            if len(z) == 0:
-                drops.add("no tumour slices", file=str(f_seg), detail=f"slices={p.slices!r} selected none")
-                continue
-            tgt = target_mask(seg, p.label_policy)
-        imgs.append(axial_slices(vol, z))
-        msks.append(axial_slices(tgt, z))
-        rois.append(axial_slices(brain, z))
-        for k in z:
-            rows.append({"study_id": f"{pid}/z{int(k):03d}", "patient_id": pid, "slice": int(k),
-                         "sex": r.sex, "age": r.age, "grade": r.grade, "diagnosis": r.diagnosis})
+def ucsf_pdgm_stream(params: UcsfPdgmParams) -> CohortStream:
+    """:func:`load_ucsf_pdgm`'s cohort as a :class:`~reconaudit.cohorts.base.CohortStream`.
 
-    if not rows:
+    A first pass reads each subject's volumes (image, tumour segmentation, brain mask) once to find
+    the unusable subjects and choose the slices, keeping only the slice indices; the kept subjects
+    are then read again one at a time and their chosen slices resized, so written through a
+    :class:`~reconaudit.cohorts.base.CohortWriter` at most one subject's volumes and one shard of
+    slices are in memory.  Each subject's slices are resized together, as in one pass, so the
+    numbers do not depend on the batch.  A subject that read in the first pass and fails in the
+    second (changed meanwhile) is a :class:`CohortError` naming the file.
+    """
+    subjects = _Subjects(params)
+    fracs: list[np.ndarray] = []
+
+    def batches(chunk: int):
+        for batch in _io.rebatch(subjects.slices(), chunk):
+            fracs.append(_io.mask_fraction(batch["masks"]))
+            yield batch
+
+    def finish() -> dict:
+        return subjects.finish(np.concatenate(fracs) if fracs else np.zeros(0, dtype=np.float32))
+
+    return CohortStream(len(subjects.rows), batches, finish)
+
+
+def write_ucsf_pdgm(params: UcsfPdgmParams, directory: str | Path, *,
+                    shard_studies: int = DEFAULT_SHARD_STUDIES) -> None:
+    """Write :func:`load_ucsf_pdgm`'s cohort to ``directory`` shard by shard (:func:`ucsf_pdgm_stream`)."""
+    write_stream(ucsf_pdgm_stream(_io.merge_params(UcsfPdgmParams, params, {})), directory,
+                 shard_studies=shard_studies)
+
+
+class _Subjects:
+    """The subjects of a UCSF-PDGM root that load: metadata matched to folders and every subject's
+    volumes read once (drops reported, slices chosen), then :meth:`slices` gives the kept subjects'
+    chosen slices one subject at a time and :meth:`finish` the table, data card and metadata."""
+
+    def __init__(self, p: UcsfPdgmParams) -> None:
+        self.p = p
+        root = self.root = Path(p.root)
+        if not root.is_dir():
+            raise CohortError(f"{WHAT}: root {str(root)!r} is not a directory; set 'root' to the dataset folder")
+        meta_path = self.meta_path = root / p.metadata_csv if not Path(p.metadata_csv).is_absolute() \
+            else Path(p.metadata_csv)
+        drops = self.drops = _io.DropReport(source=f"{WHAT} ({root})")
+        by_num = subject_folders(root, drops)
+        grep = self.grep = GroupReport()
+        md = _read_metadata(meta_path, p, grep)
+        md_nums = set(md["num"].tolist())
+        for num, d in by_num.items():
+            if num not in md_nums:
+                drops.add("no metadata row", file=str(d), detail=f"subject {num} is not in {meta_path.name}")
+        for num, row in zip(md["num"].tolist(), md["_row"].tolist()):
+            if num not in by_num:
+                drops.add("no image folder", file=str(meta_path), row=int(row),
+                          detail=f"subject {num} has no folder under root")
+        md = md[md["num"].isin(set(by_num))].reset_index(drop=True)
+        if p.max_subjects is not None:
+            md = md.iloc[: p.max_subjects]
+        self.md = md
+        self.header_only = _io.headers_only()  # fixed when the stream is made: both passes agree
+
+        import nibabel as nib
+
+        self.nib = nib
+        # kept subjects: (folder, stem, image file, segmentation file, volume shape, chosen slices)
+        self.kept: list[tuple[Path, str, Path, Path, tuple[int, ...], np.ndarray]] = []
+        self.rows: list[dict] = []
+        for r in track(list(md.itertuples(index=False)), description=f"{WHAT}: checking volumes"):
+            folder = by_num[r.num]
+            stem = folder.name.removesuffix("_nifti")
+            pid = f"UCSF-PDGM-{r.num:04d}"
+            f_img, f_seg = _find(folder, stem, p.sequence), _find(folder, stem, "tumor_segmentation")
+            if f_img is None:
+                drops.add("missing sequence", file=str(folder), detail=f"no {stem}_{p.sequence}.nii[.gz]; sequences "
+                          f"present: {', '.join(available_sequences(folder, stem)) or 'none'}")
+                continue
+            if f_seg is None:
+                drops.add("missing segmentation", file=str(folder), detail=f"no {stem}_tumor_segmentation.nii[.gz]")
+                continue
+            if self.header_only:  # reconaudit check: NIfTI headers only, one placeholder slice per subject
+                try:
+                    shapes = [nib.load(str(f)).shape for f in (f_img, f_seg)]
+                    if len(shapes[0]) != 3 or shapes[1] != shapes[0]:
+                        raise ValueError(f"volume shape {shapes[0]} and segmentation shape {shapes[1]} must be "
+                                         f"equal 3D")
+                except Exception as exc:
+                    drops.add("unreadable volume", file=str(f_img), detail=f"{type(exc).__name__}: {exc}")
+                    continue
+                shape, z = tuple(shapes[0]), np.array([shapes[0][2] // 2])
+            else:
+                try:
+                    vol, seg, brain = _read_subject(nib, folder, stem, f_img, f_seg)
+                except Exception as exc:
+                    drops.add("unreadable volume", file=str(f_img), detail=f"{type(exc).__name__}: {exc}")
+                    continue
+                shape = tuple(vol.shape)
+                z = choose_slices((seg > 0).sum(axis=(0, 1)), brain.sum(axis=(0, 1)), p.slices, p.n_slices)
+                del vol, seg, brain  # the second pass reads them again
+                if len(z) == 0:
+                    drops.add("no tumour slices", file=str(f_seg), detail=f"slices={p.slices!r} selected none")
+                    continue
+            self.kept.append((folder, stem, f_img, f_seg, shape, z))
+            for k in z:
+                self.rows.append({"study_id": f"{pid}/z{int(k):03d}", "patient_id": pid, "slice": int(k),
+                                  "sex": r.sex, "age": r.age, "grade": r.grade, "diagnosis": r.diagnosis})
+
+        if not self.rows:
+            drops.log(logger)
+            hint = ""
+            if drops.counts.get("missing sequence", 0) and by_num:
+                seqs = sorted({q for d in by_num.values()
+                               for q in available_sequences(d, d.name.removesuffix("_nifti"))})
+                hint = f"; sequence {p.sequence!r} is absent, sequences present: {', '.join(seqs) or 'none'}"
+            raise CohortError(f"{WHAT}: no subject under {str(root)!r} could be loaded; "
+                              f"dropped: {drops.counts}{hint}")
+
+    def _volumes(self, folder: Path, stem: str, f_img: Path, f_seg: Path,
+                 shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(normalised volume, target mask, brain mask) of a kept subject; placeholders in header-only mode."""
+        if self.header_only:
+            vol = np.zeros((2, 2, shape[2]), dtype=np.float32)  # 2x2: numpy keeps strides of 1x1 views
+            return vol, vol > 0, vol > 0
+        try:
+            vol, seg, brain = _read_subject(self.nib, folder, stem, f_img, f_seg)
+            if tuple(vol.shape) != shape:
+                raise ValueError(f"volume shape {tuple(vol.shape)} differs from {shape} when it was checked")
+        except Exception as exc:
+            raise CohortError(f"{WHAT}: {str(f_img)!r} (or its segmentation) read when the subjects were checked "
+                              f"but not when they were loaded ({type(exc).__name__}: {exc}); was it changed "
+                              f"meanwhile?") from exc
+        return vol, target_mask(seg, self.p.label_policy), brain
+
+    def slices(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Each kept subject's chosen slices (images, masks, roi_masks), resized to ``size``, a subject at a time."""
+        size = self.p.size
+        for folder, stem, f_img, f_seg, shape, z in track(self.kept, description=f"{WHAT}: reading volumes"):
+            vol, tgt, brain = self._volumes(folder, stem, f_img, f_seg, shape)
+            unit = {"images": _io.resize_batch(axial_slices(vol, z), size),
+                    "masks": _io.resize_batch(axial_slices(tgt, z), size, mask=True),
+                    "roi_masks": _io.resize_batch(axial_slices(brain, z), size, mask=True).bool()}
+            del vol, tgt, brain  # one volume at a time: released before the next is read
+            yield unit
+            del unit
+
+    def finish(self, mask_fraction: np.ndarray) -> dict:
+        """The :class:`Cohort` fields other than the arrays; ``mask_fraction`` per study, from the batches."""
+        p, md, grep, drops, meta_path = self.p, self.md, self.grep, self.drops, self.meta_path
+        table = pd.DataFrame(self.rows)
+        # impossible ages of the loaded subjects: reported once per subject, then unknown
+        first = table.drop_duplicates("patient_id")
+        md_row = dict(zip(md["num"].map(lambda n: f"UCSF-PDGM-{n:04d}"), md["_row"]))
+        ages = clean_ages(first["age"].to_numpy(dtype=np.float64), grep,
+                          where=[f"{_io.where(meta_path, int(md_row[q]))}, column 'Age at MRI'"
+                                 for q in first["patient_id"]])
+        table["age"] = table["patient_id"].map(dict(zip(first["patient_id"], ages))).astype(np.float64)
+        table["age_band"] = _io.age_bands(table["age"].to_numpy(dtype=np.float64), p.age_bands)
+        g = table["grade"].to_numpy(dtype=np.float64)
+        table["high_grade"] = np.where(np.isfinite(g), (g == 4).astype(np.float64), np.nan)
+        types = table["diagnosis"].map(tumour_type)
+        labels = ["high_grade"]
+        for t in (*TUMOUR_TYPES, "other"):
+            if t == "other" and not (types == "other").any():
+                continue
+            table[f"type_{t}"] = (types == t).astype(np.float64)
+            labels.append(f"type_{t}")
+        table["split"] = _io.split_by_patient(table["patient_id"].to_numpy(), p.split_fractions, p.seed)
+        groups = ["sex", "age_band"]
+
         drops.log(logger)
-        hint = ""
-        if drops.counts.get("missing sequence", 0) and by_num:
-            seqs = sorted({q for d in by_num.values() for q in available_sequences(d, d.name.removesuffix("_nifti"))})
-            hint = f"; sequence {p.sequence!r} is absent, sequences present: {', '.join(seqs) or 'none'}"
-        raise CohortError(f"{WHAT}: no subject under {str(root)!r} could be loaded; "
-                          f"dropped: {drops.counts}{hint}")
-    images = torch.cat([_io.resize_batch(x, p.size) for x in imgs])
-    masks = torch.cat([_io.resize_batch(x, p.size, mask=True) for x in msks])
-    roi = torch.cat([_io.resize_batch(x, p.size, mask=True) for x in rois]).bool()
-
-    table = pd.DataFrame(rows)
-    # impossible ages of the loaded subjects: reported once per subject, then unknown
-    first = table.drop_duplicates("patient_id")
-    md_row = dict(zip(md["num"].map(lambda n: f"UCSF-PDGM-{n:04d}"), md["_row"]))
-    ages = clean_ages(first["age"].to_numpy(dtype=np.float64), grep,
-                      where=[f"{_io.where(meta_path, int(md_row[q]))}, column 'Age at MRI'" for q in first["patient_id"]])
-    table["age"] = table["patient_id"].map(dict(zip(first["patient_id"], ages))).astype(np.float64)
-    table["age_band"] = _io.age_bands(table["age"].to_numpy(dtype=np.float64), p.age_bands)
-    g = table["grade"].to_numpy(dtype=np.float64)
-    table["high_grade"] = np.where(np.isfinite(g), (g == 4).astype(np.float64), np.nan)
-    types = table["diagnosis"].map(tumour_type)
-    labels = ["high_grade"]
-    for t in (*TUMOUR_TYPES, "other"):
-        if t == "other" and not (types == "other").any():
-            continue
-        table[f"type_{t}"] = (types == t).astype(np.float64)
-        labels.append(f"type_{t}")
-    table["split"] = _io.split_by_patient(table["patient_id"].to_numpy(), p.split_fractions, p.seed)
-    groups = ["sex", "age_band"]
-
-    drops.log(logger)
-    notes = [
-        f"Sequence {p.sequence}; slices={p.slices!r}, n_slices={p.n_slices}; label_policy={p.label_policy!r}",
-        "Intensity per volume: (v - p1) / (p99 - p1) within brain, clipped to [0, 1]",
-        f"Splits assigned by patient (fractions {tuple(p.split_fractions)}, seed {p.seed})",
-        f"Images: {p.size}x{p.size}; one study per axial slice",
-    ]
-    gmeta, gcard = group_summary(table, groups, p, grep, WHAT)
-    card = _io.data_card(title=p.name, source=str(root), modality="mri", table=table, labels=labels,
-                         group_attributes=groups, drops=drops, masks=masks, notes=notes, sections=[gcard])
-    meta = {"loader": "ucsf-pdgm", "params": p.model_dump(mode="json"), "subjects": int(table["patient_id"].nunique()),
-            "groups": gmeta, "dropped": drops.as_meta()}
-    return Cohort(name=p.name, modality="mri", images=images, table=table, labels=labels, group_attributes=groups,
-                  masks=masks, roi_masks=roi, data_card=card, meta=meta)
+        notes = [
+            f"Sequence {p.sequence}; slices={p.slices!r}, n_slices={p.n_slices}; label_policy={p.label_policy!r}",
+            "Intensity per volume: (v - p1) / (p99 - p1) within brain, clipped to [0, 1]",
+            f"Splits assigned by patient (fractions {tuple(p.split_fractions)}, seed {p.seed})",
+            f"Images: {p.size}x{p.size}; one study per axial slice",
+        ]
+        gmeta, gcard = group_summary(table, groups, p, grep, WHAT)
+        card = _io.data_card(title=p.name, source=str(self.root), modality="mri", table=table, labels=labels,
+                             group_attributes=groups, drops=drops, mask_fraction=mask_fraction, notes=notes,
+                             sections=[gcard])
+        meta = {"loader": "ucsf-pdgm", "params": p.model_dump(mode="json"),
+                "subjects": int(table["patient_id"].nunique()), "groups": gmeta, "dropped": drops.as_meta()}
+        return {"name": p.name, "modality": "mri", "table": table, "labels": labels, "group_attributes": groups,
+                "data_card": card, "meta": meta}
 
 
 class UcsfPdgmCohort(CohortBuilder):
@@ -374,7 +452,7 @@ class UcsfPdgmCohort(CohortBuilder):
     Params = UcsfPdgmParams
 
     @classmethod
-    def build(cls, params: UcsfPdgmParams) -> Cohort:
-        """:func:`load_ucsf_pdgm` with validated ``params``."""
-        return load_ucsf_pdgm(params)
+    def stream(cls, params: UcsfPdgmParams) -> CohortStream:
+        """:func:`ucsf_pdgm_stream`: read a subject at a time and written shard by shard."""
+        return ucsf_pdgm_stream(params)
 
