@@ -85,3 +85,31 @@ def test_worker_pool_runs_the_same_grid(tmp_path):
     assert list(pool["study_id"]) == list(serial["study_id"])
     # degradation and identity involve no training: identical whatever the threading
     pd.testing.assert_series_equal(pool["psnr"], serial["psnr"], check_exact=True)
+
+
+def test_rechoose_on_test_over_shards_sets_one_threshold_in_every_row_group(tmp_path):
+    """Records are written shard by shard; thresholds chosen on the whole test set afterwards are set
+    in every row group, and the records equal those of one shard (one row group per shard)."""
+    import pyarrow.parquet as pq
+
+    raw = _config([{"name": "identity"}], evaluation={"examples": 0, "rechoose_on_test": True})
+    one = pd.read_parquet(run_audit(load_config(raw), tmp_path / "one", report=False).records_path)
+    raw["execution"] = {"shard_studies": 4, "batch_studies": 4}
+    res = run_audit(load_config(raw), tmp_path / "sharded", report=False)
+    sharded = pd.read_parquet(res.records_path)
+    pd.testing.assert_frame_equal(sharded, one, check_exact=True)
+    files = sorted((tmp_path / "sharded" / "store" / "score").glob("*/records.parquet"))
+    assert files and all(pq.ParquetFile(f).num_row_groups == -(-len(pd.read_parquet(f)) // 4) for f in files)
+
+
+def test_records_writer_refuses_a_shard_whose_types_differ(tmp_path):
+    from reconaudit.engine.steps import RecordsWriter
+
+    with pytest.raises(RuntimeError, match=r"columns \['b'\]"):
+        with RecordsWriter(tmp_path / "r.parquet") as w:
+            w.append(pd.DataFrame({"a": [1.0, 2.0], "b": [1.0, 2.0]}))
+            w.append(pd.DataFrame({"a": [3.0], "b": ["x"]}))
+    with RecordsWriter(tmp_path / "s.parquet") as w:  # an int shard after a float one is cast, not refused
+        w.append(pd.DataFrame({"a": [1.5]}))
+        w.append(pd.DataFrame({"a": [2]}))
+    assert pd.read_parquet(tmp_path / "s.parquet")["a"].tolist() == [1.5, 2.0]

@@ -722,17 +722,19 @@ def _score_shard(
 def _score_common(
     spec: ScoreSpec | DirectScoreSpec, ctx: StepContext, out: Path, cohort: Cohort, te: np.ndarray, df: pd.DataFrame,
     inputs, models: dict, recon: dict | None, deg_test: Degraded, clean_models: dict,
-) -> pd.DataFrame:
-    """Apply diagnostic ``models`` to ``inputs``; add scores, Dice, image quality; write examples.
+) -> None:
+    """Apply diagnostic ``models`` to ``inputs``; write the records (scores, Dice, image quality)
+    shard by shard (:class:`RecordsWriter`, one row group per shard) and the examples.
 
     ``clean_models`` are the frozen models trained on clean images (the same as ``models`` for the
     reconstruct arm); the example figure shows their saliency and segmentation on the clean image.
     ``inputs(a, b)`` gives the evaluated inputs of test studies ``a:b`` (``None``: the reconstruction's
     mean, read once with the rest of the shard's reconstruction); ``recon`` and ``deg_test``
     may be lazy.  The test set is scored in shards of ``ctx.shard_studies`` studies
-    (:func:`_score_shard`), so only one shard of images is in memory; what needs the whole test set
-    (thresholds chosen on it with ``rechoose_on_test``, ``gen_frechet``) is computed from the
-    shards' scores and features afterwards.
+    (:func:`_score_shard`), so only one shard of images and records is in memory; what needs the
+    whole test set (thresholds chosen on it with ``rechoose_on_test``, ``gen_frechet``) is computed
+    from the shards' scores and features afterwards and set in the written file
+    (:func:`set_record_columns`).
     """
     from reconaudit.metrics import frechet_distance
     from reconaudit.tasks import choose_threshold
@@ -745,34 +747,106 @@ def _score_common(
             raise RuntimeError("clean predictions and test studies are not aligned (corrupt store?)")
     n_ex = min(int(ev.examples), len(te))
     features: dict[str, list] = {"clean": [], "recon": []}
-    parts, ex_parts = [], []
-    for a, b in shard_ranges(len(te), ctx.shard_studies):
-        rec_s = None if recon is None else {name: arr[a:b] for name, arr in recon.items()}
-        part, ex = _score_shard(
-            spec, cohort, te[a:b], df.iloc[a:b].reset_index(drop=True),
-            None if clean is None else clean.iloc[a:b].reset_index(drop=True),
-            rec_s["mean"] if inputs is None else inputs(a, b), models, rec_s,
-            deg_test.subset(list(range(a, b))), clean_models, int(np.clip(n_ex - a, 0, b - a)), features,
-            ctx.batch_studies,
-        )
-        parts.append(part)
-        if ex:
-            ex_parts.append(ex)
-    out_df = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0] if parts else df
-    if "gen_frechet" in out_df and features["clean"]:
+    rechoose = ev.rechoose_on_test and "classification" in models
+    kept: list[pd.DataFrame] = []  # the columns the thresholds are chosen again from (rechoose_on_test)
+    ex_parts = []
+    path = out / "records.parquet"
+    with RecordsWriter(path) as writer:
+        for a, b in shard_ranges(len(te), ctx.shard_studies):
+            rec_s = None if recon is None else {name: arr[a:b] for name, arr in recon.items()}
+            part, ex = _score_shard(
+                spec, cohort, te[a:b], df.iloc[a:b].reset_index(drop=True),
+                None if clean is None else clean.iloc[a:b].reset_index(drop=True),
+                rec_s["mean"] if inputs is None else inputs(a, b), models, rec_s,
+                deg_test.subset(list(range(a, b))), clean_models, int(np.clip(n_ex - a, 0, b - a)), features,
+                ctx.batch_studies,
+            )
+            writer.append(part)
+            if rechoose:
+                kept.append(part[[c for lb in cohort.labels for c in (f"target:{lb}", f"score:{lb}",
+                                                                     f"clean_score:{lb}")]])
+            del part
+            if ex:
+                ex_parts.append(ex)
+        if writer.rows == 0:
+            writer.append(df)
+    constants: dict[str, float] = {}
+    if "gen_frechet" in writer.columns and features["clean"]:
         f_rec, f_clean = np.concatenate(features["recon"]), np.concatenate(features["clean"])
-        out_df["gen_frechet"] = frechet_distance(f_rec, f_clean) if len(f_rec) >= 2 else float("nan")
-    if ev.rechoose_on_test and "classification" in models:
+        constants["gen_frechet"] = frechet_distance(f_rec, f_clean) if len(f_rec) >= 2 else float("nan")
+    if rechoose and kept:
+        cols = pd.concat(kept, ignore_index=True)
         for label in cohort.labels:
-            y_test = out_df[f"target:{label}"].to_numpy()
-            out_df[f"threshold:{label}"] = float(choose_threshold(
-                y_test, out_df[f"score:{label}"].to_numpy(), ev.threshold_policy, ev.target_sensitivity))
-            out_df[f"clean_threshold:{label}"] = float(choose_threshold(
-                y_test, out_df[f"clean_score:{label}"].to_numpy(), ev.threshold_policy, ev.target_sensitivity))
+            y_test = cols[f"target:{label}"].to_numpy()
+            constants[f"threshold:{label}"] = float(choose_threshold(
+                y_test, cols[f"score:{label}"].to_numpy(), ev.threshold_policy, ev.target_sensitivity))
+            constants[f"clean_threshold:{label}"] = float(choose_threshold(
+                y_test, cols[f"clean_score:{label}"].to_numpy(), ev.threshold_policy, ev.target_sensitivity))
+    if constants:
+        set_record_columns(path, constants)
     if ex_parts:
         examples = {key: np.concatenate([e[key] for e in ex_parts if key in e]) for key in ex_parts[0]}
         np.savez_compressed(out / "examples.npz", **examples)
-    return out_df
+
+
+class RecordsWriter:
+    """Writes a step's records to one Parquet file shard by shard (one row group per appended shard),
+    so a scoring step holds one shard's records, not the test split's.
+
+    The first shard fixes the schema; a later shard whose columns or types differ is an error naming
+    them (never a silent cast).  ``rows`` and ``columns`` say what was written.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.rows, self.columns = Path(path), 0, []
+        self._writer = None
+        self._schema = None
+
+    def __enter__(self) -> RecordsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def append(self, df: pd.DataFrame) -> None:
+        """Write ``df`` as the next row group."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if self._writer is None:
+            self._schema, self.columns = table.schema, list(df.columns)
+            self._writer = pq.ParquetWriter(self.path, self._schema)
+        elif not table.schema.equals(self._schema, check_metadata=False):
+            if list(df.columns) != self.columns:
+                raise RuntimeError(f"{self.path}: records of rows {self.rows}.. have columns {list(df.columns)}, "
+                                   f"the first shard's were {self.columns}")
+            try:
+                table = table.cast(self._schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
+                diff = [f.name for f, g in zip(table.schema, self._schema) if f.type != g.type]
+                raise RuntimeError(f"{self.path}: records of rows {self.rows}.. differ in type from the first "
+                                   f"shard's in columns {diff} ({exc})") from exc
+        self._writer.write_table(table.replace_schema_metadata(self._schema.metadata))
+        self.rows += len(df)
+
+
+def set_record_columns(path: Path, values: dict[str, float]) -> None:
+    """Set each column of ``values`` to its constant in every row of the records file ``path``
+    (added when absent), row group by row group, through a temporary file replaced atomically."""
+    import pyarrow.parquet as pq
+
+    tmp = path.with_suffix(".parquet.tmp")
+    src = pq.ParquetFile(path)
+    with RecordsWriter(tmp) as writer:
+        for i in range(src.num_row_groups):
+            part = src.read_row_group(i).to_pandas()
+            for c, v in values.items():
+                part[c] = v
+            writer.append(part)
+    src.close()
+    tmp.replace(path)
 
 
 def step_score(spec: ScoreSpec, ctx: StepContext, out: Path) -> None:
@@ -782,9 +856,7 @@ def step_score(spec: ScoreSpec, ctx: StepContext, out: Path) -> None:
     df, te = _base_rows(cohort, spec)
     recon = load_recon(ctx, spec.reconstruct)
     models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec.task_models.items()}
-    df = _score_common(spec, ctx, out, cohort, te, df, None, models, recon,
-                       degraded_view(deg, te), models)
-    write_records_parquet(df, out / "records.parquet", ctx.shard_studies)
+    _score_common(spec, ctx, out, cohort, te, df, None, models, recon, degraded_view(deg, te), models)
 
 
 def step_direct_model(spec: DirectModelSpec, ctx: StepContext, out: Path) -> None:
@@ -812,8 +884,7 @@ def step_direct_score(spec: DirectScoreSpec, ctx: StepContext, out: Path) -> Non
 
     models = {t: load_task_model(ctx, spec.model_kind, k)[0] for t, k in spec.direct_models.items()}
     clean_models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec.task_models.items()}
-    df = _score_common(spec, ctx, out, cohort, te, df, inputs, models, None, test, clean_models)
-    write_records_parquet(df, out / "records.parquet", ctx.shard_studies)
+    _score_common(spec, ctx, out, cohort, te, df, inputs, models, None, test, clean_models)
 
 
 class DirectInputs(LazyStudies):
@@ -841,12 +912,6 @@ class DirectInputs(LazyStudies):
             idx = list(range(len(self)))[idx]
         part = self.deg.subset(idx)
         return direct_inputs(part.image, part.kspace, self.mode)
-
-
-def write_records_parquet(df: pd.DataFrame, path: Path, shard_studies: int) -> None:
-    """Write a step's records as Parquet with one row group per shard of ``shard_studies`` rows, so
-    an analysis can read them shard by shard and only the columns it needs."""
-    df.to_parquet(path, index=False, row_group_size=max(1, int(shard_studies)))
 
 
 STEP_FUNCS = {
