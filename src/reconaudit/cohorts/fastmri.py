@@ -232,16 +232,16 @@ def load_fastmri(params: FastmriParams | None = None, **overrides) -> Cohort:
 def fastmri_stream(params: FastmriParams) -> CohortStream:
     """:func:`load_fastmri`'s cohort as a :class:`~reconaudit.cohorts.base.CohortStream`.
 
-    A first pass reads every file's HDF5 attributes and dataset shapes (no k-space), drops the
-    files that cannot be opened or are undersampled or lack a reference, and reads the labels and
-    metadata CSVs, so the table (but for ``kspace_scale``), the drops and the number of studies are
-    known before any k-space is read.  The kept files are then read one at a time (the middle
-    ``slices`` of the k-space), resampled and yielded, so written through a
+    A first pass reads every file's HDF5 attributes and dataset shapes, reads and resamples its
+    middle ``slices`` of k-space once (keeping nothing), drops the files that cannot be opened, are
+    undersampled, lack a reference or whose k-space cannot be used (unreadable, zero or not finite:
+    dropped and reported, as in one pass), and reads the labels and metadata CSVs, so the table (but
+    for ``kspace_scale``), the drops and the number of studies are known before any study is kept.
+    The kept files are then read again one at a time, resampled and yielded, so written through a
     :class:`~reconaudit.cohorts.base.CohortWriter` at most one volume's k-space and one shard are
     in memory.  Each volume is resampled on its own, as in one pass, so the numbers do not depend
-    on the batch.  K-space that cannot be read or is zero or not finite is found only in that
-    second pass, when the number of studies is fixed: it is a :class:`CohortError` naming the
-    file (move the file out of the folder), no longer a dropped file.
+    on the batch.  A file whose k-space read in the first pass and fails in the second (changed
+    meanwhile) is a :class:`CohortError` naming it.
     """
     volumes = _Volumes(params)
     scales: list[np.ndarray] = []
