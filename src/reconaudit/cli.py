@@ -248,9 +248,9 @@ def power(
         raise typer.Exit(2)
     from reconaudit.report import analyse
     from reconaudit.report.depth import power_table
-    from reconaudit.report.html import load_run
+    from reconaudit.report.html import open_run
 
-    records, meta = load_run(run_dir)
+    records, meta = open_run(run_dir)
     df = power_table(analyse(records, meta), effect, power=power_, alpha=alpha)
     table = Table(title=f"patients needed to detect a bias change of {effect:g} at {100 * power_:.0f}% power")
     cols = ["cohort", "level", "reconstructor", "attribute", "label", "metric", "observed_change", "standard_error",

@@ -19,10 +19,10 @@ from reconaudit.engine.histories import training_histories
 from reconaudit.engine.inputs import InputDigests
 from reconaudit.engine.plan import Plan, Step, build_plan
 from reconaudit.engine.records import (
+    Records,
     check_examples,
     collect_records,
     write_plain_summary,
-    write_records,
     write_run_meta,
 )
 from reconaudit.engine.store import ArtifactStore, open_store
@@ -261,20 +261,26 @@ def clean_performance(records, cohort: str) -> dict[str, float]:
     from reconaudit.metrics import auroc
 
     out: dict[str, float] = {}
-    rows = records[records["cohort"] == cohort]
-    if rows.empty:
+    rec = Records.of(records)
+    if rec.empty:
+        return out
+    firsts = rec.first_rows(["cell_id", "cohort", "seed"]).sort_index()  # file order
+    firsts = firsts[firsts["cohort"] == cohort]
+    if firsts.empty:
         return out
     per_seed = []
-    for _, g in rows.groupby("seed"):
-        first = g[g["cell_id"] == g["cell_id"].iloc[0]]
+    for _, g in firsts.groupby("seed"):
+        cid = g["cell_id"].iloc[0]
+        names = [c for c in rec.with_prefix("target:") if f"clean_score:{c.split(':', 1)[1]}" in rec]
+        first = rec.cell(cid, [*names, *[f"clean_score:{c.split(':', 1)[1]}" for c in names],
+                               *(["clean_dice"] if "clean_dice" in rec else [])])
         vals = {}
-        for col in first.columns:
-            if col.startswith("target:") and f"clean_score:{col.split(':', 1)[1]}" in first:
-                lb = col.split(":", 1)[1]
-                y = first[col].to_numpy()
-                ok = ~np.isnan(y)
-                if ok.sum() and len(np.unique(y[ok])) == 2:
-                    vals[f"AUROC {lb}"] = float(auroc(y[ok], first[f"clean_score:{lb}"].to_numpy()[ok]))
+        for col in names:
+            lb = col.split(":", 1)[1]
+            y = first[col].to_numpy()
+            ok = ~np.isnan(y)
+            if ok.sum() and len(np.unique(y[ok])) == 2:
+                vals[f"AUROC {lb}"] = float(auroc(y[ok], first[f"clean_score:{lb}"].to_numpy()[ok]))
         if "clean_dice" in first and first["clean_dice"].notna().any():
             vals["Dice"] = float(first["clean_dice"].mean())
         per_seed.append(vals)
@@ -288,7 +294,9 @@ def _append_clean_performance(cohorts: dict, records) -> None:
         perf = clean_performance(records, name)
         if not perf:
             continue
-        n_test = int(records.loc[records["cohort"] == name].groupby("cell_id").size().iloc[0])
+        firsts = records.first_rows(["cohort"])  # cell_ids order
+        cid = next(c for c, co in zip(records.cell_ids, firsts["cohort"]) if co == name)
+        n_test = len(records.cell(cid, ["cohort"]))
         lines = [
             "",
             "## Diagnostic models on clean test images",
@@ -316,8 +324,12 @@ def _append_quality_by_group(cohorts: dict, records) -> None:
     from reconaudit.metrics import by_group
 
     for name, info in cohorts.items():
-        rows = records[(records["cohort"] == name) & (records["arm"] == "reconstruct")] if len(records) else records
-        if info["tasks"] or not info["group_attributes"] or rows.empty:
+        if info["tasks"] or not info["group_attributes"] or records.empty:
+            continue
+        cols = ["reconstructor", "mitigation", "level", "psnr", "ssim",
+                *[f"group:{a}" for a in info["group_attributes"]]]
+        rows = records.select(cols, where={"cohort": name, "arm": "reconstruct"})
+        if rows.empty:
             continue
         lines = ["", "## Image quality by group", "",
                  "Mean over the test studies of each group (every seed pooled):", "",
@@ -482,7 +494,7 @@ def _run_locked(cfg: AuditConfig, run_dir: Path, *, workers: int | None, executo
         summary.reused.extend(s.id for s in plan.ordered() if s not in todo)
         for f in summary.failed:
             log.error("step %s failed after %d attempts: %s\n%s", f.step, f.attempts, f.error, f.traceback)
-        records, cells = collect_records(plan, store, run_dir)
+        records, cells = collect_records(plan, store, run_dir)  # written to run_dir/records.parquet
         threads = thread_counts(plan, store)
         if len(threads) > 1:
             log.warning("the artifacts of this run were computed with different torch thread counts (%s: count -> "
@@ -511,12 +523,12 @@ def _run_locked(cfg: AuditConfig, run_dir: Path, *, workers: int | None, executo
             from reconaudit.engine.store import atomic_write_text
 
             atomic_write_text(run_dir / "cohorts" / name / "data_card.md", info["data_card"])
-        records_path = write_records(records, run_dir)
+        records_path = records.path
         write_run_meta(meta, run_dir)
-        if len(records):
+        if not records.empty:
             write_plain_summary(records, meta, run_dir)
         report_path = None
-        if report and len(records):
+        if report and not records.empty:
             report_path = write_report(run_dir, meta)
         log.info("audit %s: %d computed, %d reused, %d failed, %d skipped", cfg.name, len(summary.computed),
                  len(summary.reused), len(summary.failed), len(summary.skipped))

@@ -25,6 +25,7 @@ from scipy import stats as sps
 
 from .. import metrics as M
 from .. import progress
+from ..engine.records import BULK_PREFIXES, Records
 from ..metrics import registry as metric_registry
 from ..metrics.competence import competence
 from ..schema import (  # noqa: F401 - the records schema, re-exported
@@ -178,7 +179,7 @@ def _settings(meta: dict) -> dict:
     return s
 
 
-def _validate(records: pd.DataFrame) -> pd.DataFrame:
+def _check_records(records: Records) -> None:
     missing = [c for c in (*KEY_COLUMNS, "patient_id", "study_index") if c not in records.columns]
     if missing:
         raise ValueError(
@@ -186,6 +187,12 @@ def _validate(records: pd.DataFrame) -> pd.DataFrame:
         )
     if records.empty:
         raise ValueError("records.parquet: has no rows; did the audit evaluate any cell?")
+
+
+def _validate(records: pd.DataFrame) -> pd.DataFrame:
+    """The records (a whole table or one cell's rows) with typed keys and group values as text
+    (a missing group value is ``"missing"``)."""
+    _check_records(Records(records))
     r = records.copy()
     r["level"] = r["level"].astype(float)
     r["mitigation_strength"] = pd.to_numeric(r["mitigation_strength"], errors="coerce").astype(float)
@@ -194,6 +201,32 @@ def _validate(records: pd.DataFrame) -> pd.DataFrame:
         if c.startswith("group:"):
             r[c] = r[c].astype(object).where(r[c].notna(), "missing").astype(str)
     return r
+
+
+def _cohort_scan(records: Records) -> dict[str, dict]:
+    """Per cohort, from a column-pruned scan of the records: the labels with a target, the task
+    counts, the levels and the per-level sum / count of ``input_psnr`` (for :func:`severity_order`)."""
+    targets = records.with_prefix("target:")
+    psnr = "input_psnr" in records
+    cols = ["cohort", "task", "level", *(["input_psnr"] if psnr else []), *targets]
+    out: dict[str, dict] = {}
+    for part in records.scan(cols):
+        part = part.assign(level=part["level"].astype(float))
+        for cohort, g in part.groupby("cohort", sort=True):
+            o = out.setdefault(str(cohort), {"targets": set(), "tasks": {}, "levels": {}, "psnr_any": False})
+            o["targets"] |= {c.split(":", 1)[1] for c in targets if g[c].notna().any()}
+            for t, n in g["task"].value_counts().items():
+                o["tasks"][t] = o["tasks"].get(t, 0) + int(n)
+            if psnr:
+                o["psnr_any"] |= bool(g["input_psnr"].notna().any())
+                agg = g.groupby("level")["input_psnr"].agg(["sum", "count"])
+            else:
+                agg = pd.DataFrame({"sum": 0.0, "count": 0}, index=g["level"].dropna().unique())
+            for lv, row in agg.iterrows():
+                tot = o["levels"].setdefault(float(lv), [0.0, 0])
+                tot[0] += float(row["sum"])
+                tot[1] += int(row["count"])
+    return out
 
 
 def _labels(records: pd.DataFrame) -> list[str]:
@@ -211,11 +244,18 @@ def severity_order(cohort_records: pd.DataFrame, level_name: str | None = None) 
     grows.  Without ``input_psnr`` the unit decides: fewer photons, or a larger acceleration or
     masking ratio, is more severe.
     """
-    levels = sorted(cohort_records["level"].dropna().unique().tolist())
+    levels = cohort_records["level"].dropna().unique().tolist()
+    means = None
     if "input_psnr" in cohort_records and cohort_records["input_psnr"].notna().any():
-        m = cohort_records.groupby("level")["input_psnr"].mean()
-        if m.notna().all() and m.nunique() > 1:
-            return [float(v) for v in m.sort_values(ascending=False).index]
+        means = cohort_records.groupby("level")["input_psnr"].mean()
+    return _severity(levels, means, level_name)
+
+
+def _severity(levels: list, means: pd.Series | None, level_name: str | None) -> list[float]:
+    """:func:`severity_order` from the levels and, when the records have ``input_psnr``, its mean per level."""
+    levels = sorted(levels)
+    if means is not None and means.notna().all() and means.nunique() > 1:
+        return [float(v) for v in means.sort_values(ascending=False).index]
     if level_name == "photons":
         return [float(v) for v in levels[::-1]]
     return [float(v) for v in levels]
@@ -958,13 +998,51 @@ def _with_competence(headlines: pd.DataFrame, comp: pd.DataFrame, cohorts: dict)
 # --------------------------------------------------------------------------------------------
 
 
-def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
-    """Analyse an audit run from its records table and run description.
+def cohort_summaries(records: Records | pd.DataFrame, cohort_meta: dict) -> dict[str, dict]:
+    """What the analysis needs to know of each cohort before its cells: task, labels, group
+    attributes, levels from mildest to most severe, primary metric, unknown-group policy.
+
+    ``cohort_meta``: ``run.json``'s ``cohorts`` (labels, group attributes, level name); a label or
+    attribute it names that the records lack is left out.  Reads a few columns of the records a
+    row group at a time.
+    """
+    rec = Records.of(records)
+    scans = _cohort_scan(rec)
+    cohorts: dict[str, dict] = {}
+    for cohort, sc in sorted(scans.items()):
+        cm = cohort_meta.get(cohort, {})
+        present_labels = [c.split(":", 1)[1] for c in rec.with_prefix("target:") if c.split(":", 1)[1] in sc["targets"]]
+        labels = [lab for lab in cm.get("labels", present_labels) if lab in present_labels] or present_labels
+        all_attrs = [c.split(":", 1)[1] for c in rec.with_prefix("group:")]
+        attrs = [a for a in cm.get("group_attributes", all_attrs) if f"group:{a}" in rec] or all_attrs
+        counts = pd.Series(sc["tasks"])
+        task = str(sorted(counts.index[counts == counts.max()])[0])  # the mode, ties to the first in order
+        # a cohort audited for several tasks ("classification+segmentation") is summarised by its
+        # segmentation task (Dice) and still gets every classification statistic
+        tasks = [t for t in task.split("+") if t != "regression"] or ["none"]
+        task = "segmentation" if "segmentation" in tasks else tasks[0]
+        lv = sc["levels"]
+        means = None
+        if sc["psnr_any"]:
+            means = pd.Series({k: (v[0] / v[1] if v[1] else np.nan) for k, v in sorted(lv.items())})
+        cohorts[str(cohort)] = {
+            "task": task, "labels": labels, "group_attributes": attrs,
+            "level_name": cm.get("level_name", ""), "modality": cm.get("modality", ""),
+            "levels": _severity(list(lv), means, cm.get("level_name")), "primary": primary_task_metric(task),
+            "unknown_groups": cm.get("unknown_groups", "keep"),
+        }
+    return cohorts
+
+
+def analyse(records: Records | pd.DataFrame, meta: dict) -> Analysis:
+    """Analyse an audit run from its records and run description, one cell at a time.
 
     Parameters
     ----------
-    records : pandas.DataFrame
-        ``records.parquet`` (see docs/records.md): one row per test study per cell.
+    records : Records or pandas.DataFrame
+        ``records.parquet`` (see docs/records.md): one row per test study per cell, as a lazy
+        :class:`~reconaudit.engine.records.Records` (memory: one cell, without the
+        :data:`~reconaudit.engine.records.BULK_PREFIXES` columns) or as the table.
     meta : dict
         ``run.json``: ``cohorts`` (labels, group attributes, level name) and ``analysis`` settings
         (``n_resamples``, ``alpha``, ``correction`` ``"holm"``/``"bh"``, ``min_group_size``, ``seed``,
@@ -983,29 +1061,14 @@ def analyse(records: pd.DataFrame, meta: dict) -> Analysis:
         family.
     """
     s = _settings(meta)
-    r = _validate(records)
+    rec = Records.of(records)
+    _check_records(rec)
     cohort_meta = meta.get("cohorts") or {}
     cell_rows, task_rows, fair_rows = [], [], []
-    groups = list(r.groupby("cell_id", sort=True))
-    cohorts: dict[str, dict] = {}
-    for cohort, cr in r.groupby("cohort", sort=True):
-        cm = cohort_meta.get(cohort, {})
-        present_labels = [lab for lab in _labels(cr) if cr[f"target:{lab}"].notna().any()]
-        labels = [lab for lab in cm.get("labels", present_labels) if lab in present_labels] or present_labels
-        attrs = [a for a in cm.get("group_attributes", _attributes(cr)) if f"group:{a}" in cr] or _attributes(cr)
-        task = str(cr["task"].mode().iloc[0])
-        # a cohort audited for several tasks ("classification+segmentation") is summarised by its
-        # segmentation task (Dice) and still gets every classification statistic
-        tasks = [t for t in task.split("+") if t != "regression"] or ["none"]
-        task = "segmentation" if "segmentation" in tasks else tasks[0]
-        cohorts[str(cohort)] = {
-            "task": task, "labels": labels, "group_attributes": attrs,
-            "level_name": cm.get("level_name", ""), "modality": cm.get("modality", ""),
-            "levels": severity_order(cr, cm.get("level_name")), "primary": primary_task_metric(task),
-            "unknown_groups": cm.get("unknown_groups", "keep"),
-        }
-    with progress.task("analysis", len(groups)) as bar:
-        for cell_id, rows in groups:
+    cohorts = cohort_summaries(rec, cohort_meta)
+    with progress.task("analysis", len(rec.cell_ids)) as bar:
+        for cell_id, rows in rec.cells(exclude=BULK_PREFIXES):
+            rows = _validate(rows)
             first = rows.iloc[0]
             keys = {k: first[k] for k in KEY_COLUMNS}
             keys["level"], keys["seed"] = float(keys["level"]), int(keys["seed"])

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .. import metrics as M  # noqa: E402
+from ..engine.records import BULK_PREFIXES, Records  # noqa: E402
 from ..schema import CLEAN_PRED, ISOLINE_DICE, ISOLINE_VOLUME_ERROR, PRED, REG_TARGET  # noqa: E402
 from .analysis import MEAN_LABEL, METRIC_NAMES, Analysis  # noqa: E402
 from .figures import _MARKERS, _RC, OKABE_ITO, Figure, _save  # noqa: E402
@@ -62,12 +63,6 @@ def _ci(v: float, lo: float, hi: float, d: int = 3, signed: bool = False) -> str
     if s != "n/a" and np.isfinite(lo) and np.isfinite(hi):
         s += f" [{_f(lo, d, signed)}, {_f(hi, d, signed)}]"
     return s
-
-
-def _rows(records: pd.DataFrame) -> pd.DataFrame:
-    """Unmitigated cells of the smallest seed (the seed every configuration has)."""
-    df = records[(records["seed"] == records["seed"].min()) & (records["mitigation"] == "none")]
-    return df.copy()
 
 
 def _attrs(df: pd.DataFrame) -> list[str]:
@@ -323,18 +318,25 @@ def _growth(df: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 # -------------------------------------------------------------------------------------------- sections
-def companion_sections(records: pd.DataFrame, meta: dict, analysis: Analysis, tables_dir: Path | str,
+def companion_sections(records: Records | pd.DataFrame, meta: dict, analysis: Analysis, tables_dir: Path | str,
                        figures_dir: Path | str) -> list[dict]:
     """The companion sections (dicts with ``id``, ``title``, ``definition``, ``empty``, ``figures``,
     ``tables`` = [(title, DataFrame)]), their tables written to ``tables_dir`` as CSV; empty when the
-    records carry none of their columns."""
+    records carry none of their columns (then nothing is read; otherwise the unmitigated rows of the
+    smallest seed, without the :data:`~reconaudit.engine.records.BULK_PREFIXES` columns)."""
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    if records.empty:
+    rec = Records.of(records)
+    if rec.empty:
         return []
     seed = int(((meta.get("config") or {}).get("analysis") or {}).get("seed", 0))
-    df = _rows(records)
+    firsts = rec.first_rows(["seed", "reconstructor"])
+    if not ((firsts["reconstructor"] == ALIGNED).any() or rec.with_prefix(ISOLINE_DICE, REG_TARGET)
+            or ("series_id" in rec and "gen_seg_volume" in rec)):
+        return []  # none of the sections has data: nothing is read
+    cols = [c for c in rec.columns if not c.startswith(BULK_PREFIXES)]
+    df = rec.select(cols, where={"seed": firsts["seed"].min(), "mitigation": "none"}).copy()
     secs = []
     reg_table, reg_full = _regression(df, seed)
     if (df["reconstructor"] == ALIGNED).any():

@@ -38,7 +38,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .. import metrics as M  # noqa: E402
-from ..schema import COUNT_METRICS  # noqa: E402
+from ..engine.records import BULK_PREFIXES, Records  # noqa: E402
+from ..schema import COUNT_METRICS, RECORD_KEYS  # noqa: E402
 from ..seeding import derive_seed  # noqa: E402
 from .analysis import METRIC_NAMES, Analysis, level_text  # noqa: E402
 from .figures import _RC, Figure, _main_seed, _save, _Styles, _t  # noqa: E402
@@ -256,14 +257,28 @@ def _onset_table(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _aligned(cr: pd.DataFrame, cell_ids: list[str]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """The cohort's study table (by ``study_index``) and each cell's rows in that order."""
-    base = cr.drop_duplicates("study_index").sort_values("study_index")[["study_index", "patient_id"]]
+def _cohort_studies(records: Records, cohort: str) -> pd.DataFrame:
+    """The cohort's study table (``study_index``, ``patient_id`` of its first row), by ``study_index``;
+    read a row group at a time, keeping one row per study."""
+    seen = []
+    for part in records.scan(["cohort", "study_index", "patient_id"]):
+        part = part[part["cohort"] == cohort]
+        if len(part):
+            seen.append(part.drop_duplicates("study_index")[["study_index", "patient_id"]])
+            seen = [pd.concat(seen).drop_duplicates("study_index")]
+    base = seen[0] if seen else pd.DataFrame(columns=["study_index", "patient_id"])
+    return base.sort_values("study_index")
+
+
+def _aligned(records: Records, base: pd.DataFrame, cell_ids: list[str]) -> dict[str, pd.DataFrame]:
+    """Each cell's rows (validated) in the order of the cohort's study table ``base``."""
+    from .analysis import _validate
+
     cells = {}
     for cid in cell_ids:
-        rows = cr[cr["cell_id"] == cid].drop_duplicates("study_index").set_index("study_index")
-        cells[cid] = rows.reindex(base["study_index"].to_numpy())
-    return base, cells
+        rows = _validate(records.cell(cid, exclude=BULK_PREFIXES)).drop_duplicates("study_index")
+        cells[cid] = rows.set_index("study_index").reindex(base["study_index"].to_numpy())
+    return cells
 
 
 def _rank_stats(cells: dict[str, pd.DataFrame], task: str, labels: list[str], attrs: list[str],
@@ -319,13 +334,13 @@ def _rank_stats(cells: dict[str, pd.DataFrame], task: str, labels: list[str], at
     return {"task": (task_stat, True), "fairness": (fair_stat, False)}
 
 
-def _ranking_tables(records: pd.DataFrame, a: Analysis, s: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _ranking_tables(records: Records, a: Analysis, s: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     rank_rows, fried_rows = [], []
     cells = _main_seed(a.cells[a.cells["mitigation"] == "none"])
     for cohort, info in a.cohorts.items():
         if info["task"] not in _PRIMARY_FAIRNESS:  # a reconstruction-quality audit: no task
             continue
-        cr = records[records["cohort"] == cohort]
+        base = None
         task = info["task"]
         crit_names = {"task": "mean AUROC" if task == "classification" else "mean Dice",
                       "fairness": ("equalized-odds difference change" if task == "classification"
@@ -335,7 +350,9 @@ def _ranking_tables(records: pd.DataFrame, a: Analysis, s: dict) -> tuple[pd.Dat
             if len(cl) < 2:
                 continue
             names = [_method(r) for r in cl.to_dict("records")]
-            base, aligned = _aligned(cr, cl["cell_id"].tolist())
+            if base is None:
+                base = _cohort_studies(records, cohort)
+            aligned = _aligned(records, base, cl["cell_id"].tolist())
             if any(rows["patient_id"].isna().any() for rows in aligned.values()):
                 logger.warning("ranking: cells of %s at level %g cover different studies; skipped", cohort, level)
                 continue
@@ -384,13 +401,20 @@ def _feature_columns(rows: pd.DataFrame) -> tuple[list[str], list[str]]:
     return (rec, cln) if rec and all(c in rows for c in cln) else ([], [])
 
 
-def shortcut_table(records: pd.DataFrame, s: dict) -> pd.DataFrame:
+def shortcut_table(records: Records | pd.DataFrame, s: dict) -> pd.DataFrame:
     """Shortcut probe per cell and attribute from the ``feature:<k>`` / ``clean_feature:<k>`` record columns.
 
-    Empty when the records carry no features (runs made before the score step saved them).
+    Empty when the records carry no features (runs made before the score step saved them).  Reads
+    one cell at a time: its keys, groups, patients and features.
     """
+    from .analysis import _validate
+
+    records = Records.of(records)
     rows = []
-    for _, cr in records.groupby("cell_id", sort=True):
+    feats = records.with_prefix("feature:", "clean_feature:")
+    cells = records.cells([*RECORD_KEYS, *records.with_prefix("group:"), *feats]) if feats else []
+    for _, cr in cells:
+        cr = _validate(cr)
         rec, cln = _feature_columns(cr)
         if not rec:
             continue
@@ -442,16 +466,19 @@ def power_table(analysis: Analysis, effect: float, *, power: float = 0.8, alpha:
     return pd.DataFrame(rows)
 
 
-def analyse_depth(records: pd.DataFrame, meta: dict, analysis: Analysis) -> Depth:
-    """Run the seven analyses in depth on a run's records (see the module docstring)."""
-    from .analysis import _validate
+def analyse_depth(records: Records | pd.DataFrame, meta: dict, analysis: Analysis) -> Depth:
+    """Run the seven analyses in depth on a run's records (see the module docstring), one cell at a
+    time (the ranking: the methods of one cohort and level at a time)."""
+    from .analysis import _check_records, _validate
 
     a = analysis
     s = _settings(meta, a)
-    r = _validate(records)
+    r = Records.of(records)
+    _check_records(r)
     cal, op, inter, guards, eq = [], [], [], [], []
     reliability: dict = {}
-    for _, rows in r.groupby("cell_id", sort=True):
+    for _, rows in r.cells(exclude=BULK_PREFIXES):
+        rows = _validate(rows)
         keys = _cell_keys(rows)
         info = a.cohorts[str(keys["cohort"])]
         seed = derive_seed("report/depth", s["seed"], keys["cohort"], int(keys["seed"])) % (2**32)

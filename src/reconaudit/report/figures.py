@@ -32,6 +32,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
+from ..engine.records import BULK_PREFIXES, Records  # noqa: E402
 from .analysis import MEAN_LABEL, METRIC_NAMES, Analysis, level_text  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -528,7 +529,16 @@ def _fig_examples(a: Analysis, meta: dict, run_dir: Path, out_dir: Path) -> list
 # 5. per-group ROC curves
 
 
-def _fig_roc(a: Analysis, records: pd.DataFrame, out_dir: Path) -> list[Figure]:
+def _group_counts(records: Records, attrs: list[str]) -> dict[str, int]:
+    """Distinct non-missing values of each ``group:<attr>`` column over every record row."""
+    seen: dict[str, set] = {a: set() for a in attrs}
+    for part in records.scan([f"group:{a}" for a in attrs]):
+        for a in attrs:
+            seen[a] |= set(part[f"group:{a}"].dropna().unique().tolist())
+    return {a: len(v) for a, v in seen.items()}
+
+
+def _fig_roc(a: Analysis, records: Records, out_dir: Path) -> list[Figure]:
     figs = []
     for ci, (cohort, info) in enumerate(a.cohorts.items()):
         if info["task"] != "classification" or not info["labels"] or not info["group_attributes"]:
@@ -539,9 +549,9 @@ def _fig_roc(a: Analysis, records: pd.DataFrame, out_dir: Path) -> list[Figure]:
         if cells.empty:
             continue
         best = cells.sort_values("psnr", ascending=False).iloc[0]
-        rows = records[records["cell_id"] == best["cell_id"]]
+        rows = records.cell(best["cell_id"], exclude=BULK_PREFIXES)
         labels, attrs = info["labels"][:4], info["group_attributes"][:3]
-        n_groups = max(records[f"group:{at}"].nunique() for at in attrs)
+        n_groups = max(_group_counts(records, attrs).values())
         fig, axes = plt.subplots(len(labels), len(attrs),
                                  figsize=(3.4 * len(attrs) + 0.4, (3.0 + 0.2 * n_groups) * len(labels)),
                                  squeeze=False)
@@ -657,14 +667,14 @@ def _fig_training(meta: dict, out_dir: Path) -> Figure | None:
 # --------------------------------------------------------------------------------------------
 
 
-def render_figures(records: pd.DataFrame, meta: dict, analysis: Analysis, run_dir: Path | str,
+def render_figures(records: Records | pd.DataFrame, meta: dict, analysis: Analysis, run_dir: Path | str,
                    out_dir: Path | str) -> list[Figure]:
     """Draw every figure the run supports; return them with titles and captions.
 
     Parameters
     ----------
-    records : pandas.DataFrame
-        The records table (only figure 5 reads study rows: scores, targets, groups).
+    records : Records or pandas.DataFrame
+        The records (only figure 5 reads study rows: one cell's scores, targets, groups).
     meta : dict
         ``run.json`` (cells with their ``examples`` files).
     analysis : Analysis
@@ -686,7 +696,7 @@ def render_figures(records: pd.DataFrame, meta: dict, analysis: Analysis, run_di
                 figs.append(f)
         figs += _fig_mitigation(analysis, out)
         figs += _fig_examples(analysis, meta, run_dir, out)
-        figs += _fig_roc(analysis, records, out)
+        figs += _fig_roc(analysis, Records.of(records), out)
         f = _fig_training(meta, out)
         if f is not None:
             figs.append(f)

@@ -27,6 +27,7 @@ from reconaudit.metrics import (  # noqa: E402
     spread_error_correlation,
 )
 
+from ..engine.records import Records  # noqa: E402
 from .figures import _MARKERS, _RC, OKABE_ITO, Figure, _save  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def _fmt(v: float, lo: float | None = None, hi: float | None = None, digits: int
 
 
 def _main_rows(records: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the smallest training seed (the seed every configuration has)."""
+    """Rows of the smallest training seed (the seed every configuration has), with ``group:(all)``."""
     df = records[records["seed"] == records["seed"].min()].copy()
     df[f"group:{_ALL}"] = _ALL
     return df
@@ -103,11 +104,14 @@ def _widest_gap(s: pd.DataFrame, key: tuple, col: str, attrs: list[str]) -> str:
     return "n/a" if best is None else f"{best[0]}: {_fmt(best[1], best[2], best[3])}"
 
 
-def _region_tables(df: pd.DataFrame, n_resamples: int, seed: int, groups: list) -> dict[str, pd.DataFrame]:
+def _region_tables(df: pd.DataFrame, n_resamples: int, seed: int, groups: list,
+                   any_lesion: bool = True) -> dict[str, pd.DataFrame]:
+    """Region-quality table per cohort of ``df``; ``any_lesion``: whether any cohort of the run has a
+    lesion PSNR (when none has, there is no table)."""
     rec = df[df["arm"] == "reconstruct"]
     cols = ["psnr", "region_psnr:lesion", "region_psnr:tissue", "region_psnr:background", "region_ssim:lesion",
             "region_nmse:lesion"]
-    if "region_psnr:lesion" not in rec or rec["region_psnr:lesion"].isna().all():
+    if "region_psnr:lesion" not in rec or not any_lesion:
         return {}
     out = {}
     for cohort, sub in rec.groupby("cohort", sort=True):
@@ -203,20 +207,31 @@ def _scale(setter, values: list[float]) -> None:
         setter("log")
 
 
-def _fig_plane(df: pd.DataFrame, out_dir: Path) -> list[Figure]:
+def _plane_points(df: pd.DataFrame) -> tuple[list, set, bool]:
+    """The fidelity-perception points of ``df`` (main-seed rows of one cohort or more): panels
+    ``((cohort, degradation), points)``, the reconstructor names, whether any Fréchet distance is set."""
     rec = df[(df["arm"] == "reconstruct") & (df["mitigation"] == "none")]
-    if "gen_frechet" not in rec or rec["gen_frechet"].isna().all():
+    if "gen_frechet" not in rec:
+        return [], set(), False
+    panels = []
+    for cohort, degr in sorted(rec.groupby(["cohort", "degradation"]).groups):
+        sub = rec[(rec["cohort"] == cohort) & (rec["degradation"] == degr)]
+        pts = []
+        for (name, level), cell in sub.groupby(["reconstructor", "level"]):
+            v, metric = _task_value(cell)
+            pts.append((name, level, float(cell["nmse"].mean()), float(cell["gen_frechet"].iloc[0]), v, metric))
+        panels.append(((cohort, degr), pts))
+    return panels, set(rec["reconstructor"].astype(str).unique()), bool(rec["gen_frechet"].notna().any())
+
+
+def _fig_plane(points: list, names: set, out_dir: Path) -> list[Figure]:
+    """Draw the panels of :func:`_plane_points` (collected over the cohorts, in panel order)."""
+    if not points:
         return []
-    panels = sorted(rec.groupby(["cohort", "degradation"]).groups)
-    names = sorted(rec["reconstructor"].astype(str).unique())
+    names = sorted(names)
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
-        for ax, (cohort, degr) in zip(axes[0], panels):
-            sub = rec[(rec["cohort"] == cohort) & (rec["degradation"] == degr)]
-            pts = []
-            for (name, level), cell in sub.groupby(["reconstructor", "level"]):
-                v, metric = _task_value(cell)
-                pts.append((name, level, float(cell["nmse"].mean()), float(cell["gen_frechet"].iloc[0]), v, metric))
+        fig, axes = plt.subplots(1, len(points), figsize=(4.6 * len(points), 3.8), squeeze=False)
+        for ax, ((cohort, degr), pts) in zip(axes[0], points):
             vals = np.array([p[4] for p in pts], dtype=float)
             lo, hi = (np.nanmin(vals), np.nanmax(vals)) if np.isfinite(vals).any() else (0.0, 1.0)
             sc = None
@@ -255,27 +270,42 @@ def _fig_plane(df: pd.DataFrame, out_dir: Path) -> list[Figure]:
     return [Figure("fidelity-perception", png, pdf, "Fidelity against task-aware perception", caption)]
 
 
-def generative_section(records: pd.DataFrame, meta: dict, out_dir: Path | str) -> GenerativeSection:
+def generative_section(records: Records | pd.DataFrame, meta: dict, out_dir: Path | str) -> GenerativeSection:
     """Build the section from the records; write its tables (CSV) and figure into ``out_dir``.
 
     Parameters
     ----------
-    records : DataFrame
-        The records table.
+    records : Records or DataFrame
+        The records; read one cohort's main-seed rows at a time, without the feature columns.
     meta : dict
         ``run.json`` (the ``analysis.n_resamples`` and ``analysis.seed`` settings are used).
     out_dir : path
         The report directory (``tables/`` and ``figures/`` are written there).
     """
     out = Path(out_dir)
-    if records.empty or not any(c.startswith(("gen_", "region_")) for c in records):
+    rec = Records.of(records)
+    if rec.empty or not rec.with_prefix("gen_", "region_"):
         return GenerativeSection()
     settings = ((meta.get("config") or {}).get("analysis") or {})
     n_res, seed = int(settings.get("n_resamples", 1000)), int(settings.get("seed", 0))
-    df = _main_rows(records)
-    groups: list[pd.DataFrame] = []
-    sec = GenerativeSection(_region_tables(df, n_res, seed, groups), _hallucination_tables(df, n_res, seed, groups),
-                            groups=groups)
+    firsts = rec.first_rows(["cohort", "seed", "arm"])
+    seed0 = firsts["seed"].min()
+    any_lesion = "region_psnr:lesion" in rec and any(
+        part.loc[(part["seed"] == seed0) & (part["arm"] == "reconstruct"), "region_psnr:lesion"].notna().any()
+        for part in rec.scan(["seed", "arm", "region_psnr:lesion"]))
+    cols = [c for c in rec.columns if not c.startswith(("feature:", "clean_feature:"))]
+    region, halluc, g_region, g_halluc, points, names = {}, {}, [], [], [], set()
+    for cohort in sorted(firsts.loc[firsts["seed"] == seed0, "cohort"].astype(str).unique()):
+        df = _main_rows(rec.select(cols, where={"seed": seed0, "cohort": cohort}))  # one cohort at a time
+        region.update(_region_tables(df, n_res, seed, g_region, any_lesion))
+        halluc.update(_hallucination_tables(df, n_res, seed, g_halluc))
+        pts, nm, frechet = _plane_points(df)
+        if frechet or pts:
+            points.append((pts, frechet))
+        names |= nm
+        del df
+    groups = g_region + g_halluc
+    sec = GenerativeSection(region, halluc, groups=groups)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for kind, tables in (("region-quality", sec.region), ("hallucination", sec.hallucination)):
@@ -284,5 +314,6 @@ def generative_section(records: pd.DataFrame, meta: dict, out_dir: Path | str) -
     if any(not g.empty for g in groups):
         pd.concat([g for g in groups if not g.empty], ignore_index=True).to_csv(
             out / "tables" / "generative-groups.csv", index=False)
-    sec.figures = _fig_plane(df, out / "figures")
+    panels = [p for pts, _ in points for p in pts] if any(f for _, f in points) else []
+    sec.figures = _fig_plane(panels, names, out / "figures")
     return sec

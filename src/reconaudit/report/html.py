@@ -1,6 +1,6 @@
 """The self-contained HTML report of an audit run.
 
-:func:`build_report` reads ``RUN_DIR/records.parquet`` and ``RUN_DIR/run.json`` (and the example
+:func:`build_report` reads ``RUN_DIR/records.parquet`` (a cell at a time) and ``RUN_DIR/run.json`` (and the example
 studies in ``RUN_DIR/examples/``), runs :func:`~reconaudit.report.analysis.analyse`, writes the
 tables (CSV, Markdown, LaTeX) and figures (PNG, PDF), and renders one ``report.html`` that opens
 offline: figures are embedded as base64 PNG, styles are inline, and there is no script, external
@@ -24,6 +24,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from .. import __version__
+from ..engine.records import Records
 from .analysis import Analysis, analyse
 from .companions import companion_sections
 from .depth import analyse_depth, write_depth
@@ -34,14 +35,15 @@ from .tables import formatted_tables, write_tables
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_report", "load_run", "render_html"]
+__all__ = ["build_report", "load_run", "open_run", "render_html"]
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _WRAP_COLUMNS = {"note", "groups (n)", "description", "in words", "methods"}
 
 
-def load_run(run_dir: Path | str) -> tuple[pd.DataFrame, dict]:
-    """Read ``records.parquet`` and ``run.json`` of a run directory.
+def open_run(run_dir: Path | str) -> tuple[Records, dict]:
+    """Open ``records.parquet`` (lazily, as :class:`~reconaudit.engine.records.Records`: the report
+    reads it a cell at a time) and read ``run.json`` of a run directory.
 
     Raises
     ------
@@ -58,7 +60,14 @@ def load_run(run_dir: Path | str) -> tuple[pd.DataFrame, dict]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{meta_path}: not valid JSON ({exc})") from exc
-    return pd.read_parquet(rec_path), meta
+    return Records(rec_path), meta
+
+
+def load_run(run_dir: Path | str) -> tuple[pd.DataFrame, dict]:
+    """``records.parquet`` as one table in memory and ``run.json`` of a run directory (small runs;
+    :func:`open_run` reads the records lazily)."""
+    records, meta = open_run(run_dir)
+    return records.frame(), meta
 
 
 def _png_width(path: Path) -> int:
@@ -210,6 +219,7 @@ def _figures_part() -> tuple[list, object]:
 
     assert _FORKED is not None
     records, meta, analysis, run_dir, out = _FORKED
+    records = Records(records.path)  # its own file handle in this process
     with threadpool_limits(limits=1):
         figures = render_figures(records, meta, analysis, run_dir, out / "figures")
         return figures, generative_section(records, meta, out)
@@ -264,7 +274,7 @@ def _build_report(run_dir: Path | str, out_dir: Path | str | None, jobs: int | N
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    records, meta = load_run(run_dir)
+    records, meta = open_run(run_dir)
     analysis = analyse(records, meta)
     write_tables(analysis, out / "tables")
     if report_jobs(jobs) > 1:
