@@ -14,8 +14,9 @@ time is measured inside the process, without the imports.  The records are then 
 analysis computes its bootstrap intervals (``--resamples``, default 1,000) in one more process.
 
 ``studies/s`` divides the studies a step touches by its wall time: the cohort's N for ``cohort`` and
-``degrade``, the train split for ``task_model``/``fit_recon``/``direct_model`` (studies seen: at most
-batches x batch size), the test split for ``predict_clean``/``reconstruct``/``score``/``direct_score``.
+``degrade``, for ``task_model``/``fit_recon``/``direct_model`` the train studies seen (at most
+batches x batch size) plus the validation split (evaluated after training: thresholds, validation
+loss), the test split for ``predict_clean``/``reconstruct``/``score``/``direct_score``.
 Writes ``benchmarks/results/scale.json`` and prints a Markdown table.
 
 Manifest mode::
@@ -157,8 +158,8 @@ def _child(run_dir: Path, what: str) -> None:
 def _studies(kind: str, n: int, split: dict, batches: int, batch_size: dict) -> int:
     if kind in ("cohort", "degrade"):
         return n
-    if kind in ("task_model", "fit_recon", "direct_model"):
-        return min(split["train"], batches * batch_size.get(kind, 32))
+    if kind in ("task_model", "fit_recon", "direct_model"):  # the batches trained on, then the validation split
+        return min(split["train"], batches * batch_size.get(kind, 32)) + split.get("val", 0)
     return split["test"]
 
 
