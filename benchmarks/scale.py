@@ -125,7 +125,7 @@ def _child(run_dir: Path, what: str) -> None:
 
     from reconaudit.engine.config import load_config
     from reconaudit.engine.plan import build_plan
-    from reconaudit.engine.records import collect_records, write_records
+    from reconaudit.engine.records import collect_records
     from reconaudit.engine.run import input_digests, store_for
     from reconaudit.engine.steps import StepContext, run_step
 
@@ -139,12 +139,11 @@ def _child(run_dir: Path, what: str) -> None:
         from reconaudit.engine.run import cohort_meta
         from reconaudit.report.analysis import analyse
 
-        records, _ = collect_records(plan, store, run_dir)
-        write_records(records, run_dir)
+        records, _ = collect_records(plan, store, run_dir)  # run_dir/records.parquet, cell by cell
         meta = {"analysis": cfg.analysis.model_dump(), "config": config_to_dict(cfg),
                 "cohorts": cohort_meta(plan, store, cfg)}
         analyse(records, meta)
-        extra = {"rows": len(records)}
+        extra = {"rows": records.n_rows}
     else:
         step = plan.steps[what]
         ctx = StepContext(store, device="cpu", threads=cfg.execution.threads, shard_studies=cfg.execution.shard_studies)
