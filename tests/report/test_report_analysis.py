@@ -378,3 +378,26 @@ def test_ci_method_says_when_bca_fell_back_to_percentile():
     st = _stats_from_boot(bad, "m", "all", "bca")
     assert st["ci_method"] == "percentile (BCa undefined)" and st["recon_ci_low"] == 0.4
     assert _stats_from_boot(bad, "m", "all", "percentile")["ci_method"] == "percentile"
+
+
+def test_second_stage_chunks_shrink_with_the_patients_and_keep_the_numbers():
+    """The second-stage bootstrap draws fewer resamples per chunk for a large cell (memory: a chunk
+    of draw counts) and gets the same classification p-values as with 2,048 at a time (the counts
+    are integers, so their sums do not depend on the chunk)."""
+    import numpy as np
+
+    from reconaudit import metrics as M
+    from reconaudit.report.analysis import _refine_chunk
+
+    assert _refine_chunk(np.arange(500)) == 2048 and _refine_chunk(np.arange(10_000)) == 400
+    assert _refine_chunk(np.repeat(np.arange(10**6), 2)) == 64
+    rng = np.random.default_rng(0)
+    n = 600
+    y = rng.integers(0, 2, n)
+    g = rng.choice(["a", "b", "c"], n)
+    pid = np.repeat(np.arange(n // 2), 2)
+    pc, pr = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    kw = dict(patient_ids=pid, sensitive_features={"g": g}, y_pred=pr, y_pred_clean=pc, n_resamples=3000, seed=4)
+    a = M.bootstrap_metrics(y, **kw, chunk_size=2048).table
+    b = M.bootstrap_metrics(y, **kw, chunk_size=100).table
+    pd.testing.assert_frame_equal(a, b, check_exact=True)

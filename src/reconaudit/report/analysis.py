@@ -400,11 +400,24 @@ def _cell_quality(rows: pd.DataFrame, keys: dict, s: dict, seed: int) -> dict:
     return out
 
 
+def _resampled_aurocs(patient_ids: np.ndarray, keep: np.ndarray, y: np.ndarray, scores: tuple, n_resamples: int,
+                      seed: int) -> list[np.ndarray]:
+    """AUROC of each of ``scores`` (the studies ``keep``) under the cell's patient-level resamples
+    (every study of the cell drawn by patient, ``default_rng(seed)``), 64 resamples at a time: the
+    values of the whole weight matrix, in memory bounded by 64 x studies."""
+    rng = np.random.default_rng(seed)
+    out: list[list] = [[] for _ in scores]
+    for w in M.iter_bootstrap_weights(patient_ids, n_resamples, rng, 64):
+        wk = w[:, keep]
+        for o, sc in zip(out, scores):
+            o.append(M.weighted_auroc(y, sc, wk))
+    return [np.concatenate(o) if o else np.empty(0) for o in out]
+
+
 def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict], list[dict]]:
     task_rows: list[dict] = []
     fair_rows: list[dict] = []
     pid_all = rows["patient_id"].to_numpy()
-    weights = M.bootstrap_weights(pid_all, s["n_resamples"], np.random.default_rng(seed))
     ones = np.ones((1, len(rows)))
     mean_parts: dict[str, list] = {"clean": [], "recon": [], "dc": [], "dr": []}
     for label in labels:
@@ -455,11 +468,11 @@ def _classification_cell(rows, keys, labels, attrs, s, seed) -> tuple[list[dict]
             task_rows.append(dict(base, metric=metric, **st, test="paired bootstrap", reason="",
                                   threshold_policy=s["threshold_text"],
                                   operating_point_flag=M.operating_point_flag(y, pc, pr)))
-        wk = weights[:, keep]
         mean_parts["clean"].append(float(M.weighted_auroc(y, sc, ones[:, keep])[0]))
         mean_parts["recon"].append(float(M.weighted_auroc(y, sr, ones[:, keep])[0]))
-        mean_parts["dc"].append(M.weighted_auroc(y, sc, wk))
-        mean_parts["dr"].append(M.weighted_auroc(y, sr, wk))
+        dc, dr = _resampled_aurocs(pid_all, keep, y, (sc, sr), s["n_resamples"], seed)
+        mean_parts["dc"].append(dc)
+        mean_parts["dr"].append(dr)
         # --- fairness of this label, per attribute
         for a in attrs:
             g = groups[a]
@@ -801,6 +814,17 @@ def _permutation_tests(fair: pd.DataFrame, fair_rows: list[dict], s: dict) -> pd
     return fair
 
 
+_REFINE_ENTRIES = 4_000_000
+
+
+def _refine_chunk(patient_ids: np.ndarray) -> int:
+    """Resamples per chunk of the second-stage bootstrap: 2,048, or fewer so that a chunk's draw
+    counts stay near 4 million entries (64 at least): memory bounded by the chunk, not by the
+    patients times 2,048 (0.5 GB at 10,000 patients).  Cells of up to 1,953 patients keep 2,048."""
+    n_pat = len(pd.unique(np.asarray(patient_ids)))
+    return int(max(64, min(2048, _REFINE_ENTRIES // max(n_pat, 1))))
+
+
 def _refine_bootstrap(fair: pd.DataFrame, fair_rows: list[dict], s: dict) -> pd.DataFrame:
     r"""Re-run the bootstrap of extreme fairness changes with enough resamples to pass a correction.
 
@@ -826,7 +850,8 @@ def _refine_bootstrap(fair: pd.DataFrame, fair_rows: list[dict], s: dict) -> pd.
             kwargs, metric, attribute = spec
             todo.setdefault(id(kwargs), (kwargs, []))[1].append((i, metric, attribute))
         for kwargs, rows in todo.values():
-            res, _ = _quiet(M.bootstrap_metrics, **kwargs, n_resamples=b2, bca=False, chunk_size=2048)
+            res, _ = _quiet(M.bootstrap_metrics, **kwargs, n_resamples=b2, bca=False,
+                            chunk_size=_refine_chunk(kwargs["patient_ids"]))
             idx = _boot_index(res.table)
             for i, metric, attribute in rows:
                 r = idx.get((metric, attribute, "change"))
