@@ -52,10 +52,7 @@ def _unified_type(name: str, types: list, missing: bool):
         if (missing or len(real) < len(types)) and pa.types.is_integer(t):
             return pa.float64()
         return t
-    if all(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) for t in real) and not all(
-            pa.types.is_boolean(t) for t in real):
-        if any(pa.types.is_boolean(t) for t in real):
-            raise RecordsError(f"records: column {name!r} is boolean in some cells and numeric in others ({real})")
+    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in real):
         return pa.float64()
     if all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in real):
         return pa.string()
@@ -173,10 +170,10 @@ class Records:
             import pyarrow.parquet as pq
 
             self.path = Path(source)
+            if not self.path.is_file():
+                raise FileNotFoundError(f"{self.path}: no such records file")
             try:
                 self._pf = pq.ParquetFile(self.path)
-            except FileNotFoundError:
-                raise
             except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
                 raise RecordsError(f"{self.path}: not a readable Parquet file ({exc})") from exc
             self.columns = list(self._pf.schema_arrow.names)
