@@ -16,7 +16,11 @@ analysis computes its bootstrap intervals (``--resamples``, default 1,000) in on
 ``studies/s`` divides the studies a step touches by its wall time: the cohort's N for ``cohort`` and
 ``degrade``, for ``task_model``/``fit_recon``/``direct_model`` the train studies seen (at most
 batches x batch size) plus the validation split (evaluated after training: thresholds, validation
-loss), the test split for ``predict_clean``/``reconstruct``/``score``/``direct_score``.
+loss), the test split for ``predict_clean``/``reconstruct``/``score``/``direct_score``.  A training
+step's rows also give its training rate (studies trained on per second of the training batches) and
+its validation rate (studies per second of the validation-loss passes) on their own: the first does
+not depend on N, the second covers a split that grows with N.  ``fit_recon`` of a reconstructor that
+does not train (identity, classical) reads no study: its studies/s is left out.
 Writes ``benchmarks/results/scale.json`` and prints a Markdown table.
 
 Manifest mode::
@@ -147,11 +151,45 @@ def _child(run_dir: Path, what: str) -> None:
     else:
         step = plan.steps[what]
         ctx = StepContext(store, device="cpu", threads=cfg.execution.threads, shard_studies=cfg.execution.shard_studies)
+        phases = _time_training_phases()
         run_step(step, ctx)
-        extra = {}
+        extra = {"phases": {k: v for k, v in phases.items() if v[0]}}
     wall = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
     print(json.dumps({"what": what, "wall_s": wall, "peak_rss_gb": rss, **extra}))
+
+
+def _time_training_phases() -> dict[str, list]:
+    """Time the phases of a training step: ``{phase: [seconds, studies]}``, filled as the step runs.
+
+    ``fit`` is the whole training call (the diagnostic models' ``train_network``, the reconstructors'
+    ``run_training``), ``validate`` the validation-loss passes inside it; training alone is their
+    difference.  A fixed number of batches trains in the same time at any N, while the validation
+    pass grows with the validation split, so a training step's studies/s over its whole wall time
+    mixes two rates whose weights change with N; these two are each comparable across N."""
+    from reconaudit.recon import training as recon_training
+    from reconaudit.tasks import loop, network
+
+    phases: dict[str, list] = {"fit": [0.0, 0], "validate": [0.0, 0]}
+
+    def timed(module, attr: str, phase: str, count) -> None:
+        fn = getattr(module, attr)
+
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                phases[phase][0] += time.perf_counter() - t
+                phases[phase][1] += count(a, k)
+
+        setattr(module, attr, wrapper)
+
+    timed(network, "train_network", "fit", lambda a, k: 0)
+    timed(recon_training, "run_training", "fit", lambda a, k: 0)
+    timed(loop, "evaluate_loss", "validate", lambda a, k: int(a[2].shape[0]))
+    timed(recon_training, "_validation_loss", "validate", lambda a, k: len(a[1]))
+    return phases
 
 
 def _studies(kind: str, n: int, split: dict, batches: int, batch_size: dict) -> int:
@@ -206,9 +244,19 @@ def run_size(n: int, args: argparse.Namespace, base: Path, *, manifest: bool = F
         if kind == "score":
             label = f"score ({step.spec.reconstructor})"
         studies = res.get("rows") or _studies(kind, n, split, args.batches, {"fit_recon": 16})
-        rows.append({"n": n, "cohort": "manifest" if manifest else "chest-xray", "step": label, "wall_s": round(res["wall_s"], 2),
-                     "peak_rss_gb": round(res["peak_rss_gb"], 3), "studies": studies,
-                     "studies_per_s": round(studies / max(res["wall_s"], 1e-9), 1)})
+        row = {"n": n, "cohort": "manifest" if manifest else "chest-xray", "step": label, "wall_s": round(res["wall_s"], 2),
+               "peak_rss_gb": round(res["peak_rss_gb"], 3), "studies": studies,
+               "studies_per_s": round(studies / max(res["wall_s"], 1e-9), 1)}
+        ph = res.get("phases") or {}
+        if "fit" in ph:  # a training step: the training batches and the validation passes on their own
+            trained = min(split["train"], args.batches * {"fit_recon": 16}.get(kind, 32))
+            val_s, val_n = ph.get("validate", [0.0, 0])
+            row["train_studies_per_s"] = round(trained / max(ph["fit"][0] - val_s, 1e-9), 1)
+            if val_n:
+                row["validate_studies_per_s"] = round(val_n / max(val_s, 1e-9), 1)
+        elif kind == "fit_recon":  # a reconstructor without training: the step opens the splits, reads no study
+            row["studies"], row["studies_per_s"] = 0, None
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -243,10 +291,13 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out), "workdir": str(base)},
                                         "rows": rows}, indent=2, default=str))
-    print("\n| cohort | N | step | wall (s) | peak RSS (GB) | studies/s |\n| --- | --- | --- | --- | --- | --- |")
+    print("\n| cohort | N | step | wall (s) | peak RSS (GB) | studies/s | training / validation studies/s |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
+        phases = (f"{r['train_studies_per_s']} / {r.get('validate_studies_per_s', '-')}"
+                  if "train_studies_per_s" in r else "")
         print(f"| {r['cohort']} | {r['n']:,} | {r['step']} | {r['wall_s']} | {r['peak_rss_gb']} | "
-              f"{r['studies_per_s']} |")
+              f"{'-' if r['studies_per_s'] is None else r['studies_per_s']} | {phases} |")
 
 
 if __name__ == "__main__":
