@@ -21,7 +21,9 @@ step's rows also give its training rate (studies trained on per second of the tr
 its validation rate (studies per second of the validation-loss passes) on their own: the first does
 not depend on N, the second covers a split that grows with N.  ``fit_recon`` of a reconstructor that
 does not train (identity, classical) reads no study: its studies/s is left out.
-Writes ``benchmarks/results/scale.json`` and prints a Markdown table.
+Writes ``benchmarks/results/scale.json`` and prints a Markdown table; with several sizes also a table
+across them (:func:`across_sizes`: peak RSS at the largest N over the smallest, and the marginal
+rate (N2 - N1) / (wall2 - wall1) between consecutive sizes, which leaves out a step's fixed start).
 
 Manifest mode::
 
@@ -298,6 +300,35 @@ def main() -> None:
                   if "train_studies_per_s" in r else "")
         print(f"| {r['cohort']} | {r['n']:,} | {r['step']} | {r['wall_s']} | {r['peak_rss_gb']} | "
               f"{'-' if r['studies_per_s'] is None else r['studies_per_s']} | {phases} |")
+    if len({r["n"] for r in rows}) > 1:
+        print(across_sizes(rows))
+
+
+def across_sizes(rows: list[dict]) -> str:
+    """A Markdown table comparing each step kind across the sizes run: peak RSS at the largest N over
+    the smallest, and the marginal rate between consecutive sizes, (N2 - N1) / (wall2 - wall1)
+    studies/s, which leaves out the step's fixed start (opening the store and table, building the
+    networks), a few seconds that dominate the wall time of a small run."""
+    by: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by.setdefault((r["cohort"], r["step"]), []).append(r)
+    out = ["| cohort | step | peak RSS largest / smallest N | marginal studies/s between consecutive N | ratio of the "
+           "marginal rates | training studies/s at each N |", "| --- | --- | --- | --- | --- | --- |"]
+    for (cohort, step), rs in by.items():
+        rs = sorted(rs, key=lambda r: r["n"])
+        if len(rs) < 2:
+            continue
+        rss = rs[-1]["peak_rss_gb"] / rs[0]["peak_rss_gb"]
+        rates = []
+        for a, b in zip(rs, rs[1:], strict=False):
+            dn, dt = (b["studies"] or 0) - (a["studies"] or 0), b["wall_s"] - a["wall_s"]
+            rates.append(dn / dt if dn > 0 and dt > 0 else None)
+        shown = " / ".join("-" if v is None else f"{v:,.0f}" for v in rates)
+        ok = [v for v in rates if v]
+        ratio = f"{max(ok) / min(ok):.2f}" if len(ok) > 1 else "-"
+        train = " / ".join(f"{r['train_studies_per_s']:,.0f}" for r in rs if "train_studies_per_s" in r)
+        out.append(f"| {cohort} | {step} | {rss:.2f}x | {shown} | {ratio} | {train} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
