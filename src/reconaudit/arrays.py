@@ -399,7 +399,14 @@ class ArrayWriter:
         if name not in self.group:
             raise ArrayStoreError(f"{self.path}/{name}: create the array before writing blocks into it")
         a = _np(batch)
-        self.group[name][start : start + len(a)] = a
+        arr = self.group[name]
+        if tuple(arr.shape[1:]) != tuple(a.shape[1:]) or np.dtype(arr.dtype) != a.dtype:
+            raise ArrayStoreError(f"{self.path}/{name}: a batch of shape {a.shape[1:]} {a.dtype} does not fit the "
+                                  f"array's {tuple(arr.shape[1:])} {arr.dtype}")
+        if start < 0 or start + len(a) > arr.shape[0]:
+            raise ArrayStoreError(f"{self.path}/{name}: studies {start}:{start + len(a)} are outside the array's "
+                                  f"{arr.shape[0]}")
+        arr[start : start + len(a)] = a
 
     def constant(self, name: str, value: torch.Tensor | np.ndarray) -> None:
         """Store a small array without a study axis (one chunk)."""

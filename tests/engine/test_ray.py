@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from reconaudit.arrays import open_arrays
 from reconaudit.engine import steps as steps_mod
 from reconaudit.engine.config import load_config
 from reconaudit.engine.executors import ContextSpec, LocalExecutor, make_executor
@@ -214,8 +215,9 @@ def test_killed_worker_is_retried_failure_reported_and_rerun_computes_only_the_m
 @pytest.mark.ray
 @needs_ray
 def test_reconstruct_split_into_shard_tasks_on_two_workers_gives_identical_records(ray_session, tmp_path):
-    """A reconstruct step cut into Ray shard tasks (2 at a time) gives the records of one worker; a
-    failing shard fails the step, which commits nothing, and a rerun completes it."""
+    """Reconstruct and degrade steps cut into Ray shard tasks (2 at a time) give the degraded arrays
+    and the records of one worker; a failing shard fails the step, which commits nothing, and a
+    rerun completes it."""
     def cfg(**execution):
         c = ray_tiny_config()
         c["execution"] = {"batch_studies": 4, "shard_studies": 4, "threads": 1, "retries": 0, **execution}
@@ -247,3 +249,14 @@ def test_reconstruct_split_into_shard_tasks_on_two_workers_gives_identical_recor
     assert f"reconstruct unet: {n_test} studies in {-(-n_test // 4)} shard tasks on " in log
     pd.testing.assert_frame_equal(pd.read_parquet(lone.records_path), pd.read_parquet(again.records_path),
                                   check_exact=True)
+    degrades = [s for s in lone.plan.steps.values() if s.kind == "degrade"]
+    n_cohort = len(pd.read_parquet(next(iter((tmp_path / "lone" / "store" / "cohort").glob("*/table.parquet")))))
+    for step in degrades:
+        assert f"degrade {step.spec.degradation}={step.spec.level:g}: {n_cohort} studies in {-(-n_cohort // 4)} shard tasks on " in log
+        a = open_arrays(tmp_path / "lone" / "store" / "degrade" / step.key / "degraded.zarr")
+        b = open_arrays(run_dir / "store" / "degrade" / step.key / "degraded.zarr")
+        assert sorted(a) == sorted(b) and "image" in a
+        for name in a:
+            assert torch.equal(a[name][:], b[name][:]), name
+        assert (tmp_path / "lone" / "store" / "degrade" / step.key / "info.json").read_text() == \
+            (run_dir / "store" / "degrade" / step.key / "info.json").read_text()

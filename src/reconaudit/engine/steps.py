@@ -351,41 +351,89 @@ def step_predict_clean(spec: PredictCleanSpec, ctx: StepContext, out: Path) -> N
 
 
 def step_degrade(spec: DegradeSpec, ctx: StepContext, out: Path) -> None:
-    """Degrade every study of the cohort with a per-study seed (batched)."""
-    from reconaudit.physics import make_degradation
+    """Degrade every study of the cohort with a per-study seed, shard by shard (batched).
 
+    The arrays of ``degraded.zarr`` are created from the first study's result, then each shard of
+    ``ctx.shard_studies`` studies is read, degraded in batches and written (:func:`degrade_shard`).
+    With ``ctx.shard_tasks > 1`` inside a Ray worker the shards run as parallel Ray tasks writing
+    their own shards of the same arrays, as reconstruct does; the step finishes only when every shard
+    has, and the numbers are those of one worker (seeds are per study, batches fall at the same
+    studies in every shard).
+    """
     cohort = load_cohort(ctx, spec.cohort)
-    op = make_degradation(spec.degradation, spec.level, **spec.params)
-    ids = cohort.table["study_id"].astype(str).tolist()
-    seeds = study_seeds(f"degrade/{spec.degradation}/{spec.level}", spec.seed, ids)
-    infos: list[tuple[dict, int]] = []
-    bs = ctx.batch(256)
-    writer = ArrayWriter(out / DEGRADED, len(ids), ctx.shard_studies)
+    n = len(cohort.table)
+    shards = list(shard_ranges(n, ctx.shard_studies))
+    writer = ArrayWriter(out / DEGRADED, n, ctx.shard_studies)
+    op = _degradation(spec)
+    if n:
+        _create_degraded_arrays(spec, ctx, cohort, op, writer)
     from reconaudit import progress
 
-    with progress.task(f"degrade {cohort.name} {spec.degradation}={spec.level:g}", len(ids)) as t:
-        for s0, s1 in shard_ranges(len(ids), ctx.shard_studies):  # read, degrade and write one shard at a time
-            shard_imgs = cohort.images[s0:s1]
-            shard_k = cohort.kspace[s0:s1] if cohort.kspace is not None and getattr(op, "accepts_kspace", False) \
-                else None
-            for i in range(0, s1 - s0, bs):
-                imgs = shard_imgs[i : i + bs].to(ctx.device)  # the physics runs where the step runs
-                kw = {} if shard_k is None else {"kspace": shard_k[i : i + bs].to(ctx.device)}
-                part = op(imgs, seeds[s0 + i : s0 + i + bs], **kw).to("cpu")
-                writer.append("image", part.image)
-                if part.kspace is not None:
-                    writer.append("kspace", part.kspace)
-                if part.mask is not None:  # a mask shared by the batch is stored per study
-                    writer.append("mask", part.mask.expand(len(part), *part.mask.shape[1:]))
-                infos.append((part.info, len(part)))
-                t.advance(len(imgs))
-    writer.close()
+    if ctx.shard_tasks > 1 and len(shards) > 1 and _in_ray_worker():
+        infos = [i for part in _ray_shards(spec, ctx, out / DEGRADED, shards) for i in part]
+    else:
+        infos = []
+        with progress.task(f"degrade {cohort.name} {spec.degradation}={spec.level:g}", n) as t:
+            for s0, s1 in shards:
+                infos.extend(degrade_shard(spec, ctx, writer, s0, s1, cohort=cohort, op=op))
+                t.advance(s1 - s0)
     info = {k: v for k, v in infos[0][0].items() if isinstance(v, int | float | str | bool)} if infos else {}
     for k in list(info):
         vals = [i.get(k) for i, _ in infos]
         if all(isinstance(v, int | float) for v in vals):
-            info[k] = float(np.average(vals, weights=[n for _, n in infos]))
+            info[k] = float(np.average(vals, weights=[m for _, m in infos]))
     _json(out / "info.json", {**info, "level_name": getattr(op, "level_name", "level")})
+
+
+def _degradation(spec: DegradeSpec):
+    from reconaudit.physics import make_degradation
+
+    return make_degradation(spec.degradation, spec.level, **spec.params)
+
+
+def _degrade_batch(spec: DegradeSpec, ctx: StepContext, cohort: Cohort, op, a: int, b: int,
+                   images: torch.Tensor | None = None, kspace: torch.Tensor | None = None) -> Degraded:
+    """Studies ``a:b`` of ``cohort`` degraded by ``op`` with their per-study seeds, on the CPU
+    (``images`` / ``kspace``: those studies when already read)."""
+    ids = cohort.table["study_id"].astype(str).to_numpy()[a:b].tolist()
+    seeds = study_seeds(f"degrade/{spec.degradation}/{spec.level}", spec.seed, ids)
+    imgs = cohort.images[a:b] if images is None else images
+    kw = {}
+    if cohort.kspace is not None and getattr(op, "accepts_kspace", False):
+        kw["kspace"] = (cohort.kspace[a:b] if kspace is None else kspace).to(ctx.device)
+    return op(imgs.to(ctx.device), seeds, **kw).to("cpu")  # the physics runs where the step runs
+
+
+def _create_degraded_arrays(spec: DegradeSpec, ctx: StepContext, cohort: Cohort, op, writer: ArrayWriter) -> None:
+    """Create ``image`` (and ``kspace``, ``mask`` when the degradation gives them) with the per-study
+    shape and dtype of the first study's result."""
+    probe = _degrade_batch(spec, ctx, cohort, op, 0, 1)
+    for name, t in (("image", probe.image), ("kspace", probe.kspace), ("mask", probe.mask)):
+        if t is not None:
+            writer.create(name, tuple(int(v) for v in t.shape[1:]), t.dtype)
+
+
+def degrade_shard(spec: DegradeSpec, ctx: StepContext, writer: ArrayWriter, s0: int, s1: int, *,
+                  cohort: Cohort | None = None, op=None) -> list[tuple[dict, int]]:
+    """Degrade studies ``s0:s1`` (a shard) in batches of ``ctx.batch(256)`` and write them into
+    ``writer``'s arrays (created beforehand); return each batch's ``(info, studies)``."""
+    cohort = cohort if cohort is not None else load_cohort(ctx, spec.cohort)
+    op = op if op is not None else _degradation(spec)
+    bs = ctx.batch(256)
+    shard_imgs = cohort.images[s0:s1]
+    shard_k = cohort.kspace[s0:s1] if cohort.kspace is not None and getattr(op, "accepts_kspace", False) else None
+    parts, infos = [], []
+    for i in range(0, s1 - s0, bs):
+        part = _degrade_batch(spec, ctx, cohort, op, s0 + i, min(s1, s0 + i + bs), shard_imgs[i : i + bs],
+                              None if shard_k is None else shard_k[i : i + bs])
+        parts.append(part)
+        infos.append((part.info, len(part)))
+    if parts:
+        whole = Degraded.concat(parts)  # a mask shared by a batch is stored per study
+        for name, t in (("image", whole.image), ("kspace", whole.kspace), ("mask", whole.mask)):
+            if t is not None:
+                writer.write(name, s0, t.contiguous())
+    return infos
 
 
 def _pairset(cohort: Cohort, deg: Degraded, split: str):
@@ -536,9 +584,10 @@ def _in_ray_worker() -> bool:
     return ray.is_initialized()
 
 
-def _shard_task(spec: ReconstructSpec, ctx_args: dict, path: str, a: int, b: int) -> tuple[int, str]:
-    """One Ray shard task of a reconstruct step (see :func:`reconstruct_shard`); returns the number of
-    studies and the worker (host:pid) that reconstructed them."""
+def _shard_task(spec: ReconstructSpec | DegradeSpec, ctx_args: dict, path: str, a: int, b: int) -> tuple[int, str, object]:
+    """One Ray shard task of a reconstruct or degrade step (:func:`reconstruct_shard`,
+    :func:`degrade_shard`); returns the number of studies, the worker (host:pid) that computed
+    them and what the shard function returned."""
     import os
     import socket
 
@@ -549,12 +598,14 @@ def _shard_task(spec: ReconstructSpec, ctx_args: dict, path: str, a: int, b: int
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
     writer = ArrayWriter(path, int(b - a), ctx.shard_studies, mode="r+")
-    reconstruct_shard(spec, ctx, writer, a, b)
-    return b - a, f"{socket.gethostname()}:{os.getpid()}"
+    shard = degrade_shard if isinstance(spec, DegradeSpec) else reconstruct_shard
+    return b - a, f"{socket.gethostname()}:{os.getpid()}", shard(spec, ctx, writer, a, b)
 
 
-def _ray_shards(spec: ReconstructSpec, ctx: StepContext, path: Path, shards: list[tuple[int, int]]) -> None:
+def _ray_shards(spec: ReconstructSpec | DegradeSpec, ctx: StepContext, path: Path,
+                shards: list[tuple[int, int]]) -> list:
     """Run ``shards`` as Ray tasks (at most ``ctx.shard_tasks`` at a time); every one must succeed.
+    Returns what each shard's function returned, in shard order.
 
     The arrays live in the step's private directory, so this needs a store that every worker sees
     as a filesystem path (a local or shared directory).
@@ -563,18 +614,21 @@ def _ray_shards(spec: ReconstructSpec, ctx: StepContext, path: Path, shards: lis
 
     task = ray.remote(num_cpus=1, num_gpus=1 if str(ctx.device).startswith("cuda") else 0, max_retries=0)(_shard_task)
     ctx_args = {"store": ctx.store.url, "settings": ctx.settings()}
-    pending, done, workers = list(shards), 0, set()
-    running: list = []
+    pending, done, workers, results = list(enumerate(shards)), 0, set(), {}
+    running: dict = {}
     while pending or running:
         while pending and len(running) < ctx.shard_tasks:
-            a, b = pending.pop(0)
-            running.append(task.remote(spec, ctx_args, str(path), a, b))
-        ready, running = ray.wait(running, num_returns=1)
-        n, where = ray.get(ready[0])  # a failed shard raises here: the step fails and nothing is committed
+            i, (a, b) = pending.pop(0)
+            running[task.remote(spec, ctx_args, str(path), a, b)] = i
+        ready, _ = ray.wait(list(running), num_returns=1)
+        i = running.pop(ready[0])
+        n, where, results[i] = ray.get(ready[0])  # a failed shard raises here: the step fails, nothing is committed
         done += int(n)
         workers.add(where)
-    log.info("reconstruct %s: %d studies in %d shard tasks on %d workers", spec.reconstructor, done, len(shards),
-             len(workers))
+    what = f"degrade {spec.degradation}={spec.level:g}" if isinstance(spec, DegradeSpec) else \
+        f"reconstruct {spec.reconstructor}"
+    log.info("%s: %d studies in %d shard tasks on %d workers", what, done, len(shards), len(workers))
+    return [results[i] for i in range(len(shards))]
 
 
 def _saliency(model, images: torch.Tensor, label_idx: np.ndarray) -> np.ndarray:
