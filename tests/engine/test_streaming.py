@@ -56,6 +56,43 @@ def test_an_incomplete_array_is_an_error_naming_it(tmp_path):
         w.close()
 
 
+def test_a_block_written_into_an_array_must_fit_it(tmp_path):
+    w = ArrayWriter(tmp_path / "c.zarr", 10, shard_studies=4)
+    w.create("x", (1, 2, 2), torch.float32)
+    w.write("x", 4, torch.ones(4, 1, 2, 2))
+    with pytest.raises(ArrayStoreError, match=r"c\.zarr/x: a batch of shape \(1, 2, 2\) float64 does not fit"):
+        w.write("x", 0, torch.ones(4, 1, 2, 2, dtype=torch.float64))
+    with pytest.raises(ArrayStoreError, match=r"c\.zarr/x: studies 8:12 are outside the array's 10"):
+        w.write("x", 8, torch.ones(4, 1, 2, 2))
+    assert torch.equal(open_arrays(tmp_path / "c.zarr")["x"][3:9], torch.cat([torch.zeros(1, 1, 2, 2), torch.ones(4, 1, 2, 2),
+                                                                           torch.zeros(1, 1, 2, 2)]))
+
+
+@pytest.mark.parametrize("mode", ["image", "kspace"])
+def test_the_direct_arms_lazy_inputs_index_like_the_inputs_in_memory(mode, tmp_path):
+    """DirectInputs over a stored degraded set: slices, index lists and views read the studies the
+    in-memory direct_inputs gives for them (a slice reads its own studies, not the split's list)."""
+    from reconaudit.engine.steps import DirectInputs, degraded_view
+    from reconaudit.physics.base import Degraded
+    from reconaudit.tasks.direct import direct_inputs
+
+    img = torch.rand(13, 1, 4, 4)
+    ks = torch.complex(torch.rand(13, 2, 4, 4), torch.rand(13, 2, 4, 4))
+    w = ArrayWriter(tmp_path / "d.zarr", 13, shard_studies=4)
+    w.append("image", img)
+    w.append("kspace", ks)
+    w.close()
+    a = open_arrays(tmp_path / "d.zarr")
+    x = DirectInputs(Degraded(a["image"], a["kspace"], None, {}), mode)
+    want = direct_inputs(img, ks, mode)
+    assert x.shape == tuple(want.shape) and torch.equal(x[slice(None)], want)
+    assert torch.equal(x[3:11:3], want[3:11:3]) and torch.equal(x[[12, 0, 5]], want[[12, 0, 5]])
+    assert torch.equal(x[-2:], want[-2:])
+    part = x.take([8, 1, 6, 2])
+    assert len(part) == 4 and torch.equal(part[1:3], want[[1, 6]]) and torch.equal(part[[3]], want[[2]])
+    assert isinstance(degraded_view(x.deg, [0]).image, StudyArray)
+
+
 def test_shard_size_must_hold_whole_compute_batches():
     cfg = tiny_config(execution={"shard_studies": 10, "batch_studies": 4})
     with pytest.raises(ConfigError, match=r"shard_studies \(10\) must be a multiple of execution\.batch_studies"):

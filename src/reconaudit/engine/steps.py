@@ -963,7 +963,7 @@ class DirectInputs(LazyStudies):
         from reconaudit.tasks.direct import direct_inputs
 
         if isinstance(idx, slice):
-            idx = list(range(len(self)))[idx]
+            idx = list(range(len(self))[idx])  # the slice's positions only (a batch, not the split)
         part = self.deg.subset(idx)
         return direct_inputs(part.image, part.kspace, self.mode)
 
