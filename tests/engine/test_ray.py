@@ -215,9 +215,9 @@ def test_killed_worker_is_retried_failure_reported_and_rerun_computes_only_the_m
 @pytest.mark.ray
 @needs_ray
 def test_reconstruct_split_into_shard_tasks_on_two_workers_gives_identical_records(ray_session, tmp_path):
-    """Reconstruct and degrade steps cut into Ray shard tasks (2 at a time) give the degraded arrays
-    and the records of one worker; a failing shard fails the step, which commits nothing, and a
-    rerun completes it."""
+    """Degrade, reconstruct and score steps cut into Ray shard tasks (2 at a time) give the degraded
+    arrays and the records of one worker; a failing shard fails the step, which commits nothing, and
+    a rerun completes it."""
     def cfg(**execution):
         c = ray_tiny_config()
         c["execution"] = {"batch_studies": 4, "shard_studies": 4, "threads": 1, "retries": 0, **execution}
@@ -249,6 +249,11 @@ def test_reconstruct_split_into_shard_tasks_on_two_workers_gives_identical_recor
     assert f"reconstruct unet: {n_test} studies in {-(-n_test // 4)} shard tasks on " in log
     pd.testing.assert_frame_equal(pd.read_parquet(lone.records_path), pd.read_parquet(again.records_path),
                                   check_exact=True)
+    scores = [s for s in lone.plan.steps.values() if s.kind == "score"]
+    assert scores
+    for step in scores:
+        n = len(pd.read_parquet(lone.records_path).query(f"cell_id == '{step.spec.cell_id}'"))
+        assert f"score {step.spec.cell_id}: {n} studies in {-(-n // 4)} shard tasks on " in log
     degrades = [s for s in lone.plan.steps.values() if s.kind == "degrade"]
     n_cohort = len(pd.read_parquet(next(iter((tmp_path / "lone" / "store" / "cohort").glob("*/table.parquet")))))
     for step in degrades:

@@ -238,8 +238,8 @@ class ExecutionConfig(_Strict):
     )
     shard_tasks: int = Field(
         default=1, ge=1,
-        description="on Ray, split each reconstruct and degrade step into parallel shard tasks, at most this "
-                    "many at a time (results identical to one worker; the step commits when every shard has)",
+        description="on Ray, split each degrade, reconstruct and score step into parallel shard tasks, at most "
+                    "this many at a time (results identical to one worker; the step commits when every shard has)",
     )
 
 

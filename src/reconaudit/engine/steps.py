@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -519,7 +520,8 @@ def step_reconstruct(spec: ReconstructSpec, ctx: StepContext, out: Path) -> None
     from reconaudit import progress
 
     if ctx.shard_tasks > 1 and len(shards) > 1 and _in_ray_worker():
-        _ray_shards(spec, ctx, out / RECON, shards)
+        for _ in _ray_shards(spec, ctx, out / RECON, shards):
+            pass
         return
     with progress.task(f"reconstruct {spec.reconstructor}", len(te)) as t:
         rec = _loaded_recon(spec, ctx)
@@ -584,10 +586,12 @@ def _in_ray_worker() -> bool:
     return ray.is_initialized()
 
 
-def _shard_task(spec: ReconstructSpec | DegradeSpec, ctx_args: dict, path: str, a: int, b: int) -> tuple[int, str, object]:
-    """One Ray shard task of a reconstruct or degrade step (:func:`reconstruct_shard`,
-    :func:`degrade_shard`); returns the number of studies, the worker (host:pid) that computed
-    them and what the shard function returned."""
+def _shard_task(spec: ReconstructSpec | DegradeSpec | ScoreSpec | DirectScoreSpec, ctx_args: dict, path: str,
+                a: int, b: int) -> tuple[int, str, object]:
+    """One Ray shard task of a reconstruct, degrade or score step (:func:`reconstruct_shard`,
+    :func:`degrade_shard` write their shard of the arrays at ``path``; :func:`score_shard` returns
+    its records, examples and features); returns the number of studies, the worker (host:pid) that
+    computed them and what the shard function returned."""
     import os
     import socket
 
@@ -597,15 +601,23 @@ def _shard_task(spec: ReconstructSpec | DegradeSpec, ctx_args: dict, path: str, 
     torch.use_deterministic_algorithms(True, warn_only=True)
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
-    writer = ArrayWriter(path, int(b - a), ctx.shard_studies, mode="r+")
-    shard = degrade_shard if isinstance(spec, DegradeSpec) else reconstruct_shard
-    return b - a, f"{socket.gethostname()}:{os.getpid()}", shard(spec, ctx, writer, a, b)
+    if isinstance(spec, ScoreSpec | DirectScoreSpec):
+        features: dict[str, list] = {"clean": [], "recon": []}
+        part, ex = score_shard(spec, ctx, _score_inputs(spec, ctx), a, b, features)
+        result: object = (part, ex, features)
+    else:
+        writer = ArrayWriter(path, int(b - a), ctx.shard_studies, mode="r+")
+        shard = degrade_shard if isinstance(spec, DegradeSpec) else reconstruct_shard
+        result = shard(spec, ctx, writer, a, b)
+    return b - a, f"{socket.gethostname()}:{os.getpid()}", result
 
 
-def _ray_shards(spec: ReconstructSpec | DegradeSpec, ctx: StepContext, path: Path,
-                shards: list[tuple[int, int]]) -> list:
+def _ray_shards(spec: ReconstructSpec | DegradeSpec | ScoreSpec | DirectScoreSpec, ctx: StepContext, path: Path,
+                shards: list[tuple[int, int]]) -> Iterator:
     """Run ``shards`` as Ray tasks (at most ``ctx.shard_tasks`` at a time); every one must succeed.
-    Returns what each shard's function returned, in shard order.
+    Yields what each shard's function returned, in shard order; a shard that finishes early waits
+    until those before it are yielded, and no new shard starts while ``shard_tasks`` results wait
+    or run, so at most that many results are held.
 
     The arrays live in the step's private directory, so this needs a store that every worker sees
     as a filesystem path (a local or shared directory).
@@ -614,21 +626,25 @@ def _ray_shards(spec: ReconstructSpec | DegradeSpec, ctx: StepContext, path: Pat
 
     task = ray.remote(num_cpus=1, num_gpus=1 if str(ctx.device).startswith("cuda") else 0, max_retries=0)(_shard_task)
     ctx_args = {"store": ctx.store.url, "settings": ctx.settings()}
-    pending, done, workers, results = list(enumerate(shards)), 0, set(), {}
+    pending, done, workers, waiting = list(enumerate(shards)), 0, set(), {}
     running: dict = {}
-    while pending or running:
-        while pending and len(running) < ctx.shard_tasks:
+    following = 0  # the next shard to yield
+    while pending or running or waiting:
+        while pending and len(running) + len(waiting) < ctx.shard_tasks:
             i, (a, b) = pending.pop(0)
             running[task.remote(spec, ctx_args, str(path), a, b)] = i
-        ready, _ = ray.wait(list(running), num_returns=1)
-        i = running.pop(ready[0])
-        n, where, results[i] = ray.get(ready[0])  # a failed shard raises here: the step fails, nothing is committed
-        done += int(n)
-        workers.add(where)
-    what = f"degrade {spec.degradation}={spec.level:g}" if isinstance(spec, DegradeSpec) else \
-        f"reconstruct {spec.reconstructor}"
+        if running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            i = running.pop(ready[0])
+            n, where, waiting[i] = ray.get(ready[0])  # a failed shard raises: the step fails, nothing is committed
+            done += int(n)
+            workers.add(where)
+        while following in waiting:
+            yield waiting.pop(following)
+            following += 1
+    what = {DegradeSpec: lambda: f"degrade {spec.degradation}={spec.level:g}",
+            ReconstructSpec: lambda: f"reconstruct {spec.reconstructor}"}.get(type(spec), lambda: f"score {spec.cell_id}")()
     log.info("%s: %d studies in %d shard tasks on %d workers", what, done, len(shards), len(workers))
-    return [results[i] for i in range(len(shards))]
 
 
 def _saliency(model, images: torch.Tensor, label_idx: np.ndarray) -> np.ndarray:
@@ -773,48 +789,98 @@ def _score_shard(
     return df, examples
 
 
-def _score_common(
-    spec: ScoreSpec | DirectScoreSpec, ctx: StepContext, out: Path, cohort: Cohort, te: np.ndarray, df: pd.DataFrame,
-    inputs, models: dict, recon: dict | None, deg_test: Degraded, clean_models: dict,
-) -> None:
-    """Apply diagnostic ``models`` to ``inputs``; write the records (scores, Dice, image quality)
-    shard by shard (:class:`RecordsWriter`, one row group per shard) and the examples.
+@dataclass
+class _ScoreInputs:
+    """What a score or direct-score step reads before its shards: the cohort, the test rows ``te``
+    (cohort positions) and their base records ``df``, the clean predictions, the inputs of test
+    studies ``a:b`` (``inputs(a, b)``; ``None``: the reconstruction's mean), the models, the
+    reconstruction and the degraded test studies (lazy where stored)."""
 
-    ``clean_models`` are the frozen models trained on clean images (the same as ``models`` for the
-    reconstruct arm); the example figure shows their saliency and segmentation on the clean image.
-    ``inputs(a, b)`` gives the evaluated inputs of test studies ``a:b`` (``None``: the reconstruction's
-    mean, read once with the rest of the shard's reconstruction); ``recon`` and ``deg_test``
-    may be lazy.  The test set is scored in shards of ``ctx.shard_studies`` studies
-    (:func:`_score_shard`), so only one shard of images and records is in memory; what needs the
-    whole test set (thresholds chosen on it with ``rechoose_on_test``, ``gen_frechet``) is computed
-    from the shards' scores and features afterwards and set in the written file
-    (:func:`set_record_columns`).
-    """
-    from reconaudit.metrics import frechet_distance
-    from reconaudit.tasks import choose_threshold
+    cohort: Cohort
+    te: np.ndarray
+    df: pd.DataFrame
+    clean: pd.DataFrame | None
+    inputs: object
+    models: dict
+    recon: dict | None
+    deg_test: Degraded
+    clean_models: dict
 
-    ev = spec.evaluation
+
+def _score_inputs(spec: ScoreSpec | DirectScoreSpec, ctx: StepContext) -> _ScoreInputs:
+    """Open what a score (``ScoreSpec``) or direct-score step scores; nothing of the test set is read."""
+    from reconaudit.tasks.direct import direct_inputs
+
+    cohort = load_cohort(ctx, spec.cohort)
+    deg = load_degraded(ctx, spec.degrade)
+    df, te = _base_rows(cohort, spec)
+    test = degraded_view(deg, te)
     clean = None  # a reconstruction-quality audit (tasks: none) has no clean predictions
     if spec.predict_clean:
         clean = pd.read_parquet(ctx.store.path("predict_clean", spec.predict_clean) / "clean.parquet")
         if list(clean["study_id"]) != list(df["study_id"]):
             raise RuntimeError("clean predictions and test studies are not aligned (corrupt store?)")
-    n_ex = min(int(ev.examples), len(te))
+    clean_models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec.task_models.items()}
+    if isinstance(spec, ScoreSpec):
+        return _ScoreInputs(cohort, te, df, clean, None, clean_models, load_recon(ctx, spec.reconstruct), test,
+                            clean_models)
+
+    def inputs(a: int, b: int) -> torch.Tensor:
+        part = test.subset(list(range(a, b)))
+        return direct_inputs(part.image, part.kspace, spec.input)
+
+    models = {t: load_task_model(ctx, spec.model_kind, k)[0] for t, k in spec.direct_models.items()}
+    return _ScoreInputs(cohort, te, df, clean, inputs, models, None, test, clean_models)
+
+
+def score_shard(spec: ScoreSpec | DirectScoreSpec, ctx: StepContext, s: _ScoreInputs, a: int, b: int,
+                features: dict[str, list]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The records and examples of test studies ``a:b`` (a shard; see :func:`_score_shard`); the
+    shard's penultimate features are appended to ``features``."""
+    rec_s = None if s.recon is None else {name: arr[a:b] for name, arr in s.recon.items()}
+    n_ex = min(int(spec.evaluation.examples), len(s.te))
+    return _score_shard(
+        spec, s.cohort, s.te[a:b], s.df.iloc[a:b].reset_index(drop=True),
+        None if s.clean is None else s.clean.iloc[a:b].reset_index(drop=True),
+        rec_s["mean"] if s.inputs is None else s.inputs(a, b), s.models, rec_s,
+        s.deg_test.subset(list(range(a, b))), s.clean_models, int(np.clip(n_ex - a, 0, b - a)), features,
+        ctx.batch_studies,
+    )
+
+
+def _score_common(spec: ScoreSpec | DirectScoreSpec, ctx: StepContext, out: Path, s: _ScoreInputs) -> None:
+    """Apply the diagnostic models to the inputs of :class:`_ScoreInputs`; write the records (scores,
+    Dice, image quality) shard by shard (:class:`RecordsWriter`, one row group per shard) and the
+    examples.
+
+    ``s.clean_models`` are the frozen models trained on clean images (the same as ``s.models`` for the
+    reconstruct arm); the example figure shows their saliency and segmentation on the clean image.
+    The test set is scored in shards of ``ctx.shard_studies`` studies (:func:`score_shard`), so only
+    one shard of images and records is in memory; with ``ctx.shard_tasks > 1`` inside a Ray worker the
+    shards run as parallel Ray tasks and their records are written here in shard order as they
+    arrive (at most ``shard_tasks`` shards held).  What needs the whole test set (thresholds chosen on
+    it with ``rechoose_on_test``, ``gen_frechet``) is computed from the shards' scores and features
+    afterwards and set in the written file (:func:`set_record_columns`).
+    """
+    from reconaudit.metrics import frechet_distance
+    from reconaudit.tasks import choose_threshold
+
+    ev, cohort = spec.evaluation, s.cohort
     features: dict[str, list] = {"clean": [], "recon": []}
-    rechoose = ev.rechoose_on_test and "classification" in models
+    rechoose = ev.rechoose_on_test and "classification" in s.models
     kept: list[pd.DataFrame] = []  # the columns the thresholds are chosen again from (rechoose_on_test)
     ex_parts = []
     path = out / "records.parquet"
+    shards = list(shard_ranges(len(s.te), ctx.shard_studies))
+    if ctx.shard_tasks > 1 and len(shards) > 1 and _in_ray_worker():
+        results = _ray_shards(spec, ctx, out, shards)
+    else:
+        results = ((*score_shard(spec, ctx, s, a, b, features), None) for a, b in shards)
     with RecordsWriter(path) as writer:
-        for a, b in shard_ranges(len(te), ctx.shard_studies):
-            rec_s = None if recon is None else {name: arr[a:b] for name, arr in recon.items()}
-            part, ex = _score_shard(
-                spec, cohort, te[a:b], df.iloc[a:b].reset_index(drop=True),
-                None if clean is None else clean.iloc[a:b].reset_index(drop=True),
-                rec_s["mean"] if inputs is None else inputs(a, b), models, rec_s,
-                deg_test.subset(list(range(a, b))), clean_models, int(np.clip(n_ex - a, 0, b - a)), features,
-                ctx.batch_studies,
-            )
+        for part, ex, feats in results:
+            if feats is not None:  # a shard task's features, gathered in shard order
+                for name, fs in feats.items():
+                    features[name].extend(fs)
             writer.append(part)
             if rechoose:
                 kept.append(part[[c for lb in cohort.labels for c in (f"target:{lb}", f"score:{lb}",
@@ -823,7 +889,7 @@ def _score_common(
             if ex:
                 ex_parts.append(ex)
         if writer.rows == 0:
-            writer.append(df)
+            writer.append(s.df)
     constants: dict[str, float] = {}
     if "gen_frechet" in writer.columns and features["clean"]:
         f_rec, f_clean = np.concatenate(features["recon"]), np.concatenate(features["clean"])
@@ -905,12 +971,7 @@ def set_record_columns(path: Path, values: dict[str, float]) -> None:
 
 def step_score(spec: ScoreSpec, ctx: StepContext, out: Path) -> None:
     """Records of one reconstruct-then-diagnose cell: one row per test study."""
-    cohort = load_cohort(ctx, spec.cohort)
-    deg = load_degraded(ctx, spec.degrade)
-    df, te = _base_rows(cohort, spec)
-    recon = load_recon(ctx, spec.reconstruct)
-    models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec.task_models.items()}
-    _score_common(spec, ctx, out, cohort, te, df, None, models, recon, degraded_view(deg, te), models)
+    _score_common(spec, ctx, out, _score_inputs(spec, ctx))
 
 
 def step_direct_model(spec: DirectModelSpec, ctx: StepContext, out: Path) -> None:
@@ -925,20 +986,7 @@ def step_direct_model(spec: DirectModelSpec, ctx: StepContext, out: Path) -> Non
 
 def step_direct_score(spec: DirectScoreSpec, ctx: StepContext, out: Path) -> None:
     """Records of the direct arm: the direct model applied to the degraded test inputs."""
-    from reconaudit.tasks.direct import direct_inputs
-
-    cohort = load_cohort(ctx, spec.cohort)
-    deg = load_degraded(ctx, spec.degrade)
-    df, te = _base_rows(cohort, spec)
-    test = degraded_view(deg, te)
-
-    def inputs(a: int, b: int) -> torch.Tensor:
-        part = test.subset(list(range(a, b)))
-        return direct_inputs(part.image, part.kspace, spec.input)
-
-    models = {t: load_task_model(ctx, spec.model_kind, k)[0] for t, k in spec.direct_models.items()}
-    clean_models = {t: load_task_model(ctx, "task_model", k)[0] for t, k in spec.task_models.items()}
-    _score_common(spec, ctx, out, cohort, te, df, inputs, models, None, test, clean_models)
+    _score_common(spec, ctx, out, _score_inputs(spec, ctx))
 
 
 class DirectInputs(LazyStudies):
