@@ -392,23 +392,24 @@ def _degradation(spec: DegradeSpec):
     return make_degradation(spec.degradation, spec.level, **spec.params)
 
 
-def _degrade_batch(spec: DegradeSpec, ctx: StepContext, cohort: Cohort, op, a: int, b: int,
-                   images: torch.Tensor | None = None, kspace: torch.Tensor | None = None) -> Degraded:
-    """Studies ``a:b`` of ``cohort`` degraded by ``op`` with their per-study seeds, on the CPU
-    (``images`` / ``kspace``: those studies when already read)."""
-    ids = cohort.table["study_id"].astype(str).to_numpy()[a:b].tolist()
+def _degrade_batch(spec: DegradeSpec, ctx: StepContext, op, ids: list[str], images: torch.Tensor,
+                   kspace: torch.Tensor | None) -> Degraded:
+    """Studies ``ids`` (their ``images``, and ``kspace`` when the degradation takes it) degraded by
+    ``op`` with their per-study seeds; the physics runs on ``ctx.device``, the result is on the CPU."""
     seeds = study_seeds(f"degrade/{spec.degradation}/{spec.level}", spec.seed, ids)
-    imgs = cohort.images[a:b] if images is None else images
-    kw = {}
-    if cohort.kspace is not None and getattr(op, "accepts_kspace", False):
-        kw["kspace"] = (cohort.kspace[a:b] if kspace is None else kspace).to(ctx.device)
-    return op(imgs.to(ctx.device), seeds, **kw).to("cpu")  # the physics runs where the step runs
+    kw = {} if kspace is None else {"kspace": kspace.to(ctx.device)}
+    return op(images.to(ctx.device), seeds, **kw).to("cpu")
+
+
+def _takes_kspace(cohort: Cohort, op) -> bool:
+    return cohort.kspace is not None and getattr(op, "accepts_kspace", False)
 
 
 def _create_degraded_arrays(spec: DegradeSpec, ctx: StepContext, cohort: Cohort, op, writer: ArrayWriter) -> None:
     """Create ``image`` (and ``kspace``, ``mask`` when the degradation gives them) with the per-study
     shape and dtype of the first study's result."""
-    probe = _degrade_batch(spec, ctx, cohort, op, 0, 1)
+    probe = _degrade_batch(spec, ctx, op, cohort.table["study_id"].iloc[0:1].astype(str).tolist(), cohort.images[0:1],
+                           cohort.kspace[0:1] if _takes_kspace(cohort, op) else None)
     for name, t in (("image", probe.image), ("kspace", probe.kspace), ("mask", probe.mask)):
         if t is not None:
             writer.create(name, tuple(int(v) for v in t.shape[1:]), t.dtype)
@@ -421,11 +422,12 @@ def degrade_shard(spec: DegradeSpec, ctx: StepContext, writer: ArrayWriter, s0: 
     cohort = cohort if cohort is not None else load_cohort(ctx, spec.cohort)
     op = op if op is not None else _degradation(spec)
     bs = ctx.batch(256)
+    ids = cohort.table["study_id"].iloc[s0:s1].astype(str).tolist()
     shard_imgs = cohort.images[s0:s1]
-    shard_k = cohort.kspace[s0:s1] if cohort.kspace is not None and getattr(op, "accepts_kspace", False) else None
+    shard_k = cohort.kspace[s0:s1] if _takes_kspace(cohort, op) else None
     parts, infos = [], []
     for i in range(0, s1 - s0, bs):
-        part = _degrade_batch(spec, ctx, cohort, op, s0 + i, min(s1, s0 + i + bs), shard_imgs[i : i + bs],
+        part = _degrade_batch(spec, ctx, op, ids[i : i + bs], shard_imgs[i : i + bs],
                               None if shard_k is None else shard_k[i : i + bs])
         parts.append(part)
         infos.append((part.info, len(part)))
