@@ -370,7 +370,7 @@ def step_degrade(spec: DegradeSpec, ctx: StepContext, out: Path) -> None:
         _create_degraded_arrays(spec, ctx, cohort, op, writer)
     from reconaudit import progress
 
-    if ctx.shard_tasks > 1 and len(shards) > 1 and _in_ray_worker():
+    if _split_on_ray(ctx, shards):
         infos = [i for part in _ray_shards(spec, ctx, out / DEGRADED, shards) for i in part]
     else:
         infos = []
@@ -521,7 +521,7 @@ def step_reconstruct(spec: ReconstructSpec, ctx: StepContext, out: Path) -> None
         writer.create(name, tail, torch.float32)
     from reconaudit import progress
 
-    if ctx.shard_tasks > 1 and len(shards) > 1 and _in_ray_worker():
+    if _split_on_ray(ctx, shards):
         for _ in _ray_shards(spec, ctx, out / RECON, shards):
             pass
         return
@@ -578,6 +578,12 @@ def reconstruct_shard(spec: ReconstructSpec, ctx: StepContext, writer: ArrayWrit
         writer.write("std", a, r.clamp(0, 1).std(1, unbiased=True).contiguous())
     else:
         writer.write("mean", a, r.clamp(0, 1).contiguous())
+
+
+def _split_on_ray(ctx: StepContext, shards: list) -> bool:
+    """Whether a streaming step runs its ``shards`` as Ray shard tasks (:func:`_ray_shards`): asked
+    for (``execution.shard_tasks`` > 1), more than one shard, and inside a Ray worker."""
+    return ctx.shard_tasks > 1 and len(shards) > 1 and _in_ray_worker()
 
 
 def _in_ray_worker() -> bool:
@@ -874,7 +880,7 @@ def _score_common(spec: ScoreSpec | DirectScoreSpec, ctx: StepContext, out: Path
     ex_parts = []
     path = out / "records.parquet"
     shards = list(shard_ranges(len(s.te), ctx.shard_studies))
-    if ctx.shard_tasks > 1 and len(shards) > 1 and _in_ray_worker():
+    if _split_on_ray(ctx, shards):
         results = _ray_shards(spec, ctx, out, shards)
     else:
         results = ((*score_shard(spec, ctx, s, a, b, features), None) for a, b in shards)
